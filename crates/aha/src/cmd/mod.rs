@@ -1,0 +1,6 @@
+//! One module per `aha` subcommand; `main.rs` dispatches to their `run` functions.
+pub mod bench;
+pub mod math_equal;
+pub mod report;
+pub mod reward;
+pub mod sandbox;

@@ -1,0 +1,28 @@
+//! aha-model: the transformer aha trains and samples from (Qwen2, Qwen3, Llama), its KV cache,
+//! loading and saving of Hugging Face checkpoints, tokenizer and chat template.
+//!
+//! The model knows nothing about reinforcement learning: it maps token ids to logits, either
+//! over a whole padded batch (training, differentiable) or incrementally against a KV cache the
+//! caller owns (sampling).
+
+pub mod chat_template;
+pub mod config;
+pub mod error;
+pub mod io;
+pub mod kv_cache;
+pub mod rollout;
+pub mod sampling;
+pub mod tiny;
+pub mod tokenizer;
+pub mod transformer;
+
+pub use config::{Arch, Llama3RopeScaling, ModelConfig};
+pub use error::{ModelError, Result};
+pub use kv_cache::KvCache;
+pub use rollout::{rollout, FinishReason, RolloutConfig, Sample, SampleTiming};
+pub use sampling::{sample_rng, sample_token, Sampled, SamplingParams};
+pub use transformer::{ParamInit, ParamSpec, Transformer};
+pub use chat_template::{ChatMessage, ChatTemplate};
+pub use io::{load_model, save_pretrained, LoadedModel, ModelSpec};
+pub use tiny::{init_tiny, TinySpec};
+pub use tokenizer::AhaTokenizer;

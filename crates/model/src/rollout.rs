@@ -1,0 +1,334 @@
+//! The rollout engine: G samples per prompt, decoded together in one batch against a KV cache.
+//!
+//! How a rollout runs:
+//! 1. every prompt is prefilled once, in one left-padded batch; only the last position of each
+//!    prompt is projected to logits;
+//! 2. the cache is allocated once, for the longest prompt plus `max_new_tokens`, and fanned out
+//!    to `prompts × G` rows with [`KvCache::select_rows`]: the G samples share their prompt's
+//!    prefill;
+//! 3. each step samples one token per live row, then decodes all live rows in one call;
+//! 4. a row finishes on an EOS id, on a stop string (matched on decoded text, so it is caught
+//!    when split across tokens), or at `max_new_tokens`; finished rows are dropped from the
+//!    batch (the cache is compacted) once they are at least an eighth of it, so they stop
+//!    costing compute.
+//!
+//! Each sample draws from its own random stream keyed by `(seed, prompt index, sample index)`
+//! ([`crate::sampling::sample_rng`]): a sample's tokens do not depend on the batch it was
+//! decoded in. The returned log-probabilities are under the **unmodified** model distribution
+//! (temperature 1, no top-k/top-p/min-p), which is what GRPO's `log π_old` must be.
+
+use std::time::{Duration, Instant};
+
+use candle_core::{DType, Tensor};
+use rand_chacha::ChaCha8Rng;
+
+use crate::error::{ModelError, Result};
+use crate::kv_cache::KvCache;
+use crate::sampling::{sample_rng, sample_token, SamplingParams};
+use crate::transformer::Transformer;
+
+/// What a rollout generates and how.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RolloutConfig {
+    /// Samples per prompt (G). Default 1.
+    pub group_size: usize,
+    /// Maximum completion length in tokens. Default 256.
+    pub max_new_tokens: usize,
+    /// How each token is drawn. Default: temperature 1, no truncation.
+    pub sampling: SamplingParams,
+    /// Token ids that end a completion (kept as its last token). Default none; callers usually
+    /// pass the tokenizer's or the model config's EOS ids.
+    pub eos_ids: Vec<u32>,
+    /// Strings that end a completion when they appear in its decoded text; the token that
+    /// completes one is kept. Needs a decoder. Default none.
+    pub stop_strings: Vec<String>,
+    /// Seed of every sample's random stream. Default 0.
+    pub seed: u64,
+    /// Index of `prompts[0]` in the caller's numbering: prompt `i` uses stream index
+    /// `prompt_index_offset + i`, so splitting a dataset into rollout batches differently does
+    /// not change any sample. Default 0.
+    pub prompt_index_offset: u64,
+}
+
+impl Default for RolloutConfig {
+    fn default() -> Self {
+        Self {
+            group_size: 1,
+            max_new_tokens: 256,
+            sampling: SamplingParams::default(),
+            eos_ids: Vec::new(),
+            stop_strings: Vec::new(),
+            seed: 0,
+            prompt_index_offset: 0,
+        }
+    }
+}
+
+/// Why a completion ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FinishReason {
+    /// An EOS id was sampled (it is the completion's last token).
+    Eos,
+    /// A stop string appeared in the decoded completion (the completing token is the last).
+    Stop,
+    /// `max_new_tokens` were generated.
+    Length,
+}
+
+/// Wall-clock timing of one sample.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct SampleTiming {
+    /// Time of the shared prompt prefill (the same for every sample of a rollout).
+    pub prefill: Duration,
+    /// Time from the start of the rollout until this sample finished.
+    pub total: Duration,
+}
+
+/// One generated completion.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    /// Position of the prompt in the `prompts` slice.
+    pub prompt_index: usize,
+    /// Index of this sample within its group (0..G).
+    pub sample_index: usize,
+    /// Generated token ids (EOS or stop-completing token included).
+    pub completion_ids: Vec<u32>,
+    /// `log π(token_t | prompt, tokens_<t)` under the unmodified distribution (temperature 1,
+    /// no truncation), one per completion token: GRPO's `log π_old`.
+    pub logprobs: Vec<f32>,
+    /// Why the completion ended.
+    pub finish_reason: FinishReason,
+    /// Wall-clock timing.
+    pub timing: SampleTiming,
+}
+
+/// A text decoder used to match stop strings, e.g. a tokenizer's `decode`.
+pub type StopDecoder<'a> = &'a dyn Fn(&[u32]) -> String;
+
+/// Generates `cfg.group_size` completions for each prompt (token ids, any lengths ≥ 1).
+///
+/// Returns `result[prompt][sample]`. `stop_decoder` turns token ids into text for stop-string
+/// matching; it is required when `cfg.stop_strings` is not empty. The model is used through a
+/// detached view, so no autograd graph is built.
+pub fn rollout(
+    model: &Transformer,
+    prompts: &[Vec<u32>],
+    cfg: &RolloutConfig,
+    stop_decoder: Option<StopDecoder<'_>>,
+) -> Result<Vec<Vec<Sample>>> {
+    validate(prompts, cfg, stop_decoder.is_some())?;
+    if prompts.is_empty() || cfg.group_size == 0 {
+        return Ok(vec![Vec::new(); prompts.len()]);
+    }
+    let stops = StopMatcher::new(&cfg.stop_strings, stop_decoder);
+    let model = model.detached()?;
+    let start = Instant::now();
+    let (mut cache, prompt_logits) = prefill(&model, prompts, cfg.max_new_tokens)?;
+    let prefill_time = start.elapsed();
+    let fan_out: Vec<u32> = (0..prompts.len() as u32)
+        .flat_map(|p| std::iter::repeat_n(p, cfg.group_size))
+        .collect();
+    cache = cache.select_rows(&fan_out)?;
+    let mut rows: Vec<Row> = fan_out.iter().enumerate().map(|(i, &p)| Row::new(p as usize, i, prompts, cfg)).collect();
+    let mut logits: Vec<Vec<f32>> = fan_out.iter().map(|&p| prompt_logits[p as usize].clone()).collect();
+    // `live[j]` is the row occupying batch slot `j`.
+    let mut live: Vec<usize> = (0..rows.len()).collect();
+    loop {
+        for (slot, &r) in live.iter().enumerate() {
+            if rows[r].finish.is_none() {
+                rows[r].step(&logits[slot], cfg, &stops, start)?;
+            }
+        }
+        let finished = live.iter().filter(|&&r| rows[r].finish.is_some()).count();
+        if finished == live.len() {
+            break;
+        }
+        if finished * 8 >= live.len() {
+            let keep: Vec<u32> = (0..live.len()).filter(|&j| rows[live[j]].finish.is_none()).map(|j| j as u32).collect();
+            cache = cache.select_rows(&keep)?;
+            live = keep.iter().map(|&j| live[j as usize]).collect();
+        }
+        logits = decode_step(&model, &rows, &live, &mut cache)?;
+    }
+    Ok(collect(rows, prompts.len(), prefill_time))
+}
+
+fn validate(prompts: &[Vec<u32>], cfg: &RolloutConfig, has_decoder: bool) -> Result<()> {
+    cfg.sampling.validate()?;
+    let bad = |m: String| Err(ModelError::InvalidConfig(format!("rollout: {m}")));
+    if let Some(i) = prompts.iter().position(Vec::is_empty) {
+        return bad(format!("prompt {i} is empty (a completion needs at least one token to follow)"));
+    }
+    if cfg.max_new_tokens == 0 {
+        return bad("max_new_tokens must be >= 1".into());
+    }
+    if !cfg.stop_strings.is_empty() && !has_decoder {
+        return bad("stop strings need a decoder (pass the tokenizer's decode)".into());
+    }
+    if cfg.stop_strings.iter().any(String::is_empty) {
+        return bad("stop strings must not be empty".into());
+    }
+    Ok(())
+}
+
+/// Prefills all prompts in one left-padded batch into a fresh cache sized for the longest
+/// prompt plus `max_new_tokens`; returns the cache and each prompt's next-token logits.
+fn prefill(model: &Transformer, prompts: &[Vec<u32>], max_new_tokens: usize) -> Result<(KvCache, Vec<Vec<f32>>)> {
+    let width = prompts.iter().map(Vec::len).max().unwrap_or(0);
+    let n = prompts.len();
+    let (mut ids, mut mask, mut pos) = (vec![0u32; n * width], vec![0u8; n * width], vec![0u32; n * width]);
+    for (p, prompt) in prompts.iter().enumerate() {
+        let pad = width - prompt.len();
+        for (i, &tok) in prompt.iter().enumerate() {
+            ids[p * width + pad + i] = tok;
+            mask[p * width + pad + i] = 1;
+            pos[p * width + pad + i] = i as u32;
+        }
+    }
+    let dev = model.device();
+    let mut cache = KvCache::new(model.config(), n, width + max_new_tokens, model.dtype(), dev)?;
+    let ids = Tensor::from_vec(ids, (n, width), dev)?;
+    let mask = Tensor::from_vec(mask, (n, width), dev)?;
+    let pos = Tensor::from_vec(pos, (n, width), dev)?;
+    let hidden = model.decode_hidden(&ids, &mask, &pos, &mut cache)?; // [n, width, hidden]
+    let last = hidden.narrow(1, width - 1, 1)?; // [n, 1, hidden]
+    let logits = model.logits(&last)?.squeeze(1)?.to_dtype(DType::F32)?; // [n, vocab]
+    Ok((cache, logits.to_vec2()?))
+}
+
+/// Feeds each live row's last token (one position) and returns the next logits per batch slot.
+fn decode_step(model: &Transformer, rows: &[Row], live: &[usize], cache: &mut KvCache) -> Result<Vec<Vec<f32>>> {
+    let b = live.len();
+    let ids: Vec<u32> = live.iter().map(|&r| rows[r].ids.last().copied().unwrap_or(0)).collect();
+    let pos: Vec<u32> = live.iter().map(|&r| (rows[r].prompt_len + rows[r].ids.len() - 1) as u32).collect();
+    let dev = model.device();
+    let ids = Tensor::from_vec(ids, (b, 1), dev)?;
+    let pos = Tensor::from_vec(pos, (b, 1), dev)?;
+    let mask = Tensor::ones((b, 1), DType::U8, dev)?;
+    let logits = model.decode(&ids, &mask, &pos, cache)?; // [b, 1, vocab]
+    Ok(logits.squeeze(1)?.to_dtype(DType::F32)?.to_vec2()?)
+}
+
+/// One sample being generated.
+struct Row {
+    prompt: usize,
+    sample: usize,
+    prompt_len: usize,
+    rng: ChaCha8Rng,
+    ids: Vec<u32>,
+    logprobs: Vec<f32>,
+    finish: Option<FinishReason>,
+    finished_at: Duration,
+}
+
+impl Row {
+    fn new(prompt: usize, row: usize, prompts: &[Vec<u32>], cfg: &RolloutConfig) -> Self {
+        let sample = row % cfg.group_size;
+        Self {
+            prompt,
+            sample,
+            prompt_len: prompts[prompt].len(),
+            rng: sample_rng(cfg.seed, cfg.prompt_index_offset + prompt as u64, sample as u64),
+            ids: Vec::with_capacity(cfg.max_new_tokens),
+            logprobs: Vec::with_capacity(cfg.max_new_tokens),
+            finish: None,
+            finished_at: Duration::ZERO,
+        }
+    }
+
+    /// Samples the next token from `logits` and decides whether the row is finished.
+    fn step(&mut self, logits: &[f32], cfg: &RolloutConfig, stops: &StopMatcher, start: Instant) -> Result<()> {
+        let s = sample_token(logits, &cfg.sampling, &mut self.rng)?;
+        self.ids.push(s.token);
+        self.logprobs.push(s.logprob);
+        self.finish = if cfg.eos_ids.contains(&s.token) {
+            Some(FinishReason::Eos)
+        } else if stops.matches(&self.ids) {
+            Some(FinishReason::Stop)
+        } else if self.ids.len() >= cfg.max_new_tokens {
+            Some(FinishReason::Length)
+        } else {
+            None
+        };
+        if self.finish.is_some() {
+            self.finished_at = start.elapsed();
+        }
+        Ok(())
+    }
+}
+
+fn collect(rows: Vec<Row>, n_prompts: usize, prefill: Duration) -> Vec<Vec<Sample>> {
+    let mut out: Vec<Vec<Sample>> = (0..n_prompts).map(|_| Vec::new()).collect();
+    for r in rows {
+        out[r.prompt].push(Sample {
+            prompt_index: r.prompt,
+            sample_index: r.sample,
+            completion_ids: r.ids,
+            logprobs: r.logprobs,
+            finish_reason: r.finish.unwrap_or(FinishReason::Length),
+            timing: SampleTiming { prefill, total: r.finished_at },
+        });
+    }
+    out
+}
+
+/// Finds stop strings in the decoded tail of a completion.
+///
+/// Only the last `window` tokens are decoded each step (enough to cover the longest stop string,
+/// which spans at most one token per byte, plus slack for tokens that decode to nothing), so the
+/// cost per token does not grow with the completion. A stop string is looked for in the whole
+/// window; had it appeared earlier, the row would already have stopped.
+pub struct StopMatcher<'a> {
+    stops: &'a [String],
+    decode: Option<StopDecoder<'a>>,
+    window: usize,
+}
+
+impl<'a> StopMatcher<'a> {
+    /// A matcher for `stops` using `decode` (no decoder: never matches).
+    pub fn new(stops: &'a [String], decode: Option<StopDecoder<'a>>) -> Self {
+        let window = stops.iter().map(String::len).max().unwrap_or(0) + 16;
+        Self { stops, decode, window }
+    }
+
+    /// Whether the completion `ids` now contains a stop string.
+    pub fn matches(&self, ids: &[u32]) -> bool {
+        let Some(decode) = self.decode.filter(|_| !self.stops.is_empty()) else {
+            return false;
+        };
+        let tail = &ids[ids.len().saturating_sub(self.window)..];
+        let text = decode(tail);
+        self.stops.iter().any(|s| text.contains(s.as_str()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bytes_decoder(ids: &[u32]) -> String {
+        let bytes: Vec<u8> = ids.iter().map(|&i| i as u8).collect();
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+
+    #[test]
+    fn stop_string_split_inside_a_character_is_caught() {
+        // "é" is two bytes, so two byte tokens; the stop string "é!" spans three tokens.
+        let stops = vec!["é!".to_string()];
+        let m = StopMatcher::new(&stops, Some(&bytes_decoder));
+        let ids: Vec<u32> = "abé!".bytes().map(u32::from).collect();
+        assert!(!m.matches(&ids[..3]));
+        assert!(!m.matches(&ids[..4]));
+        assert!(m.matches(&ids));
+    }
+
+    #[test]
+    fn stop_string_is_found_past_the_window_start() {
+        let stops = vec!["xyz".to_string()];
+        let m = StopMatcher::new(&stops, Some(&bytes_decoder));
+        let mut ids: Vec<u32> = std::iter::repeat_n(u32::from(b'a'), 500).collect();
+        assert!(!m.matches(&ids));
+        ids.extend("xyz".bytes().map(u32::from));
+        assert!(m.matches(&ids));
+    }
+}

@@ -1,0 +1,510 @@
+//! The GRPO trainer. One step reads as one story (DESIGN §5):
+//! prompts → rollout → rewards → advantages → μ × minibatches of (loss → backward → AdamW).
+//!
+//! Exactly DESIGN §2: group advantages, TRL's four loss aggregations, token or sequence (GSPO)
+//! ratios, k3 KL to a reference refreshed every N steps (β = 0 builds no reference), dynamic
+//! sampling, masking of truncated completions, grad accumulation, clipping, schedules. All
+//! randomness is derived from (seed, step), so a resumed run continues bit-identically.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use aha_model::rollout::{rollout, FinishReason, RolloutConfig, Sample as Completion};
+use aha_model::sampling::SamplingParams;
+use aha_model::Transformer;
+use aha_reward::{Registry, Sample as RewardSample, ScoredSample};
+use candle_core::Tensor;
+
+use crate::advantage::{group_advantages, is_zero_std};
+use crate::batch::{build_batch, completion_logprobs, SeqBatch};
+use crate::config::GrpoLossConfig;
+use crate::data::{DataCursor, PromptRow};
+use crate::error::{Result, TrainError};
+use crate::loss::{grpo_loss, mean_entropy, LossInputs, LossNorm};
+use crate::optim::{AdamW, Grads};
+
+/// Everything about a GRPO step that is not the model, the data or the rewards.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GrpoSettings {
+    /// Trainer steps (generation rounds) to run. Default 100.
+    pub max_steps: usize,
+    /// Distinct prompts per step. Default 8.
+    pub prompts_per_step: usize,
+    /// Samples per prompt, G (TRL `num_generations`). Default 8.
+    pub group_size: usize,
+    /// Maximum completion tokens. Default 256.
+    pub max_completion_length: usize,
+    /// Sampling temperature for rollouts. Default 1.0.
+    pub temperature: f64,
+    /// Nucleus threshold for rollouts (1 disables). Default 1.0.
+    pub top_p: f64,
+    /// Top-k for rollouts (0 disables). Default 0.
+    pub top_k: usize,
+    /// Min-p for rollouts (0 disables). Default 0.
+    pub min_p: f64,
+    /// Inner iterations μ over each generation batch (TRL `num_iterations`). Default 1.
+    pub num_iterations: usize,
+    /// Optimiser steps per generation batch (the batch is split into this many minibatches). Default 1.
+    pub minibatches: usize,
+    /// Samples per forward/backward micro-batch (gradient accumulation within a minibatch); 0 = whole minibatch. Default 0.
+    pub micro_batch_size: usize,
+    /// Replace the reference model by the policy every N steps (0 never). Default 0.
+    pub ref_sync_steps: usize,
+    /// Zero the loss mask of completions cut off by the length limit. Default false.
+    pub mask_truncated_completions: bool,
+    /// Drop groups whose rewards all agree and refill with fresh prompts. Default false.
+    pub dynamic_sampling: bool,
+    /// Refill rounds allowed per step under dynamic sampling. Default 3.
+    pub max_refill_rounds: usize,
+    /// Consecutive non-finite steps tolerated before aborting. Default 5.
+    pub max_consecutive_skips: usize,
+    /// Stop strings for rollouts. Default none.
+    pub stop_strings: Vec<String>,
+    /// The objective.
+    pub loss: GrpoLossConfig,
+}
+
+impl Default for GrpoSettings {
+    fn default() -> Self {
+        Self {
+            max_steps: 100,
+            prompts_per_step: 8,
+            group_size: 8,
+            max_completion_length: 256,
+            temperature: 1.0,
+            top_p: 1.0,
+            top_k: 0,
+            min_p: 0.0,
+            num_iterations: 1,
+            minibatches: 1,
+            micro_batch_size: 0,
+            ref_sync_steps: 0,
+            mask_truncated_completions: false,
+            dynamic_sampling: false,
+            max_refill_rounds: 3,
+            max_consecutive_skips: 5,
+            stop_strings: Vec::new(),
+            loss: GrpoLossConfig::default(),
+        }
+    }
+}
+
+impl GrpoSettings {
+    /// Checks ranges once, before any work.
+    pub fn validate(&self) -> Result<()> {
+        self.loss.validate()?;
+        let bad = |m: &str| Err(TrainError::Config(m.to_string()));
+        if self.group_size == 0 || self.prompts_per_step == 0 || self.max_completion_length == 0 {
+            return bad("group_size, prompts_per_step and max_completion_length must be positive");
+        }
+        if self.num_iterations == 0 || self.minibatches == 0 {
+            return bad("num_iterations and minibatches must be positive");
+        }
+        if (self.prompts_per_step * self.group_size) % self.minibatches != 0 {
+            return bad("prompts_per_step × group_size must be divisible by minibatches");
+        }
+        if !(self.temperature > 0.0) {
+            return bad("temperature must be > 0");
+        }
+        Ok(())
+    }
+
+    /// Optimiser steps over the whole run (for the LR schedule).
+    pub fn total_optimizer_steps(&self) -> usize {
+        self.max_steps * self.minibatches * self.num_iterations
+    }
+
+    fn rollout_config(&self, eos_ids: &[u32], seed: u64, offset: u64) -> RolloutConfig {
+        RolloutConfig {
+            group_size: self.group_size,
+            max_new_tokens: self.max_completion_length,
+            sampling: SamplingParams {
+                temperature: self.temperature,
+                top_p: self.top_p,
+                top_k: self.top_k,
+                min_p: self.min_p,
+            },
+            eos_ids: eos_ids.to_vec(),
+            stop_strings: self.stop_strings.clone(),
+            seed,
+            prompt_index_offset: offset,
+        }
+    }
+}
+
+/// One scored completion ready for the loss.
+#[derive(Debug, Clone)]
+pub struct Scored {
+    /// Index of the prompt row in the dataset.
+    pub row: usize,
+    /// The tokenised prompt.
+    pub prompt_ids: Vec<u32>,
+    /// The completion and its rollout log-probs.
+    pub completion: Completion,
+    /// The completion text.
+    pub text: String,
+    /// Rewards by name and the weighted total.
+    pub scored: ScoredSample,
+    /// Group-relative advantage.
+    pub advantage: f64,
+}
+
+/// What the trainer needs from a tokenizer.
+pub trait TextCodec {
+    /// Token ids of `text` as a prompt (template already applied).
+    fn encode(&self, text: &str) -> Result<Vec<u32>>;
+    /// Text of `ids` (special tokens kept, so format tags survive).
+    fn decode(&self, ids: &[u32]) -> Result<String>;
+    /// End-of-sequence ids.
+    fn eos_ids(&self) -> Vec<u32>;
+}
+
+/// The GRPO trainer's mutable state.
+pub struct GrpoTrainer<'a> {
+    /// Settings, validated.
+    pub settings: GrpoSettings,
+    /// The trainable policy.
+    pub policy: Transformer,
+    /// The frozen reference (present iff β > 0).
+    pub reference: Option<Transformer>,
+    /// The optimiser over the policy's variables.
+    pub opt: AdamW,
+    /// Prompt rows.
+    pub rows: &'a [PromptRow],
+    /// Prompts after templating, tokenised once.
+    pub prompt_ids: Vec<Vec<u32>>,
+    /// Rewards.
+    pub registry: &'a Registry,
+    /// Tokenizer bridge.
+    pub codec: &'a dyn TextCodec,
+    /// Data order.
+    pub cursor: DataCursor,
+    /// Trainer steps completed.
+    pub step: usize,
+    /// Base seed.
+    pub seed: u64,
+    /// Consecutive skipped steps (non-finite loss or gradient).
+    pub consecutive_skips: usize,
+    /// Skipped steps over the run.
+    pub total_skips: usize,
+}
+
+/// Metrics of one step, TRL's names.
+pub type StepMetrics = BTreeMap<String, f64>;
+
+/// The output of one step: metrics and the scored samples (for logging).
+pub struct StepOutput {
+    /// Per-step metrics.
+    pub metrics: StepMetrics,
+    /// Every scored completion of the step.
+    pub samples: Vec<Scored>,
+}
+
+impl GrpoTrainer<'_> {
+    /// Runs one trainer step: rollout, rewards, advantages, optimisation.
+    pub fn step(&mut self) -> Result<StepOutput> {
+        let t0 = Instant::now();
+        let (samples, refills) = self.generate_and_score()?;
+        let gen_s = t0.elapsed().as_secs_f64();
+        let mut metrics = reward_metrics(&samples, self.settings.group_size, self.registry);
+        let opt_metrics = self.optimize(&samples)?;
+        metrics.extend(opt_metrics);
+        let tokens: usize = samples.iter().map(|s| s.completion.completion_ids.len()).sum();
+        let step_time = t0.elapsed().as_secs_f64();
+        metrics.insert("step_time".into(), step_time);
+        metrics.insert("rollout_time".into(), gen_s);
+        metrics.insert("tokens_per_s".into(), tokens as f64 / step_time.max(1e-9));
+        metrics.insert("dynamic_sampling/refill_rounds".into(), refills as f64);
+        self.step += 1;
+        self.maybe_sync_reference()?;
+        Ok(StepOutput { metrics, samples })
+    }
+
+    fn maybe_sync_reference(&mut self) -> Result<()> {
+        let n = self.settings.ref_sync_steps;
+        if self.reference.is_some() && n > 0 && self.step % n == 0 {
+            self.reference = Some(self.policy.frozen_copy()?);
+        }
+        Ok(())
+    }
+
+    /// Draws prompts, samples G completions each, scores them; under dynamic sampling drops
+    /// zero-std groups and refills (bounded). Returns the samples and the refill rounds used.
+    fn generate_and_score(&mut self) -> Result<(Vec<Scored>, usize)> {
+        let want = self.settings.prompts_per_step;
+        let mut kept: Vec<Vec<Scored>> = Vec::new();
+        let mut round = 0;
+        loop {
+            let rows = self.cursor.take(want - kept.len());
+            let groups = self.sample_groups(&rows, round)?;
+            for g in groups {
+                let rewards: Vec<Option<f64>> = g.iter().map(|s| s.scored.reward).collect();
+                let keep = !self.settings.dynamic_sampling || !is_zero_std(&rewards) || round >= self.settings.max_refill_rounds;
+                if keep && kept.len() < want {
+                    kept.push(g);
+                }
+            }
+            if kept.len() >= want || !self.settings.dynamic_sampling || round >= self.settings.max_refill_rounds {
+                break;
+            }
+            round += 1;
+        }
+        let mut flat: Vec<Scored> = kept.into_iter().flatten().collect();
+        let rewards: Vec<Option<f64>> = flat.iter().map(|s| s.scored.reward).collect();
+        let adv = group_advantages(&rewards, self.settings.group_size, self.settings.loss.scale_rewards);
+        for (s, a) in flat.iter_mut().zip(adv) {
+            s.advantage = a;
+        }
+        Ok((flat, round))
+    }
+
+    /// Rollout + rewards for the given dataset rows; one `Vec<Scored>` per row.
+    fn sample_groups(&self, rows: &[usize], round: usize) -> Result<Vec<Vec<Scored>>> {
+        let prompts: Vec<Vec<u32>> = rows.iter().map(|&r| self.prompt_ids[r].clone()).collect();
+        let seed = rollout_seed(self.seed, self.step, round);
+        let cfg = self.settings.rollout_config(&self.codec.eos_ids(), seed, 0);
+        let decode = |ids: &[u32]| self.codec.decode(ids).unwrap_or_default();
+        let stop: Option<&dyn Fn(&[u32]) -> String> =
+            if self.settings.stop_strings.is_empty() { None } else { Some(&decode) };
+        let completions = rollout(&self.policy, &prompts, &cfg, stop)?;
+        let mut out = Vec::with_capacity(rows.len());
+        for (&row, group) in rows.iter().zip(completions) {
+            out.push(self.score_group(row, group)?);
+        }
+        Ok(out)
+    }
+
+    fn score_group(&self, row: usize, group: Vec<Completion>) -> Result<Vec<Scored>> {
+        let r = &self.rows[row];
+        let texts: Vec<String> = group.iter().map(|c| self.codec.decode(&c.completion_ids)).collect::<Result<_>>()?;
+        let samples: Vec<RewardSample> = texts
+            .iter()
+            .map(|t| RewardSample { completion: t.clone(), answer: r.answer.clone(), fields: r.fields.clone() })
+            .collect();
+        let scored = self.registry.score_batch(&samples).map_err(|e| TrainError::Other(format!("rewards: {e}")))?;
+        Ok(group
+            .into_iter()
+            .zip(texts)
+            .zip(scored)
+            .map(|((completion, text), scored)| Scored {
+                row,
+                prompt_ids: self.prompt_ids[row].clone(),
+                completion,
+                text,
+                scored,
+                advantage: 0.0,
+            })
+            .collect())
+    }
+
+    /// μ passes over the minibatches; each minibatch is one optimiser step accumulated over
+    /// micro-batches. Returns loss/clip/KL/grad metrics averaged over the optimiser steps.
+    fn optimize(&mut self, samples: &[Scored]) -> Result<StepMetrics> {
+        let s = self.settings.clone();
+        let per_mb = samples.len() / s.minibatches;
+        let micro = if s.micro_batch_size == 0 { per_mb } else { s.micro_batch_size.min(per_mb) };
+        let needs_old = s.num_iterations > 1 || s.minibatches > 1;
+        let prepared = self.prepare(samples, micro, needs_old)?;
+        let mut acc = MetricAcc::default();
+        for _ in 0..s.num_iterations {
+            for mb in prepared.chunks(per_mb.div_ceil(micro).max(1)) {
+                self.optimizer_step(mb, &mut acc)?;
+            }
+        }
+        Ok(acc.finish())
+    }
+
+    /// Packs micro-batches once (with π_old and π_ref log-probs where needed).
+    fn prepare(&self, samples: &[Scored], micro: usize, needs_old: bool) -> Result<Vec<Micro>> {
+        let mut out = Vec::new();
+        for chunk in samples.chunks(micro.max(1)) {
+            let pairs: Vec<(&[u32], &[u32])> =
+                chunk.iter().map(|s| (s.prompt_ids.as_slice(), s.completion.completion_ids.as_slice())).collect();
+            let batch = build_batch(&pairs, self.policy.device())?;
+            let mask = self.loss_mask(chunk, &batch)?;
+            let adv: Vec<f32> = chunk.iter().map(|s| s.advantage as f32).collect();
+            let advantages = Tensor::from_vec(adv, chunk.len(), self.policy.device())?;
+            let old = if needs_old { Some(no_grad_logps(&self.policy, &batch)?) } else { None };
+            let reference = match &self.reference {
+                Some(r) => Some(no_grad_logps(r, &batch)?),
+                None => None,
+            };
+            out.push(Micro { batch, mask, advantages, old, reference });
+        }
+        Ok(out)
+    }
+
+    /// The completion mask with truncated completions zeroed when configured.
+    fn loss_mask(&self, chunk: &[Scored], batch: &SeqBatch) -> Result<Tensor> {
+        if !self.settings.mask_truncated_completions {
+            return Ok(batch.completion_mask.clone());
+        }
+        let keep: Vec<f32> = chunk
+            .iter()
+            .map(|s| if s.completion.finish_reason == FinishReason::Length { 0.0 } else { 1.0 })
+            .collect();
+        let keep = Tensor::from_vec(keep, (chunk.len(), 1), batch.completion_mask.device())?;
+        Ok(batch.completion_mask.broadcast_mul(&keep)?)
+    }
+
+    /// One optimiser step over the micro-batches of one minibatch.
+    fn optimizer_step(&mut self, micros: &[Micro], acc: &mut MetricAcc) -> Result<()> {
+        let active: f64 = micros.iter().map(|m| sum_scalar(&m.mask)).sum::<Result<f64>>()?;
+        let norm = LossNorm {
+            max_completion_length: self.settings.max_completion_length,
+            grad_accum_steps: micros.len(),
+            dapo_active_tokens: active,
+        };
+        let mut grads = Grads::default();
+        let mut finite = true;
+        for m in micros {
+            let (logps, logits) = completion_logprobs(&self.policy, &m.batch)?;
+            let old = m.old.clone().unwrap_or_else(|| logps.detach());
+            let inputs = LossInputs {
+                logps: &logps,
+                old_logps: &old,
+                ref_logps: m.reference.as_ref(),
+                advantages: &m.advantages,
+                mask: &m.mask,
+            };
+            let out = grpo_loss(&inputs, &self.settings.loss, &norm)?;
+            let loss_value = out.loss.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
+            if !loss_value.is_finite() {
+                finite = false;
+                break;
+            }
+            acc.add_micro(loss_value, &out.stats, mean_entropy(&logits, &m.mask)?);
+            grads.accumulate(self.opt.collect(&out.loss.backward()?))?;
+        }
+        let report = if finite { Some(self.opt.step(&grads, self.settings.total_optimizer_steps())?) } else { None };
+        let applied = report.map(|r| r.applied).unwrap_or(false);
+        self.record_guard(applied)?;
+        acc.add_step(report.map(|r| (r.grad_norm, r.lr)), applied);
+        Ok(())
+    }
+
+    /// Counts skipped steps; aborts after too many in a row.
+    fn record_guard(&mut self, applied: bool) -> Result<()> {
+        if applied {
+            self.consecutive_skips = 0;
+            return Ok(());
+        }
+        self.consecutive_skips += 1;
+        self.total_skips += 1;
+        if self.consecutive_skips >= self.settings.max_consecutive_skips {
+            return Err(TrainError::Diverged(self.consecutive_skips, self.step));
+        }
+        Ok(())
+    }
+}
+
+/// A packed micro-batch with its fixed inputs.
+struct Micro {
+    batch: SeqBatch,
+    mask: Tensor,
+    advantages: Tensor,
+    old: Option<Tensor>,
+    reference: Option<Tensor>,
+}
+
+fn no_grad_logps(model: &Transformer, batch: &SeqBatch) -> Result<Tensor> {
+    let detached = model.detached()?;
+    Ok(completion_logprobs(&detached, batch)?.0.detach())
+}
+
+fn sum_scalar(t: &Tensor) -> Result<f64> {
+    Ok(t.sum_all()?.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?)
+}
+
+/// The rollout seed of (run seed, step, refill round): a resumed run re-derives it.
+pub fn rollout_seed(seed: u64, step: usize, round: usize) -> u64 {
+    let mut h = seed ^ 0xA5A5_5A5A_D00D_F00D;
+    for x in [step as u64, round as u64] {
+        h = (h ^ x).wrapping_mul(0x0100_0000_01b3).rotate_left(17);
+    }
+    h
+}
+
+/// Averages of loss-side metrics over micro-batches and optimiser steps.
+#[derive(Default)]
+struct MetricAcc {
+    micro: usize,
+    loss: f64,
+    kl: f64,
+    entropy: f64,
+    clip_low: f64,
+    clip_high: f64,
+    clip_region: f64,
+    steps: usize,
+    grad_norm: f64,
+    lr: f64,
+    skipped: usize,
+}
+
+impl MetricAcc {
+    fn add_micro(&mut self, loss: f64, st: &crate::loss::LossStats, entropy: f64) {
+        self.micro += 1;
+        self.loss += loss;
+        self.kl += st.kl;
+        self.entropy += entropy;
+        self.clip_low += st.clip_low;
+        self.clip_high += st.clip_high;
+        self.clip_region += st.clip_region;
+    }
+
+    fn add_step(&mut self, report: Option<(f64, f64)>, applied: bool) {
+        if let Some((g, lr)) = report {
+            self.steps += 1;
+            self.grad_norm += g;
+            self.lr = lr;
+        }
+        if !applied {
+            self.skipped += 1;
+        }
+    }
+
+    fn finish(self) -> StepMetrics {
+        let m = self.micro.max(1) as f64;
+        let s = self.steps.max(1) as f64;
+        BTreeMap::from([
+            ("loss".to_string(), self.loss / s),
+            ("kl".to_string(), self.kl / m),
+            ("entropy".to_string(), self.entropy / m),
+            ("clip_ratio/low_mean".to_string(), self.clip_low / m),
+            ("clip_ratio/high_mean".to_string(), self.clip_high / m),
+            ("clip_ratio/region_mean".to_string(), self.clip_region / m),
+            ("grad_norm".to_string(), self.grad_norm / s),
+            ("lr".to_string(), self.lr),
+            ("skipped_steps".to_string(), self.skipped as f64),
+        ])
+    }
+}
+
+/// Reward-side metrics (TRL's names) plus completion lengths and reflection-word use.
+fn reward_metrics(samples: &[Scored], group: usize, registry: &Registry) -> StepMetrics {
+    let mut m = BTreeMap::new();
+    let totals: Vec<f64> = samples.iter().map(|s| s.scored.reward.unwrap_or(0.0)).collect();
+    let (mean, std) = crate::advantage::mean_std(&totals);
+    m.insert("reward".into(), mean);
+    m.insert("reward_std".into(), std);
+    for name in registry.names() {
+        let vals: Vec<f64> = samples.iter().filter_map(|s| s.scored.rewards.get(name).copied().flatten()).collect();
+        let (mu, sd) = crate::advantage::mean_std(&vals);
+        m.insert(format!("rewards/{name}/mean"), mu);
+        m.insert(format!("rewards/{name}/std"), sd);
+    }
+    let rewards: Vec<Option<f64>> = samples.iter().map(|s| s.scored.reward).collect();
+    let groups = rewards.chunks(group.max(1)).count().max(1);
+    let zero = rewards.chunks(group.max(1)).filter(|g| is_zero_std(g)).count();
+    m.insert("frac_reward_zero_std".into(), zero as f64 / groups as f64);
+    let lens: Vec<f64> = samples.iter().map(|s| s.completion.completion_ids.len() as f64).collect();
+    m.insert("completions/mean_length".into(), crate::advantage::mean_std(&lens).0);
+    m.insert("completions/min_length".into(), lens.iter().copied().fold(f64::INFINITY, f64::min));
+    m.insert("completions/max_length".into(), lens.iter().copied().fold(0.0, f64::max));
+    let clipped = samples.iter().filter(|s| s.completion.finish_reason == FinishReason::Length).count();
+    m.insert("completions/clipped_ratio".into(), clipped as f64 / samples.len().max(1) as f64);
+    let unscorable = samples.iter().filter(|s| !s.scored.unscorable.is_empty()).count();
+    m.insert("rewards/unscorable_samples".into(), unscorable as f64);
+    m
+}

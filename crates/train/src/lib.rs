@@ -1,0 +1,17 @@
+//! aha-train: the trainers. GRPO (DESIGN §2) and SFT, the AdamW optimiser and schedules,
+//! checkpoints with exact resume, procedural tasks and datasets.
+//!
+//! The trainer sees the model as a map from token ids to logits and the rewards as a registry
+//! of scorers; it owns the RL logic between them.
+
+pub mod advantage;
+pub mod batch;
+pub mod config;
+pub mod data;
+pub mod error;
+pub mod grpo;
+pub mod loss;
+pub mod optim;
+pub mod tasks;
+
+pub use error::{Result, TrainError};
