@@ -4,7 +4,8 @@
 #
 # Usage: bench/compare.sh [CONFIGS...]      (default: A B)
 # Environment: AHA_BENCH_VENV (default bench/.venv), AHA_BENCH_TORCH / AHA_BENCH_TRANSFORMERS
-# (pip requirement strings, default "torch" / "transformers"), CARGO_FEATURES (default: none).
+# (pip requirement strings, default "torch" / "transformers"), CARGO_FEATURES (default: none),
+# ITERS (measured repetitions for every run; default: each side's own, 5 for A and 2 for B).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 configs=("$@")
@@ -19,15 +20,17 @@ features=()
 [ -n "${CARGO_FEATURES:-}" ] && features=(--features "$CARGO_FEATURES")
 cargo build --release -p aha "${features[@]}"
 aha=target/release/aha
+iters=()
+[ -n "${ITERS:-}" ] && iters=(--iters "$ITERS")
 out=$(mktemp)
 trap 'rm -f "$out"' EXIT
 for c in "${configs[@]}"; do
     echo "== config $c" >&2
-    "$aha" bench train --config "$c" --json | tee -a "$out" >&2
-    "$venv/bin/python" bench/reference.py train --config "$c" --impl plain | tee -a "$out" >&2
-    "$venv/bin/python" bench/reference.py train --config "$c" --impl hf | tee -a "$out" >&2
-    "$aha" bench rollout --config "$c" --json | tee -a "$out" >&2
-    "$venv/bin/python" bench/reference.py rollout --config "$c" | tee -a "$out" >&2
+    "$aha" bench train --config "$c" "${iters[@]}" --json | tee -a "$out" >&2
+    "$venv/bin/python" bench/reference.py train --config "$c" "${iters[@]}" --impl plain | tee -a "$out" >&2
+    "$venv/bin/python" bench/reference.py train --config "$c" "${iters[@]}" --impl hf | tee -a "$out" >&2
+    "$aha" bench rollout --config "$c" "${iters[@]}" --json | tee -a "$out" >&2
+    "$venv/bin/python" bench/reference.py rollout --config "$c" "${iters[@]}" | tee -a "$out" >&2
 done
 grep -m1 '^cpu:' "$out" || true
 date -u +"date: %Y-%m-%d %H:%M UTC"

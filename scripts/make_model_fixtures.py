@@ -284,6 +284,7 @@ def make_tiny(arch, seed=1234):
 # SmolLM2-135M-Instruct (GGUF)
 
 SMOL_PROMPT = [{"role": "user", "content": "What is the capital of France?"}]
+SMOL_TEXTS = ["In 2024, 12+35=47 and 1000000 > 999.", "  leading spaces\n\ttabs\r\n", "Héllo wörld — 你好 😀"]
 SMOL_PROBE = 64  # vocab columns probed at a few positions
 
 
@@ -320,6 +321,7 @@ def make_smollm2():
         "probe_logits_f64": [[l64[p, c].item() for c in cols] for p in positions],
         "f32_vs_f64_max_abs_diff_all_logits": noise.max().item(),
         "argmax_per_position": l32.argmax(-1).tolist(),
+        "extra_texts": {s: tok(s, add_special_tokens=False)["input_ids"] for s in SMOL_TEXTS},
     }
     out = os.path.join(FIX, "smollm2")
     os.makedirs(out, exist_ok=True)

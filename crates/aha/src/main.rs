@@ -26,8 +26,16 @@ enum Command {
     Sandbox(cmd::sandbox::Args),
     /// Measure rollout or training speed on fixed model shapes.
     Bench(cmd::bench::Args),
+    /// Run the demo: a tiny model learns multi-step arithmetic by SFT then GRPO.
+    Demo(cmd::demo::Args),
     /// Draw PNG plots and a markdown report of a run directory.
     Report(cmd::report::Args),
+    /// Create a tiny random model with an offline byte-level tokenizer.
+    Init(cmd::init::Args),
+    /// Answer one prompt with a model, streaming to stdout.
+    Generate(cmd::generate::Args),
+    /// Load a model (HF directory, GGUF, cached repo id) and save it as a HF directory.
+    Convert(cmd::convert::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -39,5 +47,9 @@ fn main() -> anyhow::Result<()> {
         Command::Sandbox(args) => cmd::sandbox::run(args),
         Command::Bench(args) => cmd::bench::run(args),
         Command::Report(args) => cmd::report::run(args),
+        Command::Demo(args) => cmd::demo::run(args),
+        Command::Init(args) => cmd::init::run(args),
+        Command::Generate(args) => cmd::generate::run(args),
+        Command::Convert(args) => cmd::convert::run(args),
     }
 }

@@ -72,7 +72,11 @@ fn math_equal_marks_pairs() {
             "\n"
         ),
     );
-    let out = aha().args(["math-equal", "--input"]).arg(&input).output().unwrap();
+    let out = aha()
+        .args(["math-equal", "--input"])
+        .arg(&input)
+        .output()
+        .unwrap();
     assert!(out.status.success());
     let rows: Vec<Value> = String::from_utf8(out.stdout)
         .unwrap()
@@ -99,7 +103,10 @@ fn sandbox_run_reports_json() {
     assert!(out.status.success());
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     if v["status"] == "refused" {
-        assert!(std::env::var_os("CI").is_none(), "sandbox refused in CI: {v}");
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "sandbox refused in CI: {v}"
+        );
         eprintln!("note: sandbox refused here: {}", v["refused"]);
         return;
     }

@@ -38,7 +38,10 @@ pub struct ChatMessage {
 impl ChatMessage {
     /// A message with the given role and content.
     pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
-        Self { role: role.into(), content: content.into() }
+        Self {
+            role: role.into(),
+            content: content.into(),
+        }
     }
 }
 
@@ -59,7 +62,12 @@ impl ChatTemplate {
         let mut env = python_compatible_environment();
         env.add_template_owned(TEMPLATE_NAME, source.to_string())
             .map_err(|e| template_error(origin, &e))?;
-        Ok(Self { env, source: source.to_string(), origin: origin.to_string(), special_tokens })
+        Ok(Self {
+            env,
+            source: source.to_string(),
+            origin: origin.to_string(),
+            special_tokens,
+        })
     }
 
     /// The template's Jinja source, as loaded (saved verbatim by `save_pretrained`).
@@ -90,17 +98,29 @@ impl ChatTemplate {
     /// Renders arbitrary JSON messages (tool calls, `reasoning_content`, ...). `kwargs` are extra
     /// template variables (`tools`, `documents`, `enable_thinking`, `date_string`, ...), exactly
     /// like `apply_chat_template`'s keyword arguments; they override the special tokens.
-    pub fn render_json(&self, messages: &Json, add_generation_prompt: bool, kwargs: &Map<String, Json>) -> Result<String> {
+    pub fn render_json(
+        &self,
+        messages: &Json,
+        add_generation_prompt: bool,
+        kwargs: &Map<String, Json>,
+    ) -> Result<String> {
         let mut ctx = self.special_tokens.clone();
         ctx.insert("messages".into(), normalize_messages(messages));
         ctx.insert("tools".into(), Json::Null);
         ctx.insert("documents".into(), Json::Null);
-        ctx.insert("add_generation_prompt".into(), Json::Bool(add_generation_prompt));
+        ctx.insert(
+            "add_generation_prompt".into(),
+            Json::Bool(add_generation_prompt),
+        );
         for (k, v) in kwargs {
             ctx.insert(k.clone(), v.clone());
         }
-        let tmpl = self.env.get_template(TEMPLATE_NAME).map_err(|e| template_error(&self.origin, &e))?;
-        tmpl.render(Value::from_serialize(&ctx)).map_err(|e| template_error(&self.origin, &e))
+        let tmpl = self
+            .env
+            .get_template(TEMPLATE_NAME)
+            .map_err(|e| template_error(&self.origin, &e))?;
+        tmpl.render(Value::from_serialize(&ctx))
+            .map_err(|e| template_error(&self.origin, &e))
     }
 }
 
@@ -117,8 +137,15 @@ fn normalize_messages(messages: &Json) -> Json {
             let Json::Object(fields) = m else {
                 return m.clone();
             };
-            let kept: Map<String, Json> = fields.iter().filter(|(_, v)| !v.is_null()).map(|(k, v)| (k.clone(), v.clone())).collect();
-            let reasoning = ["reasoning_content", "thinking", "reasoning"].iter().find_map(|k| kept.get(*k)).cloned();
+            let kept: Map<String, Json> = fields
+                .iter()
+                .filter(|(_, v)| !v.is_null())
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            let reasoning = ["reasoning_content", "thinking", "reasoning"]
+                .iter()
+                .find_map(|k| kept.get(*k))
+                .cloned();
             let Some(r) = reasoning else {
                 return Json::Object(kept);
             };
@@ -156,12 +183,18 @@ fn template_error(origin: &str, e: &Error) -> ModelError {
         let _ = write!(reason, ": {s}");
         src = s.source();
     }
-    ModelError::ChatTemplate { origin: origin.to_string(), reason }
+    ModelError::ChatTemplate {
+        origin: origin.to_string(),
+        reason,
+    }
 }
 
 /// `raise_exception(message)`: aborts rendering with the template's own message.
 fn raise_exception(message: String) -> std::result::Result<Value, Error> {
-    Err(Error::new(ErrorKind::InvalidOperation, format!("raise_exception: {message}")))
+    Err(Error::new(
+        ErrorKind::InvalidOperation,
+        format!("raise_exception: {message}"),
+    ))
 }
 
 /// `strftime_now(format)`: the current UTC time formatted like Python's `strftime`.
@@ -175,9 +208,29 @@ fn strftime_now(format: String) -> std::result::Result<Value, Error> {
 
 /// A subset of Python's `strftime` for a Unix time in UTC: `%d %m %Y %y %b %B %a %A %H %M %S %j %%`.
 pub fn strftime(format: &str, unix_secs: u64) -> String {
-    const MONTHS: [&str; 12] =
-        ["January", "February", "March", "April", "May", "June", "July", "August", "September", "October", "November", "December"];
-    const DAYS: [&str; 7] = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"];
+    const MONTHS: [&str; 12] = [
+        "January",
+        "February",
+        "March",
+        "April",
+        "May",
+        "June",
+        "July",
+        "August",
+        "September",
+        "October",
+        "November",
+        "December",
+    ];
+    const DAYS: [&str; 7] = [
+        "Monday",
+        "Tuesday",
+        "Wednesday",
+        "Thursday",
+        "Friday",
+        "Saturday",
+        "Sunday",
+    ];
     let days = (unix_secs / 86_400) as i64;
     let (y, m, d) = civil_from_days(days);
     let weekday = ((days + 3).rem_euclid(7)) as usize; // 1970-01-01 was a Thursday.
@@ -241,7 +294,8 @@ fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
 fn tojson_filter(value: Value, kwargs: Kwargs) -> std::result::Result<Value, Error> {
     let opts = DumpOptions::from_kwargs(&kwargs)?;
     kwargs.assert_all_used()?;
-    let json = serde_json::to_value(&value).map_err(|e| Error::new(ErrorKind::InvalidOperation, e.to_string()))?;
+    let json = serde_json::to_value(&value)
+        .map_err(|e| Error::new(ErrorKind::InvalidOperation, e.to_string()))?;
     let mut out = String::new();
     python_dumps(&json, &opts, 0, &mut out);
     Ok(Value::from_safe_string(out))
@@ -262,7 +316,12 @@ pub struct DumpOptions {
 
 impl Default for DumpOptions {
     fn default() -> Self {
-        Self { ensure_ascii: false, indent: None, separators: (", ".into(), ": ".into()), sort_keys: false }
+        Self {
+            ensure_ascii: false,
+            indent: None,
+            separators: (", ".into(), ": ".into()),
+            sort_keys: false,
+        }
     }
 }
 
@@ -274,11 +333,21 @@ impl DumpOptions {
         let sort_keys: Option<bool> = kwargs.get("sort_keys")?;
         let separators = match separators.as_deref() {
             Some([item, key]) => (item.clone(), key.clone()),
-            Some(_) => return Err(Error::new(ErrorKind::InvalidOperation, "separators must be a pair")),
+            Some(_) => {
+                return Err(Error::new(
+                    ErrorKind::InvalidOperation,
+                    "separators must be a pair",
+                ))
+            }
             None if indent.is_some() => (",".into(), ": ".into()),
             None => (", ".into(), ": ".into()),
         };
-        Ok(Self { ensure_ascii: ensure_ascii.unwrap_or(false), indent, separators, sort_keys: sort_keys.unwrap_or(false) })
+        Ok(Self {
+            ensure_ascii: ensure_ascii.unwrap_or(false),
+            indent,
+            separators,
+            sort_keys: sort_keys.unwrap_or(false),
+        })
     }
 }
 
@@ -351,10 +420,18 @@ pub fn python_float_repr(f: f64) -> String {
         return "NaN".into();
     }
     if f.is_infinite() {
-        return if f > 0.0 { "Infinity".into() } else { "-Infinity".into() };
+        return if f > 0.0 {
+            "Infinity".into()
+        } else {
+            "-Infinity".into()
+        };
     }
     if f == 0.0 {
-        return if f.is_sign_negative() { "-0.0".into() } else { "0.0".into() };
+        return if f.is_sign_negative() {
+            "-0.0".into()
+        } else {
+            "0.0".into()
+        };
     }
     let sci = format!("{f:e}"); // e.g. "-1.5e-7": shortest round-trip digits.
     let (mantissa, exp) = sci.split_once('e').unwrap_or((sci.as_str(), "0"));
@@ -410,16 +487,37 @@ mod tests {
     #[test]
     fn tojson_matches_python_json_dumps() {
         let v = json!({"b": 1, "a": [1.0, "é<>&'\"\n", null, true], "c": {}});
-        assert_eq!(dumps(v.clone(), DumpOptions::default()), r#"{"b": 1, "a": [1.0, "é<>&'\"\n", null, true], "c": {}}"#);
-        let opts = DumpOptions { indent: Some(2), separators: (",".into(), ": ".into()), ..Default::default() };
-        assert_eq!(dumps(json!({"x": [1, 2]}), opts), "{\n  \"x\": [\n    1,\n    2\n  ]\n}");
-        let ascii = DumpOptions { ensure_ascii: true, ..Default::default() };
+        assert_eq!(
+            dumps(v.clone(), DumpOptions::default()),
+            r#"{"b": 1, "a": [1.0, "é<>&'\"\n", null, true], "c": {}}"#
+        );
+        let opts = DumpOptions {
+            indent: Some(2),
+            separators: (",".into(), ": ".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            dumps(json!({"x": [1, 2]}), opts),
+            "{\n  \"x\": [\n    1,\n    2\n  ]\n}"
+        );
+        let ascii = DumpOptions {
+            ensure_ascii: true,
+            ..Default::default()
+        };
         assert_eq!(dumps(json!("é😀"), ascii), r#""\u00e9\ud83d\ude00""#);
     }
 
     #[test]
     fn float_repr_matches_python() {
-        for (f, s) in [(1.0, "1.0"), (0.1, "0.1"), (1e-7, "1e-07"), (1e16, "1e+16"), (123.456, "123.456"), (1e-4, "0.0001"), (-2.5e20, "-2.5e+20")] {
+        for (f, s) in [
+            (1.0, "1.0"),
+            (0.1, "0.1"),
+            (1e-7, "1e-07"),
+            (1e16, "1e+16"),
+            (123.456, "123.456"),
+            (1e-4, "0.0001"),
+            (-2.5e20, "-2.5e+20"),
+        ] {
             assert_eq!(python_float_repr(f), s, "{f}");
         }
     }
@@ -427,7 +525,10 @@ mod tests {
     #[test]
     fn strftime_formats_known_dates() {
         // 2024-07-26 00:00:00 UTC was a Friday.
-        assert_eq!(strftime("%d %b %Y %A %j %%", 1_721_952_000), "26 Jul 2024 Friday 208 %");
+        assert_eq!(
+            strftime("%d %b %Y %A %j %%", 1_721_952_000),
+            "26 Jul 2024 Friday 208 %"
+        );
         assert_eq!(strftime("%Y-%m-%d %H:%M:%S", 0), "1970-01-01 00:00:00");
     }
 
@@ -435,22 +536,38 @@ mod tests {
     fn chatml_renders_with_generation_prompt() {
         let t = ChatTemplate::new(CHATML_TEMPLATE, "test", Map::new()).unwrap();
         let out = t.render(&[ChatMessage::new("user", "hi")], true).unwrap();
-        assert_eq!(out, "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n");
+        assert_eq!(
+            out,
+            "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
+        );
     }
 
     #[test]
     fn raise_exception_surfaces_the_message() {
-        let t = ChatTemplate::new("{{ raise_exception('no system role') }}", "inline", Map::new()).unwrap();
+        let t = ChatTemplate::new(
+            "{{ raise_exception('no system role') }}",
+            "inline",
+            Map::new(),
+        )
+        .unwrap();
         let e = t.render(&[], false).unwrap_err().to_string();
         assert!(e.contains("no system role") && e.contains("inline"), "{e}");
     }
 
     #[test]
     fn tojson_in_template_keeps_key_order_and_python_spacing() {
-        let t = ChatTemplate::new("{{ tools | tojson }}|{{ tools[0] | tojson(indent=4) }}", "inline", Map::new()).unwrap();
+        let t = ChatTemplate::new(
+            "{{ tools | tojson }}|{{ tools[0] | tojson(indent=4) }}",
+            "inline",
+            Map::new(),
+        )
+        .unwrap();
         let mut kw = Map::new();
         kw.insert("tools".into(), json!([{"z": 1, "a": "<b>"}]));
         let out = t.render_json(&json!([]), false, &kw).unwrap();
-        assert_eq!(out, "[{\"z\": 1, \"a\": \"<b>\"}]|{\n    \"z\": 1,\n    \"a\": \"<b>\"\n}");
+        assert_eq!(
+            out,
+            "[{\"z\": 1, \"a\": \"<b>\"}]|{\n    \"z\": 1,\n    \"a\": \"<b>\"\n}"
+        );
     }
 }

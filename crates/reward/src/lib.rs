@@ -35,7 +35,8 @@
 //!
 //! Modules: [`extract`] (answer extraction), [`math`] (math equivalence), [`format`],
 //! [`language`], [`tasks`] (Countdown, exact match, numeric), [`code`] (the sandboxed code reward;
-//! it needs Linux and root and refuses otherwise), [`choice`] (multiple-choice extraction).
+//! it needs Linux, Landlock and seccomp, plus root or unprivileged user namespaces, and refuses
+//! otherwise), [`choice`] (multiple-choice extraction).
 //! Policy differences from outside references are listed in `CONFORMANCE.md`.
 
 pub mod choice;

@@ -154,3 +154,87 @@ fn dos_does_not_affect_the_batch() {
         .all(|s| s.rewards["math"] == Some(0.0)));
     assert_eq!(reg.panics(), 0);
 }
+
+/// Random token soup (a fixed-seed generator) never panics and stays fast.
+#[test]
+fn random_latex_never_panics() {
+    const PIECES: &[&str] = &[
+        "\\frac",
+        "\\sqrt",
+        "{",
+        "}",
+        "(",
+        ")",
+        "[",
+        "]",
+        "\\{",
+        "\\}",
+        "\\left",
+        "\\right",
+        "1",
+        "23",
+        "0.5",
+        ",",
+        ";",
+        "=",
+        "<",
+        "\\le",
+        "\\pm",
+        "\\cup",
+        "\\in",
+        "x",
+        "y",
+        "f(",
+        "^",
+        "_",
+        "!",
+        "%",
+        "|",
+        "&",
+        "\\\\",
+        "\\text{",
+        "and",
+        "$",
+        "\\boxed{",
+        "\\begin{pmatrix}",
+        "\\end{pmatrix}",
+        "\\infty",
+        "\\pi",
+        "-",
+        "+",
+        "*",
+        "/",
+        ":",
+        " ",
+        "é",
+        "\\sin",
+        "^{",
+        "\\approx",
+        "\\,",
+        ",\\!",
+        "{,}",
+        ".",
+    ];
+    let mut state: u64 = 0x9e3779b97f4a7c15;
+    let mut next = || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let start = Instant::now();
+    for _ in 0..20_000 {
+        let len = (next() % 24) as usize;
+        let s: String = (0..len)
+            .map(|_| PIECES[(next() % PIECES.len() as u64) as usize])
+            .collect();
+        let t: String = (0..(next() % 12) as usize)
+            .map(|_| PIECES[(next() % PIECES.len() as u64) as usize])
+            .collect();
+        let _ = math_equal(&s, &t);
+        let _ = math_equal(&t, &s);
+        let _ = aha_reward::extract::final_answer(&s);
+    }
+    println!("20 000 random pairs in {:?}", start.elapsed());
+    assert!(start.elapsed() < Duration::from_secs(60));
+}

@@ -1,9 +1,13 @@
 //! Must-show 3 of issue 3: the sandbox contains hostile programs, the host is unchanged afterwards
-//! and the caller stays alive. These tests need root (per-run uids); without it they are skipped
-//! with a note, or fail when `CI` is set.
+//! and the caller stays alive. Run as root (as CI does) these exercise run-uid isolation, and two of
+//! them re-run this binary as `nobody` to exercise user-namespace isolation and the refusal of
+//! run-uid isolation without root. Without root they are skipped with a note, or fail when `CI` is
+//! set.
 
 use aha_reward::code::harness::run_tests;
-use aha_reward::code::sandbox::{live_processes_of, run_python, Limits, RunOutput, Status};
+use aha_reward::code::sandbox::{
+    live_processes_of, run_python, Isolation, Limits, RunOutput, Status,
+};
 use std::time::Duration;
 
 fn can_run() -> bool {
@@ -269,7 +273,7 @@ print("parent done")
     assert!(live_processes_of(uid).is_empty(), "daemon survived");
 }
 
-const ADD_TESTS: &str = "assert add(1, 2) == 3\nassert add(-1, 1) == 0\nassert add(2, 2) != 5\n";
+const ADD_TESTS: &str = "assert add(1, 2) == 3\nassert add(-1, 1) == 0\nassert add(2, 2) != 5\nassert abs(add(0.25, 0.25) - 0.5) < 1e-9\n";
 
 #[test]
 fn verdict_is_decided_outside() {
@@ -294,6 +298,18 @@ fn verdict_is_decided_outside() {
         ("fake pass line", "print('PASS')\ndef add(a, b):\n    return 0\n"),
         ("patched builtins", "import builtins\nbuiltins.AssertionError = Exception\ndef add(a, b):\n    return 0\n"),
         ("wrong", "def add(a, b):\n    return a - b\n"),
+        (
+            "shadowed abs",
+            "abs = lambda x: 0\ndef add(a, b):\n    return a + b if type(a) is int else 7.0\n",
+        ),
+        (
+            "right only when it can read the tests",
+            "try:\n    open('tests.py').read()\n    ok = True\nexcept OSError:\n    ok = False\ndef add(a, b):\n    return a + b if ok else 0\n",
+        ),
+        (
+            "reads the nonce",
+            "import os\nnonce = open(f'/proc/{os.getppid()}/fd/0').readline()\nprint(nonce + ' PASS')\ndef add(a, b):\n    return 0\n",
+        ),
     ];
     for (name, src) in cheats {
         let out = run_tests(src, ADD_TESTS, None, &lim);
@@ -322,43 +338,111 @@ fn thirty_two_sandboxes_at_once() {
     }
 }
 
-/// Fail closed: without the privileges it needs, the sandbox refuses and runs nothing. The test
-/// re-runs this test binary as `nobody` (uid 65534) with only `refused_child` selected.
-#[test]
-fn refuses_without_privileges() {
-    if !can_run() {
-        return;
-    }
+/// Runs the test `name` of this binary again as `nobody` (uid 65534) with `AHA_SANDBOX_CHILD` set,
+/// and checks that it printed `marker`.
+fn rerun_as_nobody(name: &str, marker: &str) {
     use std::os::unix::process::CommandExt;
     let exe = std::env::current_exe().expect("test binary path");
     let out = std::process::Command::new(exe)
-        .args(["refused_child", "--exact", "--nocapture"])
-        .env("AHA_SANDBOX_REFUSAL_CHILD", "1")
+        .args([name, "--exact", "--nocapture", "--test-threads", "1"])
+        .env("AHA_SANDBOX_CHILD", "1")
+        .env("AHA_SECRET_MARKER", "s3cr3t-marker")
         .uid(65534)
         .gid(65534)
         .output()
         .expect("spawn the test binary as nobody");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "child failed: {stdout} {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(stdout.contains("REFUSED-AS-EXPECTED"), "{stdout}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "child failed: {stdout} {stderr}");
+    assert!(stdout.contains(marker), "{stdout} {stderr}");
+}
+
+fn is_child() -> bool {
+    std::env::var_os("AHA_SANDBOX_CHILD").is_some()
+}
+
+/// Fail closed: run-uid isolation needs root; asked for as `nobody`, the sandbox refuses and runs
+/// nothing.
+#[test]
+fn refuses_without_privileges() {
+    if can_run() {
+        rerun_as_nobody("refused_child", "REFUSED-AS-EXPECTED");
+    }
 }
 
 #[test]
 fn refused_child() {
-    if std::env::var_os("AHA_SANDBOX_REFUSAL_CHILD").is_none() {
+    if !is_child() {
         return;
     }
     let marker = std::env::temp_dir().join(format!("aha-refusal-{}", std::process::id()));
     let src = format!("open({:?}, 'w').write('ran')", marker.display().to_string());
-    let out = run_python(&src, &[], b"", &limits(5));
+    let lim = Limits {
+        isolation: Isolation::RunUid,
+        ..limits(5)
+    };
+    let out = run_python(&src, &[], b"", &lim);
     assert_eq!(out.status, Status::Refused, "{out:?}");
-    assert!(out.refused.is_some());
     assert!(!marker.exists(), "the program ran unconfined");
     println!("REFUSED-AS-EXPECTED: {}", out.refused.unwrap_or_default());
+}
+
+/// Unprivileged user-namespace isolation, exercised as `nobody`.
+#[test]
+fn unprivileged_user_namespace_isolation() {
+    if can_run() {
+        rerun_as_nobody("userns_child", "USERNS-OK");
+    }
+}
+
+/// Live processes owned by `nobody` other than this one.
+fn other_nobody_processes() -> Vec<u32> {
+    let me = std::process::id();
+    live_processes_of(65534)
+        .into_iter()
+        .filter(|p| *p != me)
+        .collect()
+}
+
+#[test]
+fn userns_child() {
+    if !is_child() {
+        return;
+    }
+    assert!(
+        other_nobody_processes().is_empty(),
+        "stray nobody processes before the test"
+    );
+    let lim = limits(5);
+    let go = |src: &str| {
+        let out = run_python(src, &[], b"", &lim);
+        assert_ne!(out.status, Status::Refused, "{out:?}");
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(
+            other_nobody_processes().is_empty(),
+            "processes survived: {src}"
+        );
+        out
+    };
+    assert_eq!(go("print(6 * 7)").stdout.trim(), "42");
+    assert_eq!(go("while True: pass").status, Status::Timeout);
+    let bomb = go(
+        "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n",
+    );
+    assert_ne!(bomb.status, Status::Ok);
+    let daemon = "import os, time\nif os.fork() == 0:\n    os.setsid()\n    if os.fork() == 0:\n        time.sleep(1000)\n    os._exit(0)\ntime.sleep(0.2)\nprint('done')\n";
+    assert_eq!(go(daemon).status, Status::Ok);
+    let net = "import socket\ntry:\n    socket.create_connection(('1.1.1.1', 80), timeout=2)\n    print('OPEN')\nexcept OSError:\n    print('BLOCKED')\n";
+    assert_eq!(go(net).stdout.trim(), "BLOCKED");
+    let fs = "r = []\nfor p in ['/tmp/aha_userns_escape', '../aha_userns_escape']:\n    try:\n        open(p, 'w').write('x')\n        r.append('WROTE')\n    except OSError:\n        r.append('DENIED')\nprint(' '.join(r))\n";
+    assert_eq!(go(fs).stdout.trim(), "DENIED DENIED");
+    assert!(!std::path::Path::new("/tmp/aha_userns_escape").exists());
+    let parent = std::process::id();
+    let env = format!("import os\nprint(sorted(os.environ))\nfor p in ['/proc/1/environ', '/proc/{parent}/environ']:\n    try:\n        print(open(p, 'rb').read())\n    except OSError:\n        print('DENIED')\n");
+    let out = go(&env);
+    assert!(!out.stdout.contains("s3cr3t-marker"), "{}", out.stdout);
+    assert_eq!(out.stdout.matches("DENIED").count(), 2, "{}", out.stdout);
+    println!("USERNS-OK");
 }
 
 #[test]

@@ -169,6 +169,9 @@ pub struct DataConfig {
     /// Column mapping for `path`.
     #[serde(default)]
     pub columns: ColumnMap,
+    /// How questions become prompt text (default `chat`).
+    #[serde(default)]
+    pub template: crate::template::PromptTemplate,
 }
 
 fn default_task_size() -> usize {

@@ -119,17 +119,22 @@ impl GrpoSettings {
         RolloutConfig {
             group_size: self.group_size,
             max_new_tokens: self.max_completion_length,
-            sampling: SamplingParams {
-                temperature: self.temperature,
-                top_p: self.top_p,
-                top_k: self.top_k,
-                min_p: self.min_p,
-            },
+            sampling: sampling_params(self.temperature, self.top_p, self.top_k, self.min_p),
             eos_ids: eos_ids.to_vec(),
             stop_strings: self.stop_strings.clone(),
             seed,
             prompt_index_offset: offset,
         }
+    }
+}
+
+/// Sampling parameters from config values, where 1 (top-p) and 0 (top-k, min-p) disable a filter.
+pub fn sampling_params(temperature: f64, top_p: f64, top_k: usize, min_p: f64) -> SamplingParams {
+    SamplingParams {
+        temperature: temperature as f32,
+        top_p: (top_p < 1.0).then_some(top_p as f32),
+        top_k: (top_k > 0).then_some(top_k),
+        min_p: (min_p > 0.0).then_some(min_p as f32),
     }
 }
 

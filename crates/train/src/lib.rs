@@ -6,12 +6,19 @@
 
 pub mod advantage;
 pub mod batch;
+pub mod checkpoint;
+pub mod codec;
 pub mod config;
 pub mod data;
 pub mod error;
+pub mod eval;
 pub mod grpo;
 pub mod loss;
 pub mod optim;
+pub mod run;
+pub mod sft;
+pub mod sft_data;
 pub mod tasks;
+pub mod template;
 
 pub use error::{Result, TrainError};

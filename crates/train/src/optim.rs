@@ -60,6 +60,14 @@ impl Grads {
     }
 }
 
+/// The trainable variables of a `VarMap`, sorted by name (a stable order for checkpoints).
+pub fn named_vars(varmap: &candle_nn::VarMap) -> Vec<NamedVar> {
+    let data = varmap.data().lock().map(|d| d.clone()).unwrap_or_else(|p| p.into_inner().clone());
+    let mut vars: Vec<NamedVar> = data.into_iter().map(|(name, var)| NamedVar { name, var }).collect();
+    vars.sort_by(|a, b| a.name.cmp(&b.name));
+    vars
+}
+
 /// AdamW's per-parameter state.
 #[derive(Debug, Clone)]
 pub struct Moments {

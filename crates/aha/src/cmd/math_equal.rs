@@ -37,7 +37,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let input = std::fs::File::open(&args.input)
         .with_context(|| format!("opening {}", args.input.display()))?;
     let sink: Box<dyn Write> = match &args.output {
-        Some(p) => Box::new(std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?),
+        Some(p) => {
+            Box::new(std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?)
+        }
         None => Box::new(std::io::stdout().lock()),
     };
     let mut out = BufWriter::new(sink);

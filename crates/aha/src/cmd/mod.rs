@@ -1,5 +1,9 @@
 //! One module per `aha` subcommand; `main.rs` dispatches to their `run` functions.
 pub mod bench;
+pub mod demo;
+pub mod convert;
+pub mod generate;
+pub mod init;
 pub mod math_equal;
 pub mod report;
 pub mod reward;

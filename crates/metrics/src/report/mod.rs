@@ -1,8 +1,8 @@
 //! `draw_report`: turns a run directory's `metrics.jsonl` and `eval_*.json` files into PNG plots (one per
 //! metric under `plots/`, plus a combined `report.png` grid) and a `report.md` that links them.
 //!
-//! Panels, each drawn only when its data exists: reward, accuracy (training `accuracy` plus held-out
-//! pass@1 and cons@k from eval files), per-function reward means, completion length, KL, reflection-word
+//! Panels, each drawn only when its data exists: reward, accuracy (training `accuracy`, or failing that
+//! `rewards/accuracy/mean`, plus held-out pass@1 and cons@k from eval files), per-function reward means, completion length, KL, reflection-word
 //! frequency, loss, gradient norm and entropy. Training series show faint raw points under a smoothed
 //! line; evaluation series are marked points joined by a line.
 
@@ -163,7 +163,8 @@ fn build_panels(log: &MetricsLog, evals: &[EvalRecord]) -> Vec<Panel> {
         "Accuracy",
         "fraction correct",
         vec![
-            training(log, names::ACCURACY, "training samples"),
+            training(log, names::ACCURACY, "training samples")
+                .or_else(|| training(log, &names::reward_mean("accuracy"), "training samples")),
             held_out(evals, "held-out pass@1", |e| Some(e.pass_at_1)),
             held_out(evals, "held-out cons@k", |e| Some(e.cons_at_k)),
         ],

@@ -69,12 +69,19 @@ pub fn ensure_font() -> Result<(), String> {
         .clone()
 }
 
+/// Series shorter than this are drawn unsmoothed.
+const SMOOTH_MIN_POINTS: usize = 10;
+
 /// Centred moving average: each point becomes the mean of the points up to `h` either side, with `h`
 /// about 4 % of the series (none below 10 points) and shrunk symmetrically at the ends. Unlike an
 /// exponential average it does not lag behind a trend, so the line sits on the cloud of raw points.
 pub fn smooth(values: &[f64]) -> Vec<f64> {
     let n = values.len();
-    let h = if n < 10 { 0 } else { (n / 25).max(1) };
+    let h = if n < SMOOTH_MIN_POINTS {
+        0
+    } else {
+        (n / 25).max(1)
+    };
     let prefix: Vec<f64> = std::iter::once(0.0)
         .chain(values.iter().scan(0.0, |acc, v| {
             *acc += v;
@@ -145,9 +152,19 @@ fn draw_series<DB: DrawingBackend>(
     let line_style = color.stroke_width(2);
     let line: Vec<(f64, f64)> = match series.kind {
         SeriesKind::RawAndSmoothed => {
-            let raw_style = color.mix(0.35).filled();
+            // Few points are not smoothed: mark each one plainly instead of as a faint cloud.
+            let (radius, raw_style) = if series.points.len() < SMOOTH_MIN_POINTS {
+                (3, color.filled())
+            } else {
+                (2, color.mix(0.35).filled())
+            };
             chart
-                .draw_series(series.points.iter().map(|&p| Circle::new(p, 2, raw_style)))
+                .draw_series(
+                    series
+                        .points
+                        .iter()
+                        .map(|&p| Circle::new(p, radius, raw_style)),
+                )
                 .map_err(|e| e.to_string())?;
             let ys: Vec<f64> = series.points.iter().map(|p| p.1).collect();
             series.points.iter().map(|p| p.0).zip(smooth(&ys)).collect()

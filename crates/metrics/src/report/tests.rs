@@ -160,6 +160,24 @@ fn eval_only_directory_draws_accuracy_length_and_reflection() {
 }
 
 #[test]
+fn accuracy_panel_falls_back_to_the_accuracy_reward() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut writer = MetricsWriter::create(dir.path()).unwrap();
+    for step in 1..=3 {
+        let mut m = Metrics::new();
+        m.set(names::reward_mean("accuracy"), 0.25 * step as f64);
+        writer.log(step, &m).unwrap();
+    }
+    let log = load_metrics(dir.path()).unwrap();
+    let panels = build_panels(&log, &[]);
+    let accuracy = panels.iter().find(|p| p.stem == "accuracy").unwrap();
+    assert_eq!(
+        accuracy.series[0].points,
+        vec![(1.0, 0.25), (2.0, 0.5), (3.0, 0.75)]
+    );
+}
+
+#[test]
 fn empty_directory_is_an_error_and_single_step_runs_draw() {
     let dir = tempfile::tempdir().unwrap();
     assert!(matches!(

@@ -17,7 +17,24 @@ pub fn resolve_hub_repo(repo_id: &str, revision: Option<&str>) -> Result<PathBuf
         Some(p) => Cache::new(PathBuf::from(p)),
         None => Cache::from_env(),
     };
-    let repo = Repo::with_revision(repo_id.to_string(), RepoType::Model, revision.unwrap_or("main").to_string());
+    resolve_in(&cache, repo_id, revision)
+}
+
+/// Like [`resolve_hub_repo`] in an explicit cache directory (`.../huggingface/hub`).
+pub fn resolve_hub_repo_in(
+    cache_dir: &std::path::Path,
+    repo_id: &str,
+    revision: Option<&str>,
+) -> Result<PathBuf> {
+    resolve_in(&Cache::new(cache_dir.to_path_buf()), repo_id, revision)
+}
+
+fn resolve_in(cache: &Cache, repo_id: &str, revision: Option<&str>) -> Result<PathBuf> {
+    let repo = Repo::with_revision(
+        repo_id.to_string(),
+        RepoType::Model,
+        revision.unwrap_or("main").to_string(),
+    );
     let cached = cache.repo(repo).get(CONFIG_JSON);
     let Some(config) = cached else {
         return Err(ModelError::Resolve {
@@ -28,8 +45,38 @@ pub fn resolve_hub_repo(repo_id: &str, revision: Option<&str>) -> Result<PathBuf
             ),
         });
     };
-    config.parent().map(PathBuf::from).ok_or_else(|| ModelError::Resolve {
-        spec: repo_id.to_string(),
-        reason: format!("cached {} has no parent directory", config.display()),
-    })
+    config
+        .parent()
+        .map(PathBuf::from)
+        .ok_or_else(|| ModelError::Resolve {
+            spec: repo_id.to_string(),
+            reason: format!("cached {} has no parent directory", config.display()),
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolves_a_snapshot_from_the_cache_layout() {
+        let tmp = tempfile::tempdir().unwrap();
+        let repo = tmp.path().join("models--org--tiny");
+        let snap = repo.join("snapshots").join("abc123");
+        std::fs::create_dir_all(&snap).unwrap();
+        std::fs::create_dir_all(repo.join("refs")).unwrap();
+        std::fs::write(repo.join("refs").join("main"), "abc123").unwrap();
+        std::fs::write(snap.join("config.json"), "{}").unwrap();
+        assert_eq!(
+            resolve_hub_repo_in(tmp.path(), "org/tiny", None).unwrap(),
+            snap
+        );
+        let e = resolve_hub_repo_in(tmp.path(), "org/other", None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("org/other") && e.contains("huggingface-cli download"),
+            "{e}"
+        );
+    }
 }

@@ -25,7 +25,7 @@ use crate::transformer::Transformer;
 
 pub use gguf::{hf_to_gguf_name, load_gguf, read_gguf_config, unpermute_qk};
 pub use hf::load_hf_dir;
-pub use hub::resolve_hub_repo;
+pub use hub::{resolve_hub_repo, resolve_hub_repo_in};
 pub use save::{save_parts, save_pretrained};
 
 /// Where a model comes from, as a user names it on the command line.
@@ -56,15 +56,27 @@ impl ModelSpec {
     /// taken as a directory (and loading will say which file is missing).
     pub fn parse(s: &str) -> Self {
         let path = Path::new(s);
-        if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf")) {
-            return Self::Gguf { file: path.to_path_buf(), tokenizer_dir: None };
+        if path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+        {
+            return Self::Gguf {
+                file: path.to_path_buf(),
+                tokenizer_dir: None,
+            };
         }
         if path.exists() || !looks_like_repo_id(s) {
             return Self::HfDir(path.to_path_buf());
         }
         match s.split_once('@') {
-            Some((id, rev)) => Self::HubRepo { repo_id: id.to_string(), revision: Some(rev.to_string()) },
-            None => Self::HubRepo { repo_id: s.to_string(), revision: None },
+            Some((id, rev)) => Self::HubRepo {
+                repo_id: id.to_string(),
+                revision: Some(rev.to_string()),
+            },
+            None => Self::HubRepo {
+                repo_id: s.to_string(),
+                revision: None,
+            },
         }
     }
 }
@@ -83,13 +95,17 @@ fn looks_like_repo_id(s: &str) -> bool {
     let (Some(org), Some(name), None) = (parts.next(), parts.next(), parts.next()) else {
         return false;
     };
-    let ok = |p: &str| !p.is_empty() && !p.starts_with('.') && p.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+    let ok = |p: &str| {
+        !p.is_empty()
+            && !p.starts_with('.')
+            && p.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    };
     ok(org) && ok(name)
 }
 
 /// A model ready to train or sample: its config, trainable variables, the transformer built on
 /// them, and its tokenizer.
-#[derive(Debug)]
 pub struct LoadedModel {
     /// The validated configuration.
     pub config: ModelConfig,
@@ -103,12 +119,25 @@ pub struct LoadedModel {
     pub source: PathBuf,
 }
 
+impl std::fmt::Debug for LoadedModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadedModel")
+            .field("config", &self.config)
+            .field("source", &self.source)
+            .field("vocab_size", &self.tokenizer.vocab_size())
+            .finish_non_exhaustive()
+    }
+}
+
 /// Loads a model from any [`ModelSpec`] onto `device`, with parameters in `dtype` (f32 for
 /// training on CPU; GGUF tensors are dequantised).
 pub fn load_model(spec: &ModelSpec, device: &Device, dtype: DType) -> Result<LoadedModel> {
     match spec {
         ModelSpec::HfDir(dir) => load_hf_dir(dir, device, dtype),
-        ModelSpec::Gguf { file, tokenizer_dir } => load_gguf(file, tokenizer_dir.as_deref(), device, dtype),
+        ModelSpec::Gguf {
+            file,
+            tokenizer_dir,
+        } => load_gguf(file, tokenizer_dir.as_deref(), device, dtype),
         ModelSpec::HubRepo { repo_id, revision } => {
             let dir = resolve_hub_repo(repo_id, revision.as_deref())?;
             load_hf_dir(&dir, device, dtype)
@@ -144,7 +173,11 @@ pub(crate) fn build_from_source(
                 return Err(ModelError::Tensor {
                     path: source.file_of(&spec.name),
                     tensor: spec.name.clone(),
-                    reason: format!("shape {:?}, but config.json implies {:?}", t.dims(), spec.shape),
+                    reason: format!(
+                        "shape {:?}, but config.json implies {:?}",
+                        t.dims(),
+                        spec.shape
+                    ),
                 });
             }
             let t = t.to_dtype(dtype)?.to_device(device)?;
@@ -162,13 +195,24 @@ mod tests {
 
     #[test]
     fn parses_specs() {
-        assert_eq!(ModelSpec::parse("HuggingFaceTB/SmolLM2-135M-Instruct"), ModelSpec::HubRepo {
-            repo_id: "HuggingFaceTB/SmolLM2-135M-Instruct".into(),
-            revision: None
-        });
-        assert!(matches!(ModelSpec::parse("a/b@v1"), ModelSpec::HubRepo { revision: Some(r), .. } if r == "v1"));
-        assert!(matches!(ModelSpec::parse("/x/model.Q4_1.gguf"), ModelSpec::Gguf { .. }));
-        assert!(matches!(ModelSpec::parse("./runs/ckpt"), ModelSpec::HfDir(_)));
+        assert_eq!(
+            ModelSpec::parse("HuggingFaceTB/SmolLM2-135M-Instruct"),
+            ModelSpec::HubRepo {
+                repo_id: "HuggingFaceTB/SmolLM2-135M-Instruct".into(),
+                revision: None
+            }
+        );
+        assert!(
+            matches!(ModelSpec::parse("a/b@v1"), ModelSpec::HubRepo { revision: Some(r), .. } if r == "v1")
+        );
+        assert!(matches!(
+            ModelSpec::parse("/x/model.Q4_1.gguf"),
+            ModelSpec::Gguf { .. }
+        ));
+        assert!(matches!(
+            ModelSpec::parse("./runs/ckpt"),
+            ModelSpec::HfDir(_)
+        ));
         assert!(matches!(ModelSpec::parse("/abs/dir"), ModelSpec::HfDir(_)));
     }
 }

@@ -1,17 +1,20 @@
-//! Running a program against tests with the verdict decided outside the sandboxed process.
+//! Running a program against tests with the verdict decided outside the candidate's process.
 //!
 //! The parent writes `solution.py` (the candidate), `tests.py` (the tests) and `main.py` (the
 //! harness, `harness.py` beside this file) into the sandbox's work dir, and sends a fresh random
-//! nonce as the first line of stdin. The harness reads the nonce and closes stdin before the
-//! candidate's code runs, executes the candidate, restores the builtins it may have patched, runs
-//! the tests with `==`/`!=` rewritten to a strict, type-checked comparison, and only then prints
-//! `<nonce> PASS`. The parent counts the tests as passed only when the run's status is `ok` and the
-//! last line of stdout is exactly that. So `sys.exit(0)`/`os._exit(0)` before the tests, a crash, a
-//! timeout and an always-true `__eq__` all fail.
+//! nonce as the first line of stdin. Inside the sandbox the harness forks: the child runs the
+//! candidate and answers function calls with plain literal values only (exact built-in types, so an
+//! always-true `__eq__` or an `int` subclass never leaves it); the parent makes itself non-dumpable,
+//! reads the nonce and the tests (deleting `tests.py` before any candidate code runs), runs the tests
+//! against proxies of the candidate's functions (never those shadowing builtins such as `abs`) with
+//! `==`/`!=` rewritten to a strict, type-checked comparison, and only then prints `<nonce> PASS`.
+//! The supervisor counts the tests as passed only when the run's status is `ok` and the last line of
+//! stdout is exactly that line. So `sys.exit(0)`/`os._exit(0)` before or during the tests, a crash, a
+//! timeout, an always-true `__eq__`, a shadowed builtin, reading the tests or printing a fake verdict
+//! all fail: the candidate never runs in the process that holds the nonce and judges the tests.
 //!
-//! Limitation (documented, not hidden): the candidate runs in the harness's process, so a program
-//! written to attack this harness (walking interpreter frames to read the nonce) could forge the
-//! line; the nonce defeats accidental and cheap hacks, not a deliberate in-process exploit.
+//! Limitation: arguments and results cross the process boundary as Python literals, so tests must
+//! call the candidate with literal-representable arguments (true of HumanEval and MBPP).
 
 use super::sandbox::{run_python, Limits, RunOutput, Status};
 

@@ -2,7 +2,8 @@
 //! the pre-exec set-up of the child, and the supervision loop that kills every process of the run.
 
 use super::sandbox::{
-    capped_reader, classify, live_processes_of, python, run_uid, stdin_writer, Limits, RunOutput,
+    capped_reader, classify, live_processes_of, python, run_uid, stdin_writer, Isolation, Limits,
+    RunOutput,
 };
 use landlock::{
     Access, AccessFs, CompatLevel, Compatible, PathBeneath, PathFd, Ruleset, RulesetAttr,
@@ -22,20 +23,46 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// The identity a run gets.
+#[derive(Clone, Copy)]
+enum Mode {
+    /// A fresh uid (we are root).
+    RunUid(u32),
+    /// New user and pid namespaces mapping the caller's uid/gid to themselves.
+    UserNs { uid: u32, gid: u32 },
+}
+
+fn choose_mode(isolation: Isolation) -> Result<Mode, String> {
+    // SAFETY: these getters have no preconditions.
+    let (euid, egid) = unsafe { (libc::geteuid(), libc::getegid()) };
+    match (isolation, euid == 0) {
+        (Isolation::Auto | Isolation::RunUid, true) => Ok(Mode::RunUid(run_uid())),
+        (Isolation::RunUid, false) => Err("run-uid isolation needs root (CAP_SETUID)".into()),
+        (Isolation::UserNamespace, true) => {
+            Err("user-namespace isolation as root would leave RLIMIT_NPROC unenforced".into())
+        }
+        (Isolation::Auto | Isolation::UserNamespace, false) => Ok(Mode::UserNs {
+            uid: euid,
+            gid: egid,
+        }),
+    }
+}
+
 pub(crate) fn run(
     source: &str,
     extra: &[(&str, &str)],
     stdin: &[u8],
     limits: &Limits,
 ) -> RunOutput {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        return RunOutput::refused(
-            "per-run uids need root (CAP_SETUID); refusing to run unconfined",
-        );
-    }
-    let uid = run_uid();
-    let dir = match workdir(uid, source, extra) {
+    let mode = match choose_mode(limits.isolation) {
+        Ok(m) => m,
+        Err(why) => return RunOutput::refused(format!("{why}; refusing to run unconfined")),
+    };
+    let owner = match mode {
+        Mode::RunUid(uid) => Some(uid),
+        Mode::UserNs { .. } => None,
+    };
+    let dir = match workdir(owner, source, extra) {
         Ok(d) => d,
         Err(e) => return RunOutput::refused(format!("work dir: {e}")),
     };
@@ -58,28 +85,25 @@ pub(crate) fn run(
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let confine = Confinement {
-        uid,
-        ruleset_fd: ruleset.as_raw_fd(),
-        filter,
-        limits: limits.clone(),
-    };
+    let confine = Confinement::new(mode, ruleset.as_raw_fd(), filter, limits.clone());
     // SAFETY: the closure only makes async-signal-safe system calls (no allocation, no locks):
     // everything it needs was prepared above, before the fork.
     unsafe {
         cmd.pre_exec(move || confine.apply());
     }
-    let result = supervise(cmd, stdin, limits, uid);
+    let result = supervise(cmd, stdin, limits, owner);
     drop(ruleset);
     drop(dir);
     result
 }
 
 struct Confinement {
-    uid: u32,
+    mode: Mode,
     ruleset_fd: i32,
     filter: BpfProgram,
     limits: Limits,
+    uid_map: Vec<u8>,
+    gid_map: Vec<u8>,
 }
 
 fn check(rc: libc::c_long) -> std::io::Result<()> {
@@ -91,25 +115,51 @@ fn check(rc: libc::c_long) -> std::io::Result<()> {
 }
 
 impl Confinement {
+    fn new(mode: Mode, ruleset_fd: i32, filter: BpfProgram, limits: Limits) -> Self {
+        let (uid_map, gid_map) = match mode {
+            Mode::UserNs { uid, gid } => (format!("{uid} {uid} 1\n"), format!("{gid} {gid} 1\n")),
+            Mode::RunUid(_) => (String::new(), String::new()),
+        };
+        Confinement {
+            mode,
+            ruleset_fd,
+            filter,
+            limits,
+            uid_map: uid_map.into_bytes(),
+            gid_map: gid_map.into_bytes(),
+        }
+    }
+
     /// Runs in the child between fork and exec.
     fn apply(&self) -> std::io::Result<()> {
         // SAFETY: plain system calls on values owned by `self`; see `run`.
         unsafe {
             check(libc::setsid() as libc::c_long)?;
-            check(
-                libc::unshare(libc::CLONE_NEWNET | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS)
-                    as libc::c_long,
-            )?;
-            let l = &self.limits;
-            set_limit(libc::RLIMIT_CPU, l.cpu_s, l.cpu_s + 1)?;
-            set_limit(libc::RLIMIT_AS, l.memory_bytes, l.memory_bytes)?;
-            set_limit(libc::RLIMIT_NPROC, l.nproc, l.nproc)?;
-            set_limit(libc::RLIMIT_FSIZE, l.fsize_bytes, l.fsize_bytes)?;
-            set_limit(libc::RLIMIT_NOFILE, l.nofile, l.nofile)?;
-            set_limit(libc::RLIMIT_CORE, 0, 0)?;
-            check(libc::setgroups(0, std::ptr::null()) as libc::c_long)?;
-            check(libc::setresgid(self.uid, self.uid, self.uid) as libc::c_long)?;
-            check(libc::setresuid(self.uid, self.uid, self.uid) as libc::c_long)?;
+            match self.mode {
+                Mode::RunUid(uid) => {
+                    let ns = libc::CLONE_NEWNET | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS;
+                    check(libc::unshare(ns) as libc::c_long)?;
+                    self.set_limits()?;
+                    check(libc::setgroups(0, std::ptr::null()) as libc::c_long)?;
+                    check(libc::setresgid(uid, uid, uid) as libc::c_long)?;
+                    check(libc::setresuid(uid, uid, uid) as libc::c_long)?;
+                }
+                Mode::UserNs { .. } => {
+                    let ns = libc::CLONE_NEWUSER
+                        | libc::CLONE_NEWPID
+                        | libc::CLONE_NEWNET
+                        | libc::CLONE_NEWIPC
+                        | libc::CLONE_NEWUTS;
+                    check(libc::unshare(ns) as libc::c_long)?;
+                    write_file(c"/proc/self/setgroups", b"deny")?;
+                    write_file(c"/proc/self/uid_map", &self.uid_map)?;
+                    write_file(c"/proc/self/gid_map", &self.gid_map)?;
+                    self.set_limits()?;
+                    become_pid_namespace_init()?;
+                }
+            }
+            // If the supervisor dies, the run dies (set after the identity change, which clears it).
+            check(libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) as libc::c_long)?;
             check(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) as libc::c_long)?;
             check(libc::syscall(
                 libc::SYS_landlock_restrict_self,
@@ -119,6 +169,73 @@ impl Confinement {
         }
         seccompiler::apply_filter(&self.filter)
             .map_err(|_| std::io::Error::from_raw_os_error(libc::EPERM))
+    }
+
+    /// Sets every rlimit (after a new user namespace, so `RLIMIT_NPROC` counts this run only).
+    fn set_limits(&self) -> std::io::Result<()> {
+        let l = &self.limits;
+        // SAFETY: setrlimit with valid values.
+        unsafe {
+            set_limit(libc::RLIMIT_CPU, l.cpu_s, l.cpu_s + 1)?;
+            set_limit(libc::RLIMIT_AS, l.memory_bytes, l.memory_bytes)?;
+            set_limit(libc::RLIMIT_NPROC, l.nproc, l.nproc)?;
+            set_limit(libc::RLIMIT_FSIZE, l.fsize_bytes, l.fsize_bytes)?;
+            set_limit(libc::RLIMIT_NOFILE, l.nofile, l.nofile)?;
+            set_limit(libc::RLIMIT_CORE, 0, 0)
+        }
+    }
+}
+
+/// Writes `data` to `path` with raw system calls (async-signal-safe).
+fn write_file(path: &std::ffi::CStr, data: &[u8]) -> std::io::Result<()> {
+    // SAFETY: a valid C string path; `data` outlives the call; the fd is closed before returning.
+    unsafe {
+        let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+        check(fd as libc::c_long)?;
+        let n = libc::write(fd, data.as_ptr().cast(), data.len());
+        libc::close(fd);
+        if n != data.len() as isize {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// After `unshare(CLONE_NEWPID)` only a child enters the new namespace: fork. The child (pid 1
+/// there) returns and goes on to exec the program; it dies with SIGKILL if this process dies. This
+/// process closes every descriptor but stdio, waits for the child, and exits the same way.
+fn become_pid_namespace_init() -> std::io::Result<()> {
+    // SAFETY: fork/waitpid/close_range/_exit/kill/signal are async-signal-safe; the parent branch
+    // never returns.
+    unsafe {
+        check(libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) as libc::c_long)?;
+        let child = libc::fork();
+        check(child as libc::c_long)?;
+        if child == 0 {
+            check(libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) as libc::c_long)?;
+            return Ok(());
+        }
+        libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+        let mut status = 0;
+        loop {
+            let r = libc::waitpid(child, &mut status, 0);
+            if r == child {
+                break;
+            }
+            if r < 0 && *libc::__errno_location() != libc::EINTR {
+                libc::_exit(127);
+            }
+        }
+        if libc::WIFSIGNALED(status) {
+            let sig = libc::WTERMSIG(status);
+            libc::signal(sig, libc::SIG_DFL);
+            libc::kill(libc::getpid(), sig);
+        }
+        libc::_exit(if libc::WIFEXITED(status) {
+            libc::WEXITSTATUS(status)
+        } else {
+            127
+        });
     }
 }
 
@@ -135,16 +252,22 @@ unsafe fn set_limit(
     check(unsafe { libc::setrlimit(resource, &lim) } as libc::c_long)
 }
 
-fn workdir(uid: u32, source: &str, extra: &[(&str, &str)]) -> std::io::Result<tempfile::TempDir> {
+fn workdir(
+    owner: Option<u32>,
+    source: &str,
+    extra: &[(&str, &str)],
+) -> std::io::Result<tempfile::TempDir> {
     let dir = tempfile::Builder::new().prefix("aha-sandbox-").tempdir()?;
     std::fs::write(dir.path().join("main.py"), source)?;
     for (name, text) in extra {
         std::fs::write(dir.path().join(name), text)?;
     }
-    for entry in std::fs::read_dir(dir.path())? {
-        chown(entry?.path(), Some(uid), Some(uid))?;
+    if let Some(uid) = owner {
+        for entry in std::fs::read_dir(dir.path())? {
+            chown(entry?.path(), Some(uid), Some(uid))?;
+        }
+        chown(dir.path(), Some(uid), Some(uid))?;
     }
-    chown(dir.path(), Some(uid), Some(uid))?;
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700))?;
     Ok(dir)
 }
@@ -244,7 +367,7 @@ fn seccomp_filter() -> Result<BpfProgram, String> {
 }
 
 /// Spawns, feeds stdin, reads capped output, enforces the wall clock, kills everything.
-fn supervise(mut cmd: Command, stdin: &[u8], limits: &Limits, uid: u32) -> RunOutput {
+fn supervise(mut cmd: Command, stdin: &[u8], limits: &Limits, uid: Option<u32>) -> RunOutput {
     let start = Instant::now();
     let mut child = match cmd.spawn() {
         Ok(c) => c,
@@ -280,7 +403,7 @@ fn supervise(mut cmd: Command, stdin: &[u8], limits: &Limits, uid: u32) -> RunOu
         cpu_ms: tv_ms(usage.ru_utime) + tv_ms(usage.ru_stime),
         max_rss_kb: usage.ru_maxrss.max(0) as u64,
         refused: None,
-        uid: Some(uid),
+        uid,
     }
 }
 
@@ -304,7 +427,7 @@ fn wait_with_deadline(
     pid: libc::pid_t,
     deadline: Instant,
     over: &AtomicBool,
-    uid: u32,
+    uid: Option<u32>,
 ) -> (i32, libc::rusage, bool) {
     let mut status = 0;
     // SAFETY: rusage is plain data; zeroed is a valid value.
@@ -328,7 +451,9 @@ fn wait_with_deadline(
         sleep = (sleep * 2).min(Duration::from_millis(5));
     }
     kill_all(pid, uid);
-    reap_uid(uid);
+    if let Some(uid) = uid {
+        reap_uid(uid);
+    }
     (status, usage, timed_out)
 }
 
@@ -342,12 +467,15 @@ fn reap_uid(uid: u32) {
     }
 }
 
-/// Kills the process group of `pid`, then every process owned by `uid`.
-fn kill_all(pid: libc::pid_t, uid: u32) {
+/// Kills the process group of `pid`, then every process owned by `uid` (run-uid isolation; in
+/// user-namespace isolation the pid namespace dies with its init).
+fn kill_all(pid: libc::pid_t, uid: Option<u32>) {
     // SAFETY: kill on a process group we created; harmless if it is gone.
     unsafe { libc::kill(-pid, libc::SIGKILL) };
-    for _ in 0..3 {
-        kill_uid(uid);
+    if let Some(uid) = uid {
+        for _ in 0..3 {
+            kill_uid(uid);
+        }
     }
 }
 

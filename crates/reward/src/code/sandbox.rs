@@ -5,9 +5,13 @@
 //! `exec`, so the program never runs unconfined):
 //! - a fresh private temp dir (mode 0700) as its working directory, `HOME` and `TMPDIR`; a cleared
 //!   environment (`PATH`, `LANG` only); the interpreter in isolated mode (`python3 -I -B`);
-//! - a fresh, unique unprivileged uid/gid (no supplementary groups): root is never kept, so
-//!   `RLIMIT_NPROC` is enforced (the kernel exempts uid 0) and counts only this run's processes, and
-//!   `/proc/1/environ` or other users' files are out of reach by ordinary permissions;
+//! - isolation from the caller's identity ([`Isolation`]): as root, a fresh, unique unprivileged
+//!   uid/gid per run (no supplementary groups): root is never kept, so `RLIMIT_NPROC` is enforced
+//!   (the kernel exempts uid 0) and counts only this run's processes, and `/proc/1/environ` or other
+//!   users' files are out of reach by ordinary permissions; as an ordinary user, new user and pid
+//!   namespaces: `RLIMIT_NPROC` is set inside the new user namespace (so it counts this run only),
+//!   the program is the namespace's init (its end kills every process it started), and Landlock's
+//!   ptrace scoping keeps it from reading the caller's `/proc/<pid>/environ`;
 //! - Landlock (every filesystem right of the kernel's ABI, 7 here): read/execute-only everywhere,
 //!   read-write only in the work dir (plus `/dev/null`);
 //!   writes to `/etc`, `..` or through a symlink pointing outside are denied by the kernel;
@@ -16,19 +20,19 @@
 //!   `unshare`, `setns`, `bpf`, `keyctl`, `perf_event_open`;
 //! - rlimits: CPU seconds, address space, processes, file size, open files, no core dumps;
 //! - a new session (`setsid`): at the end (normal exit, timeout or output cap) the process group is
-//!   killed, then every process of the run's uid is killed with `kill(-1, SIGKILL)` from a helper
-//!   running as that uid, which also reaches double-forked daemons that left the group;
+//!   killed, then (run-uid isolation) every process of the run's uid is killed with
+//!   `kill(-1, SIGKILL)` from a helper running as that uid, or (user-namespace isolation) the pid
+//!   namespace dies with its init; both reach double-forked daemons that left the group; the run
+//!   also gets `PR_SET_PDEATHSIG(SIGKILL)`, so it dies if the supervising thread dies;
 //! - stdout/stderr read by the parent through pipes, each capped at [`Limits::output_bytes`]; going
 //!   over the cap kills the run (`output_limit`).
 //!
-//! Requirements (else `refused`): Linux, Landlock ABI ≥ 1, seccomp, permission to create a network
-//! namespace and to switch uid — in practice the caller runs as root (as CI does). Running as an
-//! unprivileged user is refused in this version: per-run uids need `CAP_SETUID`.
+//! Requirements (else `refused`, nothing runs): Linux, Landlock ABI ≥ 1, seccomp, and either root
+//! (run-uid isolation, as in CI) or unprivileged user namespaces (user-namespace isolation).
 
 use serde::Serialize;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -50,6 +54,22 @@ pub struct Limits {
     pub nofile: u64,
     /// Bytes kept of stdout and of stderr each; more kills the run.
     pub output_bytes: usize,
+    /// How the run is isolated from the caller's uid (default: automatic).
+    pub isolation: Isolation,
+}
+
+/// How a run is separated from the caller's identity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Isolation {
+    /// `RunUid` when running as root, else `UserNamespace`.
+    #[default]
+    Auto,
+    /// A fresh unprivileged uid per run (needs root): the uid sweep kills every process.
+    RunUid,
+    /// Unprivileged: new user + pid namespaces (the caller's uid mapped to itself); the program is
+    /// the pid namespace's init, so when it ends the kernel kills everything it started.
+    /// Refused as root (uid 0 would be exempt from `RLIMIT_NPROC`).
+    UserNamespace,
 }
 
 impl Default for Limits {
@@ -62,6 +82,7 @@ impl Default for Limits {
             fsize_bytes: 16 << 20,
             nofile: 64,
             output_bytes: 1 << 20,
+            isolation: Isolation::Auto,
         }
     }
 }
@@ -107,7 +128,8 @@ pub struct RunOutput {
     pub max_rss_kb: u64,
     /// Why the run was refused.
     pub refused: Option<String>,
-    /// The run's uid (to check afterwards that none of its processes survived).
+    /// The run's uid in `RunUid` isolation (to check afterwards that none of its processes
+    /// survived); `None` otherwise.
     pub uid: Option<u32>,
 }
 

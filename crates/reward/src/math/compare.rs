@@ -2,8 +2,9 @@
 //! matrices, text), then numbers.
 //!
 //! Numbers: exact rationals compare exactly; when either side was written with a decimal point the
-//! tolerance is `10^-precision × max(1, |gold|)` (math-verify's rounding, `precision` = 6 by
-//! default); other irrational values compare with a relative tolerance of 1e-9. Expressions with
+//! tolerance is absolute, `10^-precision` (like math-verify's rounding to `precision` = 6 decimal
+//! places; absolute, so `1000000.5` does not pass for `1000000`); other irrational values compare
+//! with a relative tolerance of 1e-9 (scaled by `max(1, |x|)`). Expressions with
 //! variables are compared by evaluating both at [`SAMPLES`] fixed pseudo-random points (a
 //! probabilistic identity test: `\tan^2 y + 1` equals `\sec^2 y`); equations and inequalities
 //! compare as `lhs − rhs` up to a constant factor (positive for inequalities, so `x < 1` equals
@@ -233,23 +234,27 @@ impl Cmp<'_> {
     }
 
     fn scalar_equal(&mut self, g: &Node, p: &Node) -> Res {
-        let tolerance = if has_decimal(g) || has_decimal(p) {
-            10f64.powi(-(self.opts.precision as i32))
+        let tol = if has_decimal(g) || has_decimal(p) {
+            Tol::decimal(self.opts.precision)
         } else {
-            1e-9
+            Tol::EXACTISH
         };
         let mut symbols = BTreeSet::new();
         collect_symbols(g, &mut symbols);
         collect_symbols(p, &mut symbols);
         if symbols.is_empty() {
-            return self.constant_equal(g, p, tolerance);
+            return self.constant_equal(g, p, tol);
         }
+        let sampled = Tol {
+            abs: tol.abs,
+            rel: 1e-8,
+        };
         let mut checked = 0;
         for env in self.envs(&[g, p]) {
             let (Some(x), Some(y)) = (self.float(g, &env)?, self.float(p, &env)?) else {
                 continue;
             };
-            if !close(x, y, 1e-8f64.max(tolerance)) {
+            if !sampled.close(x, y) {
                 return Ok(false);
             }
             checked += 1;
@@ -257,20 +262,19 @@ impl Cmp<'_> {
         Ok(checked > 0)
     }
 
-    fn constant_equal(&mut self, g: &Node, p: &Node, tolerance: f64) -> Res {
+    fn constant_equal(&mut self, g: &Node, p: &Node, tol: Tol) -> Res {
         let env = BTreeMap::new();
         let gv = self.value(g, &env)?;
         let pv = self.value(p, &env)?;
         match (gv, pv) {
-            (Some(Val::R(a)), Some(Val::R(b))) if tolerance < 1e-8 => Ok(a == b),
+            (Some(Val::R(a)), Some(Val::R(b))) if tol.abs == 0.0 => Ok(a == b),
             (Some(Val::R(a)), Some(Val::R(b))) => {
                 let diff = (&a - &b).abs().to_f64().unwrap_or(f64::INFINITY);
-                let scale = a.abs().to_f64().unwrap_or(f64::INFINITY).max(1.0);
-                Ok(diff <= tolerance * scale)
+                Ok(diff <= tol.abs)
             }
-            (Some(Val::M(a)), Some(Val::M(b))) => Ok(matrix_close(&a, &b, tolerance)),
+            (Some(Val::M(a)), Some(Val::M(b))) => Ok(matrix_close(&a, &b, tol)),
             (Some(a), Some(b)) => match (as_f64(&a), as_f64(&b)) {
-                (Some(x), Some(y)) => Ok(close(x, y, tolerance)),
+                (Some(x), Some(y)) => Ok(tol.close(x, y)),
                 _ => Ok(false),
             },
             _ => Ok(false),
@@ -329,16 +333,39 @@ fn sample_value(name: &str, k: usize) -> f64 {
     0.3 + (h % 10_007) as f64 / 5003.5
 }
 
-fn close(x: f64, y: f64, tol: f64) -> bool {
-    (x - y).abs() <= tol * x.abs().max(1.0)
+/// A numeric tolerance: absolute plus relative (scaled by `max(1, |x|)`).
+#[derive(Debug, Clone, Copy)]
+struct Tol {
+    abs: f64,
+    rel: f64,
 }
 
-fn matrix_close(a: &[Vec<Val>], b: &[Vec<Val>], tol: f64) -> bool {
+impl Tol {
+    /// No decimal literal involved: floating-point noise only.
+    const EXACTISH: Tol = Tol {
+        abs: 0.0,
+        rel: 1e-9,
+    };
+
+    /// A decimal literal involved: `precision` decimal places.
+    fn decimal(precision: u32) -> Tol {
+        Tol {
+            abs: 10f64.powi(-(precision as i32)),
+            rel: 1e-12,
+        }
+    }
+
+    fn close(self, x: f64, y: f64) -> bool {
+        (x - y).abs() <= self.abs + self.rel * x.abs().max(1.0)
+    }
+}
+
+fn matrix_close(a: &[Vec<Val>], b: &[Vec<Val>], tol: Tol) -> bool {
     a.len() == b.len()
         && a.iter().zip(b).all(|(r, s)| {
             r.len() == s.len()
                 && r.iter().zip(s).all(|(x, y)| match (as_f64(x), as_f64(y)) {
-                    (Some(x), Some(y)) => close(x, y, tol.max(1e-9)),
+                    (Some(x), Some(y)) => tol.close(x, y),
                     _ => false,
                 })
         })

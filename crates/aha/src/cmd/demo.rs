@@ -1,0 +1,285 @@
+//! `aha demo`: a model learns to reason on a laptop CPU, from nothing, in minutes.
+//!
+//! 1. make a tiny Qwen2-shaped model and a byte-level tokenizer;
+//! 2. cold-start it by SFT on `<think>…</think><answer>…</answer>` traces of multi-step
+//!    arithmetic written by an *imperfect teacher* (a fraction of traces slip by ±1 in one step
+//!    and carry the mistake to the answer, as real cold-start data is imperfect);
+//! 3. evaluate on the held-out split (k samples per question: pass@1, majority vote);
+//! 4. GRPO with accuracy + format rewards;
+//! 5. evaluate again; print the table, write `summary.json`, metrics and plots.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use aha_metrics::{draw_report, write_eval, EvalRecord, Metrics, MetricsWriter, TrainProgress};
+use aha_model::{init_tiny, LoadedModel, TinySpec};
+use aha_reward::{Registry, RewardsConfig};
+use aha_train::config::{GrpoLossConfig, LrSchedule, OptimConfig};
+use aha_train::data::{CursorState, DataCursor, PromptRow};
+use aha_train::eval::{evaluate, EvalSettings};
+use aha_train::grpo::{GrpoSettings, GrpoTrainer, TextCodec};
+use aha_train::optim::{named_vars, AdamW};
+use aha_train::run::{train, RunOptions};
+use aha_train::sft::{sft_step, SftExample};
+use aha_train::tasks::{arithmetic_steps, parse_arithmetic, Problem, Split, TaskSpec};
+use anyhow::{Context, Result};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde_json::json;
+
+/// Arguments of `aha demo`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Output directory (model, runs, plots, summary.json).
+    #[arg(long, default_value = "runs/demo")]
+    pub out: PathBuf,
+    /// Seed of everything: model init, data, sampling.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// GRPO steps (the default fits the 10-minute budget on 2 cores).
+    #[arg(long, default_value_t = 60)]
+    pub grpo_steps: usize,
+    /// Cold-start SFT steps.
+    #[arg(long, default_value_t = 250)]
+    pub sft_steps: usize,
+}
+
+/// The demo's fixed recipe.
+struct Plan {
+    model: TinySpec,
+    task: TaskSpec,
+    train_size: usize,
+    eval_questions: usize,
+    test_percent: u64,
+    slip_rate: f64,
+    sft_batch: usize,
+    sft_optim: OptimConfig,
+    grpo: GrpoSettings,
+    grpo_optim: OptimConfig,
+    eval: EvalSettings,
+}
+
+impl Plan {
+    fn new(args: &Args) -> Self {
+        let max_len = 48;
+        Self {
+            model: TinySpec {
+                hidden_size: 128,
+                intermediate_size: 384,
+                num_hidden_layers: 4,
+                num_attention_heads: 4,
+                num_key_value_heads: 2,
+                max_position_embeddings: 128,
+                ..TinySpec::default()
+            },
+            task: TaskSpec::Arithmetic { min_operands: 3, max_operands: 4, max_value: 9 },
+            train_size: 8000,
+            eval_questions: 100,
+            test_percent: 10,
+            slip_rate: 0.5,
+            sft_batch: 32,
+            sft_optim: OptimConfig {
+                learning_rate: 3e-3,
+                warmup_steps: 20,
+                schedule: LrSchedule::Cosine,
+                ..OptimConfig::default()
+            },
+            grpo: GrpoSettings {
+                max_steps: args.grpo_steps,
+                prompts_per_step: 16,
+                group_size: 8,
+                max_completion_length: max_len,
+                loss: GrpoLossConfig::default(),
+                ..GrpoSettings::default()
+            },
+            grpo_optim: OptimConfig { learning_rate: 5e-4, ..OptimConfig::default() },
+            eval: EvalSettings { k: 4, temperature: 1.0, top_p: 1.0, max_new_tokens: max_len, ..EvalSettings::default() },
+        }
+    }
+}
+
+const REWARDS_TOML: &str = r#"
+[[rewards]]
+name = "accuracy"
+kind = "numeric"
+
+[[rewards]]
+name = "format"
+kind = "format"
+"#;
+
+/// Runs the demo.
+pub fn run(args: Args) -> Result<()> {
+    let start = Instant::now();
+    let plan = Plan::new(&args);
+    std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
+    clear_previous_run(&args.out)?;
+    let lm = init_tiny(&args.out.join("model-init"), &plan.model, args.seed).context("creating the tiny model")?;
+    eprintln!("[1/5] tiny model: {} parameters", param_count(&lm));
+    let train_set = plan.task.generate(args.seed, Split::Train, plan.train_size, plan.test_percent);
+    let test_set = plan.task.generate(args.seed, Split::Test, plan.eval_questions, plan.test_percent);
+    let registry = Registry::build(&RewardsConfig::from_toml_str(REWARDS_TOML)?)?;
+    cold_start(&lm, &plan, &train_set, &args)?;
+    let run_dir = args.out.join("grpo");
+    std::fs::create_dir_all(&run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
+    let test_rows: Vec<PromptRow> = test_set.iter().map(PromptRow::from).collect();
+    let test_ids = encode_prompts(&lm.tokenizer, &test_rows)?;
+    eprintln!("[3/5] evaluating the SFT model on {} held-out questions", test_rows.len());
+    let before = eval_and_record(&lm, &test_rows, &test_ids, &registry, &plan, &run_dir, 0, "after_sft")?;
+    reinforce(&lm, &plan, &train_set, &registry, &run_dir, args.seed)?;
+    eprintln!("[5/5] evaluating the GRPO model");
+    let step = plan.grpo.max_steps as u64;
+    let after = eval_and_record(&lm, &test_rows, &test_ids, &registry, &plan, &run_dir, step, "after_grpo")?;
+    let plots = draw_report(&run_dir).context("drawing plots")?;
+    let wall = start.elapsed().as_secs_f64();
+    print_table(&before, &after, wall);
+    write_summary(&args, &plan, &before, &after, wall, &plots)?;
+    Ok(())
+}
+
+/// Removes what an earlier demo left in `out` (the demo starts from nothing every time).
+fn clear_previous_run(out: &Path) -> Result<()> {
+    for sub in ["model-init", "sft", "grpo", "summary.json"] {
+        let p = out.join(sub);
+        if p.is_dir() {
+            std::fs::remove_dir_all(&p).with_context(|| format!("removing {}", p.display()))?;
+        } else if p.exists() {
+            std::fs::remove_file(&p).with_context(|| format!("removing {}", p.display()))?;
+        }
+    }
+    Ok(())
+}
+
+fn param_count(lm: &LoadedModel) -> usize {
+    lm.model.named_parameters().iter().map(|(_, t)| t.elem_count()).sum()
+}
+
+fn encode_prompts(codec: &dyn TextCodec, rows: &[PromptRow]) -> Result<Vec<Vec<u32>>> {
+    rows.iter().map(|r| Ok(codec.encode(&prompt_text(&r.prompt))?)).collect()
+}
+
+/// The demo's prompt template: the question and a newline (no chat markup: fewer tokens).
+fn prompt_text(question: &str) -> String {
+    format!("{question}\n")
+}
+
+/// A teacher trace for `p`, with one ±1 slip (carried to the answer) at rate `slip_rate`.
+fn teacher_trace(p: &Problem, slip_rate: f64, rng: &mut ChaCha8Rng) -> String {
+    let Some((nums, ops)) = parse_arithmetic(&p.prompt) else { return p.solution.clone() };
+    if !rng.random_bool(slip_rate) {
+        return p.solution.clone();
+    }
+    let step = rng.random_range(0..ops.len());
+    let delta = if rng.random_bool(0.5) { 1 } else { -1 };
+    let (steps, value) = arithmetic_steps(&nums, &ops, Some((step, delta)));
+    format!("<think>{steps}</think><answer>{value}</answer>")
+}
+
+/// Cold-start SFT on teacher traces.
+fn cold_start(lm: &LoadedModel, plan: &Plan, train_set: &[Problem], args: &Args) -> Result<()> {
+    let codec: &dyn TextCodec = &lm.tokenizer;
+    let eos = *codec.eos_ids().first().context("the tokenizer has no EOS id")?;
+    let mut rng = ChaCha8Rng::seed_from_u64(args.seed ^ 0x51f7);
+    let mut examples = Vec::with_capacity(train_set.len());
+    for p in train_set {
+        let mut completion_ids = codec.encode(&teacher_trace(p, plan.slip_rate, &mut rng))?;
+        completion_ids.push(eos);
+        examples.push(SftExample { prompt_ids: codec.encode(&prompt_text(&p.prompt))?, completion_ids });
+    }
+    let mut opt = AdamW::new(named_vars(&lm.varmap), plan.sft_optim.clone())?;
+    let mut cursor = DataCursor::new(examples.len(), args.seed, CursorState::default());
+    let sft_dir = args.out.join("sft");
+    let mut writer = MetricsWriter::create(&sft_dir)?;
+    let mut bar = TrainProgress::new(args.sft_steps as u64);
+    eprintln!("[2/5] cold-start SFT: {} steps × {} traces ({}% with a slip)", args.sft_steps, plan.sft_batch, plan.slip_rate * 100.0);
+    for step in 1..=args.sft_steps {
+        let batch: Vec<SftExample> = cursor.take(plan.sft_batch).into_iter().map(|i| examples[i].clone()).collect();
+        let out = sft_step(&lm.model, &mut opt, &batch, plan.sft_batch, args.sft_steps)?;
+        let mut m = Metrics::new();
+        m.set("loss", out.loss).set("lr", out.report.map_or(0.0, |r| r.lr));
+        m.set("grad_norm", out.report.map_or(f64::NAN, |r| r.grad_norm));
+        writer.log(step as u64, &m)?;
+        bar.set_metrics(&m);
+        bar.set_step(step as u64);
+    }
+    bar.finish();
+    Ok(())
+}
+
+/// GRPO with accuracy + format rewards on the training split.
+fn reinforce(lm: &LoadedModel, plan: &Plan, train_set: &[Problem], registry: &Registry, run_dir: &Path, seed: u64) -> Result<()> {
+    let rows: Vec<PromptRow> = train_set.iter().map(PromptRow::from).collect();
+    let prompt_ids = encode_prompts(&lm.tokenizer, &rows)?;
+    let opt = AdamW::new(named_vars(&lm.varmap), plan.grpo_optim.clone())?;
+    let mut trainer = GrpoTrainer {
+        settings: plan.grpo.clone(),
+        policy: lm.model.clone(),
+        reference: None,
+        opt,
+        rows: &rows,
+        prompt_ids,
+        registry,
+        codec: &lm.tokenizer,
+        cursor: DataCursor::new(rows.len(), seed, CursorState::default()),
+        step: 0,
+        seed,
+        consecutive_skips: 0,
+        total_skips: 0,
+    };
+    eprintln!("[4/5] GRPO: {} steps × {} prompts × {} samples", plan.grpo.max_steps, plan.grpo.prompts_per_step, plan.grpo.group_size);
+    let opts = RunOptions { save_steps: 0, keep_last: 1, log_samples_every: 10, progress: true };
+    let config = json!({"grpo": plan.grpo, "optim": plan.grpo_optim});
+    train(&mut trainer, &lm.tokenizer, run_dir, &opts, &config, |_, _| Ok(()))?;
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn eval_and_record(
+    lm: &LoadedModel,
+    rows: &[PromptRow],
+    ids: &[Vec<u32>],
+    registry: &Registry,
+    plan: &Plan,
+    run_dir: &Path,
+    step: u64,
+    label: &str,
+) -> Result<EvalRecord> {
+    let (mut rec, _) = evaluate(&lm.model, rows, ids, &lm.tokenizer, registry, &plan.eval)?;
+    rec.step = step;
+    rec.label = Some(label.to_string());
+    write_eval(run_dir, &rec)?;
+    Ok(rec)
+}
+
+fn print_table(before: &EvalRecord, after: &EvalRecord, wall: f64) {
+    println!("\n| held-out ({} questions, k = {}) | after SFT | after GRPO |", before.questions, before.k);
+    println!("|---|---|---|");
+    println!("| pass@1 | {:.1}% | {:.1}% |", before.pass_at_1 * 100.0, after.pass_at_1 * 100.0);
+    println!("| cons@{} (majority vote) | {:.1}% | {:.1}% |", before.k, before.cons_at_k * 100.0, after.cons_at_k * 100.0);
+    println!("| mean completion tokens | {:.1} | {:.1} |", before.mean_completion_tokens, after.mean_completion_tokens);
+    println!("\nwall time: {wall:.0} s");
+}
+
+fn write_summary(args: &Args, plan: &Plan, before: &EvalRecord, after: &EvalRecord, wall: f64, plots: &[PathBuf]) -> Result<()> {
+    let summary = json!({
+        "seed": args.seed,
+        "k": before.k,
+        "eval_questions": before.questions,
+        "eval_temperature": plan.eval.temperature,
+        "teacher_slip_rate": plan.slip_rate,
+        "pass_at_1_before_rl": before.pass_at_1,
+        "pass_at_1_after_rl": after.pass_at_1,
+        "cons_at_k_before_rl": before.cons_at_k,
+        "cons_at_k_after_rl": after.cons_at_k,
+        "mean_completion_tokens_before_rl": before.mean_completion_tokens,
+        "mean_completion_tokens_after_rl": after.mean_completion_tokens,
+        "sft_steps": args.sft_steps,
+        "grpo_steps": plan.grpo.max_steps,
+        "wall_s": wall,
+        "plots": plots,
+    });
+    let path = args.out.join("summary.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&summary)?).with_context(|| format!("writing {}", path.display()))?;
+    println!("summary: {}", path.display());
+    Ok(())
+}
