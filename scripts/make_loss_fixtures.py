@@ -71,7 +71,7 @@ def make_case(gen, cfg):
         "ref_logps": ref.tolist(),
         "advantages": adv.tolist(),
         "mask": mask.tolist(),
-        "loss": float(loss),
+        "loss": float(loss.detach()),
         "grad": x.grad.tolist(),
     }
 

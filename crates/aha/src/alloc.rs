@@ -33,9 +33,7 @@ pub fn init() {
 #[cfg(all(not(feature = "mimalloc"), target_os = "linux", target_env = "gnu"))]
 fn tuning_wanted() -> bool {
     let disabled = std::env::var("AHA_ALLOC").is_ok_and(|v| v == "system");
-    let overridden = ["MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_"]
-        .iter()
-        .any(|k| std::env::var_os(k).is_some());
+    let overridden = ["MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_"].iter().any(|k| std::env::var_os(k).is_some());
     !disabled && !overridden
 }
 
@@ -49,9 +47,6 @@ pub fn describe() -> &'static str {
     } else {
         "glibc (defaults or environment)"
     };
-    #[cfg(all(
-        not(feature = "mimalloc"),
-        not(all(target_os = "linux", target_env = "gnu"))
-    ))]
+    #[cfg(all(not(feature = "mimalloc"), not(all(target_os = "linux", target_env = "gnu"))))]
     return "system";
 }

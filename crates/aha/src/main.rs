@@ -5,6 +5,8 @@
 
 mod alloc;
 mod cmd;
+mod config;
+mod runs;
 
 use clap::{Parser, Subcommand};
 
@@ -36,6 +38,10 @@ enum Command {
     Generate(cmd::generate::Args),
     /// Load a model (HF directory, GGUF, cached repo id) and save it as a HF directory.
     Convert(cmd::convert::Args),
+    /// Train a model with GRPO from a TOML config.
+    Grpo(cmd::grpo::Args),
+    /// Supervised fine-tuning from a TOML config.
+    Sft(cmd::sft::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -51,5 +57,7 @@ fn main() -> anyhow::Result<()> {
         Command::Init(args) => cmd::init::run(args),
         Command::Generate(args) => cmd::generate::run(args),
         Command::Convert(args) => cmd::convert::run(args),
+        Command::Grpo(args) => cmd::grpo::run(args),
+        Command::Sft(args) => cmd::sft::run(args),
     }
 }

@@ -4,15 +4,8 @@ use std::path::Path;
 use std::process::Command;
 
 fn aha(args: &[&str]) -> std::process::Output {
-    let out = Command::new(env!("CARGO_BIN_EXE_aha"))
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "aha {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = Command::new(env!("CARGO_BIN_EXE_aha")).args(args).output().unwrap();
+    assert!(out.status.success(), "aha {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
     out
 }
 
@@ -45,23 +38,11 @@ fn init_generate_convert() {
         "--seed",
         "5",
     ]);
-    for f in [
-        "config.json",
-        "model.safetensors",
-        "tokenizer.json",
-        "tokenizer_config.json",
-        "generation_config.json",
-    ] {
+    for f in ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "generation_config.json"] {
         assert!(Path::new(m).join(f).is_file(), "{f} missing");
     }
-    let refuse = Command::new(env!("CARGO_BIN_EXE_aha"))
-        .args(["init", "--out", m])
-        .output()
-        .unwrap();
-    assert!(
-        !refuse.status.success(),
-        "init must not overwrite without --force"
-    );
+    let refuse = Command::new(env!("CARGO_BIN_EXE_aha")).args(["init", "--out", m]).output().unwrap();
+    assert!(!refuse.status.success(), "init must not overwrite without --force");
 
     let gen = |seed: &str| {
         let out = aha(&[
@@ -77,10 +58,7 @@ fn init_generate_convert() {
             "--temperature",
             "1.0",
         ]);
-        (
-            String::from_utf8(out.stdout).unwrap(),
-            String::from_utf8(out.stderr).unwrap(),
-        )
+        (String::from_utf8(out.stdout).unwrap(), String::from_utf8(out.stderr).unwrap())
     };
     let (a, stats) = gen("1");
     assert!(stats.contains("prompt tokens"), "{stats}");
@@ -89,9 +67,6 @@ fn init_generate_convert() {
     let copy = root.join("copy");
     aha(&["convert", "--model", m, "--out", copy.to_str().unwrap()]);
     let original = std::fs::read(Path::new(m).join("model.safetensors")).unwrap();
-    assert_eq!(
-        std::fs::read(copy.join("model.safetensors")).unwrap(),
-        original
-    );
+    assert_eq!(std::fs::read(copy.join("model.safetensors")).unwrap(), original);
     let _ = std::fs::remove_dir_all(&root);
 }

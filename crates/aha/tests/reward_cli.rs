@@ -17,11 +17,7 @@ fn tmp(name: &str, text: &str) -> std::path::PathBuf {
 }
 
 fn lines(path: &std::path::Path) -> Vec<Value> {
-    std::fs::read_to_string(path)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
+    std::fs::read_to_string(path).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
 }
 
 #[test]
@@ -72,17 +68,10 @@ fn math_equal_marks_pairs() {
             "\n"
         ),
     );
-    let out = aha()
-        .args(["math-equal", "--input"])
-        .arg(&input)
-        .output()
-        .unwrap();
+    let out = aha().args(["math-equal", "--input"]).arg(&input).output().unwrap();
     assert!(out.status.success());
-    let rows: Vec<Value> = String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let rows: Vec<Value> =
+        String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(rows[0]["equal"], true);
     assert_eq!(rows[1]["equal"], false);
     assert_eq!(rows[2]["equal"], Value::Null);
@@ -103,10 +92,7 @@ fn sandbox_run_reports_json() {
     assert!(out.status.success());
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     if v["status"] == "refused" {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "sandbox refused in CI: {v}"
-        );
+        assert!(std::env::var_os("CI").is_none(), "sandbox refused in CI: {v}");
         eprintln!("note: sandbox refused here: {}", v["refused"]);
         return;
     }

@@ -8,36 +8,19 @@ use aha_metrics::{draw_report, names, write_eval, EvalRecord, Metrics, MetricsWr
 
 /// Deterministic noise in [-0.5, 0.5).
 fn noise(state: &mut u64) -> f64 {
-    *state = state
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
+    *state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
     (*state >> 11) as f64 / (1u64 << 53) as f64 - 0.5
 }
 
 fn step_metrics(t: f64, step: u64, rng: &mut u64) -> Metrics {
     let mut m = Metrics::new();
     m.set(names::REWARD, 0.3 + 1.2 * t + 0.3 * noise(rng))
-        .set(
-            names::reward_mean("accuracy"),
-            (0.1 + 0.7 * t + 0.2 * noise(rng)).max(0.0),
-        )
-        .set(
-            names::reward_mean("format"),
-            0.6 + 0.4 * t.sqrt() + 0.1 * noise(rng),
-        )
-        .set(
-            names::ACCURACY,
-            (0.1 + 0.7 * t + 0.2 * noise(rng)).clamp(0.0, 1.0),
-        )
-        .set(
-            names::COMPLETION_MEAN_LENGTH,
-            40.0 + 90.0 * t + 12.0 * noise(rng),
-        )
+        .set(names::reward_mean("accuracy"), (0.1 + 0.7 * t + 0.2 * noise(rng)).max(0.0))
+        .set(names::reward_mean("format"), 0.6 + 0.4 * t.sqrt() + 0.1 * noise(rng))
+        .set(names::ACCURACY, (0.1 + 0.7 * t + 0.2 * noise(rng)).clamp(0.0, 1.0))
+        .set(names::COMPLETION_MEAN_LENGTH, 40.0 + 90.0 * t + 12.0 * noise(rng))
         .set(names::KL, 2e-4 * step as f64 * (1.0 + 0.6 * noise(rng)))
-        .set(
-            names::REFLECTION_PER_1K_WORDS,
-            2.0 + 6.0 * t + 1.5 * noise(rng),
-        )
+        .set(names::REFLECTION_PER_1K_WORDS, 2.0 + 6.0 * t + 1.5 * noise(rng))
         .set(names::LOSS, 0.02 * noise(rng))
         .set(names::GRAD_NORM, 0.8 + 0.4 * noise(rng))
         .set(names::LR, 3e-6);

@@ -48,10 +48,7 @@ pub enum MetricsError {
 impl MetricsError {
     /// Wraps an I/O error with the path it concerns.
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        MetricsError::Io {
-            path: path.into(),
-            source,
-        }
+        MetricsError::Io { path: path.into(), source }
     }
 }
 

@@ -71,11 +71,7 @@ pub struct TaskEval {
 /// Writes `record` to `run_dir/eval_<step, 8 digits>[_<label>].json` (through a temporary file and a
 /// rename, so readers never see half a file) and returns the path.
 pub fn write_eval(run_dir: &Path, record: &EvalRecord) -> Result<PathBuf> {
-    let label = record
-        .label
-        .as_deref()
-        .map(|l| format!("_{}", sanitize(l)))
-        .unwrap_or_default();
+    let label = record.label.as_deref().map(|l| format!("_{}", sanitize(l))).unwrap_or_default();
     let path = run_dir.join(format!("eval_{:08}{label}.json", record.step));
     let tmp = path.with_extension("json.tmp");
     let text = serde_json::to_string_pretty(record).map_err(|e| MetricsError::Parse {
@@ -91,15 +87,10 @@ pub fn write_eval(run_dir: &Path, record: &EvalRecord) -> Result<PathBuf> {
 /// Reads every `eval_*.json` in `run_dir`, sorted by step (then file name).
 pub fn read_evals(run_dir: &Path) -> Result<Vec<EvalRecord>> {
     let entries = fs::read_dir(run_dir).map_err(|e| MetricsError::io(run_dir, e))?;
-    let mut paths: Vec<PathBuf> = entries
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| is_eval_file(p))
-        .collect();
+    let mut paths: Vec<PathBuf> =
+        entries.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| is_eval_file(p)).collect();
     paths.sort();
-    let mut records = paths
-        .iter()
-        .map(|p| read_eval(p))
-        .collect::<Result<Vec<_>>>()?;
+    let mut records = paths.iter().map(|p| read_eval(p)).collect::<Result<Vec<_>>>()?;
     records.sort_by_key(|r| r.step);
     Ok(records)
 }
@@ -119,16 +110,7 @@ fn is_eval_file(path: &Path) -> bool {
 }
 
 fn sanitize(label: &str) -> String {
-    label
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
+    label.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).collect()
 }
 
 /// A markdown table of evaluations: step, label, k, pass@1, cons@k, mean tokens, reflection rate.
@@ -138,10 +120,7 @@ pub fn eval_table_markdown(records: &[EvalRecord]) -> String {
          | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |\n",
     );
     for r in records {
-        let reflection = r
-            .reflection_per_1k_words
-            .map(|v| format!("{v:.2}"))
-            .unwrap_or_else(|| "–".into());
+        let reflection = r.reflection_per_1k_words.map(|v| format!("{v:.2}")).unwrap_or_else(|| "–".into());
         table.push_str(&format!(
             "| {} | {} | {} | {} | {:.3} | {:.3} | {:.1} | {reflection} |\n",
             r.step,
@@ -182,12 +161,8 @@ mod tests {
         fs::write(dir.path().join("metrics.jsonl"), "").unwrap();
         assert!(late.ends_with("eval_00000200_after_rl.json"));
         let back = read_evals(dir.path()).unwrap();
-        assert_eq!(
-            back,
-            vec![record(0, None, 0.2), record(200, Some("after rl"), 0.6)]
-        );
-        let json: serde_json::Value =
-            serde_json::from_str(&fs::read_to_string(late).unwrap()).unwrap();
+        assert_eq!(back, vec![record(0, None, 0.2), record(200, Some("after rl"), 0.6)]);
+        let json: serde_json::Value = serde_json::from_str(&fs::read_to_string(late).unwrap()).unwrap();
         assert_eq!(json["pass_at_k"]["8"], 0.9);
     }
 
@@ -207,9 +182,6 @@ mod tests {
     fn markdown_table_has_a_row_per_record() {
         let table = eval_table_markdown(&[record(0, None, 0.25), record(10, Some("x"), 0.5)]);
         assert_eq!(table.lines().count(), 4);
-        assert!(
-            table.contains("| 10 | x | 8 | 50 | 0.500 | 0.600 | 42.0 | – |"),
-            "{table}"
-        );
+        assert!(table.contains("| 10 | x | 8 | 50 | 0.500 | 0.600 | 42.0 | – |"), "{table}");
     }
 }

@@ -96,9 +96,7 @@ impl Metrics {
 
 impl<S: Into<String>> FromIterator<(S, f64)> for Metrics {
     fn from_iter<I: IntoIterator<Item = (S, f64)>>(iter: I) -> Self {
-        Metrics {
-            values: iter.into_iter().map(|(k, v)| (k.into(), v)).collect(),
-        }
+        Metrics { values: iter.into_iter().map(|(k, v)| (k.into(), v)).collect() }
     }
 }
 

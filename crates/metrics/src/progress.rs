@@ -34,19 +34,13 @@ impl TrainProgress {
     }
 
     fn with_target(total: u64, target: ProgressDrawTarget) -> Self {
-        let style =
-            ProgressStyle::with_template(TEMPLATE).unwrap_or_else(|_| ProgressStyle::default_bar());
+        let style = ProgressStyle::with_template(TEMPLATE).unwrap_or_else(|_| ProgressStyle::default_bar());
         let bar = ProgressBar::with_draw_target(Some(total), target).with_style(style);
         if !bar.is_hidden() {
             // Redraws the spinner and ETA between steps; pointless (a wasted thread) when hidden.
             bar.enable_steady_tick(Duration::from_millis(250));
         }
-        TrainProgress {
-            bar,
-            total,
-            plain_every: (total / 20).max(1),
-            last_plain: None,
-        }
+        TrainProgress { bar, total, plain_every: (total / 20).max(1), last_plain: None }
     }
 
     /// Moves the bar to `step` (steps done), for example after resuming.
@@ -131,9 +125,7 @@ mod tests {
     #[test]
     fn message_shows_present_metrics_in_order() {
         let mut m = Metrics::new();
-        m.set(names::KL, 0.00123)
-            .set(names::COMPLETION_MEAN_LENGTH, 122.6)
-            .set(names::REWARD, 0.5314);
+        m.set(names::KL, 0.00123).set(names::COMPLETION_MEAN_LENGTH, 122.6).set(names::REWARD, 0.5314);
         assert_eq!(format_metrics(&m), "reward 0.531 · len 123 · kl 1.2e-3");
         assert_eq!(format_metrics(&Metrics::new()), "");
     }

@@ -40,11 +40,8 @@ impl MetricsLog {
 
     /// Every metric name that appears in any record, sorted.
     pub fn names(&self) -> Vec<String> {
-        let mut names: Vec<String> = self
-            .records
-            .iter()
-            .flat_map(|r| r.metrics.iter().map(|(k, _)| k.to_string()))
-            .collect();
+        let mut names: Vec<String> =
+            self.records.iter().flat_map(|r| r.metrics.iter().map(|(k, _)| k.to_string())).collect();
         names.sort();
         names.dedup();
         names
@@ -71,32 +68,17 @@ fn parse_metrics(text: &str, path: &Path) -> Result<MetricsLog> {
                 by_step.insert(record.step, record);
             }
             Err(_) if i + 1 == lines.len() => truncated_tail = true,
-            Err(message) => {
-                return Err(MetricsError::Parse {
-                    path: path.to_path_buf(),
-                    line: i + 1,
-                    message,
-                })
-            }
+            Err(message) => return Err(MetricsError::Parse { path: path.to_path_buf(), line: i + 1, message }),
         }
     }
-    Ok(MetricsLog {
-        records: by_step.into_values().collect(),
-        truncated_tail,
-    })
+    Ok(MetricsLog { records: by_step.into_values().collect(), truncated_tail })
 }
 
 fn parse_line(line: &str) -> std::result::Result<StepRecord, String> {
     let value: serde_json::Value = serde_json::from_str(line).map_err(|e| e.to_string())?;
     let object = value.as_object().ok_or("not a JSON object")?;
-    let step = object
-        .get("step")
-        .and_then(|s| s.as_u64())
-        .ok_or("missing or non-integer \"step\"")?;
-    let wall_time = object
-        .get("wall_time")
-        .and_then(|w| w.as_f64())
-        .unwrap_or(0.0);
+    let step = object.get("step").and_then(|s| s.as_u64()).ok_or("missing or non-integer \"step\"")?;
+    let wall_time = object.get("wall_time").and_then(|w| w.as_f64()).unwrap_or(0.0);
     let mut metrics = Metrics::new();
     for (name, v) in object {
         if name == "step" || name == "wall_time" {
@@ -104,17 +86,10 @@ fn parse_line(line: &str) -> std::result::Result<StepRecord, String> {
         }
         match v {
             serde_json::Value::Null => metrics.set(name.as_str(), f64::NAN),
-            other => metrics.set(
-                name.as_str(),
-                other.as_f64().ok_or(format!("{name:?} is not a number"))?,
-            ),
+            other => metrics.set(name.as_str(), other.as_f64().ok_or(format!("{name:?} is not a number"))?),
         };
     }
-    Ok(StepRecord {
-        step,
-        wall_time,
-        metrics,
-    })
+    Ok(StepRecord { step, wall_time, metrics })
 }
 
 #[cfg(test)]
@@ -127,9 +102,7 @@ mod tests {
 
     #[test]
     fn truncated_last_line_is_tolerated() {
-        let log =
-            parse("{\"step\":1,\"reward\":0.5}\n{\"step\":2,\"reward\":0.7}\n{\"step\":3,\"rew")
-                .unwrap();
+        let log = parse("{\"step\":1,\"reward\":0.5}\n{\"step\":2,\"reward\":0.7}\n{\"step\":3,\"rew").unwrap();
         assert!(log.truncated_tail);
         assert_eq!(log.series("reward"), vec![(1, 0.5), (2, 0.7)]);
     }
@@ -142,10 +115,8 @@ mod tests {
 
     #[test]
     fn repeated_steps_keep_the_last_and_nulls_are_skipped_in_series() {
-        let log = parse(
-            "{\"step\":2,\"kl\":1.0}\n{\"step\":1,\"kl\":null}\n\n{\"step\":2,\"kl\":3.0,\"loss\":1}\n",
-        )
-        .unwrap();
+        let log =
+            parse("{\"step\":2,\"kl\":1.0}\n{\"step\":1,\"kl\":null}\n\n{\"step\":2,\"kl\":3.0,\"loss\":1}\n").unwrap();
         assert!(!log.truncated_tail);
         assert_eq!(log.records.len(), 2);
         assert_eq!(log.series("kl"), vec![(2, 3.0)]);

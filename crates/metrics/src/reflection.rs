@@ -6,9 +6,8 @@
 //! ASCII case. The frequency is reflection words per 1 000 words of all the text pooled.
 
 /// The reflection words of DESIGN §1, in its order.
-pub const REFLECTION_WORDS: [&str; 10] = [
-    "wait", "mistake", "however", "but", "retry", "error", "verify", "wrong", "evaluate", "check",
-];
+pub const REFLECTION_WORDS: [&str; 10] =
+    ["wait", "mistake", "however", "but", "retry", "error", "verify", "wrong", "evaluate", "check"];
 
 /// Word and reflection-word counts of some text; merge counts to pool several completions.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -25,10 +24,7 @@ impl ReflectionCounts {
         let mut counts = ReflectionCounts::default();
         for word in words(text) {
             counts.words += 1;
-            if let Some(i) = REFLECTION_WORDS
-                .iter()
-                .position(|w| w.eq_ignore_ascii_case(word))
-            {
+            if let Some(i) = REFLECTION_WORDS.iter().position(|w| w.eq_ignore_ascii_case(word)) {
                 counts.hits[i] += 1;
             }
         }
@@ -58,10 +54,7 @@ impl ReflectionCounts {
 
     /// (word, count) pairs in [`REFLECTION_WORDS`] order.
     pub fn by_word(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
-        REFLECTION_WORDS
-            .iter()
-            .copied()
-            .zip(self.hits.iter().copied())
+        REFLECTION_WORDS.iter().copied().zip(self.hits.iter().copied())
     }
 }
 
@@ -77,8 +70,7 @@ pub fn reflection_frequency<S: AsRef<str>>(texts: &[S]) -> f64 {
 
 /// The words of `text`: maximal runs of alphanumeric characters or `_`.
 fn words(text: &str) -> impl Iterator<Item = &str> {
-    text.split(|c: char| !(c.is_alphanumeric() || c == '_'))
-        .filter(|w| !w.is_empty())
+    text.split(|c: char| !(c.is_alphanumeric() || c == '_')).filter(|w| !w.is_empty())
 }
 
 #[cfg(test)]
@@ -87,8 +79,7 @@ mod tests {
 
     #[test]
     fn word_boundaries_and_case() {
-        let c =
-            ReflectionCounts::of("Wait, WAIT! waiting... checkpoint; but-why? BUT_not (verify)");
+        let c = ReflectionCounts::of("Wait, WAIT! waiting... checkpoint; but-why? BUT_not (verify)");
         // Words: Wait WAIT waiting checkpoint but why BUT_not verify = 8.
         assert_eq!(c.words, 8);
         assert_eq!(c.total(), 4, "{c:?}");
@@ -103,10 +94,7 @@ mod tests {
         assert_eq!((c.words, c.total()), (10, 10));
         assert_eq!(c.per_thousand_words(), 1000.0);
         let filler = "x ".repeat(1998);
-        assert_eq!(
-            reflection_frequency(&[filler.as_str(), "wait, however"]),
-            1.0
-        );
+        assert_eq!(reflection_frequency(&[filler.as_str(), "wait, however"]), 1.0);
     }
 
     #[test]

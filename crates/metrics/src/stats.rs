@@ -10,9 +10,7 @@ use crate::error::{MetricsError, Result};
 /// accurate for large n. Requires `1 ≤ k ≤ n` and `c ≤ n`.
 pub fn pass_at_k(n: u64, c: u64, k: u64) -> Result<f64> {
     if k == 0 || k > n || c > n {
-        return Err(MetricsError::Estimator(format!(
-            "pass@k needs 1 <= k <= n and c <= n, got n={n}, c={c}, k={k}"
-        )));
+        return Err(MetricsError::Estimator(format!("pass@k needs 1 <= k <= n and c <= n, got n={n}, c={c}, k={k}")));
     }
     if n - c < k {
         // Every k-subset contains a correct sample.
@@ -44,17 +42,12 @@ pub fn majority_vote<T: PartialEq>(answers: &[Option<T>]) -> Option<Vote> {
 /// `1/2` and `0.5` vote together). Answers are grouped by comparing each with the first member of each
 /// group in order of first appearance, and joins the first group it matches; ties follow
 /// [`majority_vote`]'s rule (the earliest-seen group wins).
-pub fn majority_vote_by<T>(
-    answers: &[Option<T>],
-    mut same: impl FnMut(&T, &T) -> bool,
-) -> Option<Vote> {
+pub fn majority_vote_by<T>(answers: &[Option<T>], mut same: impl FnMut(&T, &T) -> bool) -> Option<Vote> {
     // (index of first member, count), in order of first appearance.
     let mut groups: Vec<(usize, usize)> = Vec::new();
     for (i, answer) in answers.iter().enumerate() {
         let Some(answer) = answer else { continue };
-        let found = groups
-            .iter_mut()
-            .find(|(first, _)| answers[*first].as_ref().is_some_and(|f| same(f, answer)));
+        let found = groups.iter_mut().find(|(first, _)| answers[*first].as_ref().is_some_and(|f| same(f, answer)));
         match found {
             Some((_, count)) => *count += 1,
             None => groups.push((i, 1)),
@@ -87,11 +80,7 @@ pub fn median(values: &[f64]) -> Option<f64> {
     let mut sorted = values.to_vec();
     sorted.sort_by(f64::total_cmp);
     let mid = sorted.len() / 2;
-    Some(if sorted.len() % 2 == 1 {
-        sorted[mid]
-    } else {
-        (sorted[mid - 1] + sorted[mid]) / 2.0
-    })
+    Some(if sorted.len() % 2 == 1 { sorted[mid] } else { (sorted[mid - 1] + sorted[mid]) / 2.0 })
 }
 
 #[cfg(test)]
@@ -119,10 +108,7 @@ mod tests {
                 for k in 1..=n {
                     let want = pass_at_k_exhaustive(n, c, k);
                     let got = pass_at_k(n.into(), c.into(), k.into()).unwrap();
-                    assert!(
-                        (got - want).abs() < 1e-12,
-                        "n={n} c={c} k={k}: {got} vs {want}"
-                    );
+                    assert!((got - want).abs() < 1e-12, "n={n} c={c} k={k}: {got} vs {want}");
                 }
             }
         }

@@ -45,21 +45,9 @@ pub struct EventFileWriter {
 impl EventFileWriter {
     /// Creates `path` (failing if it exists) and writes the file-version header event.
     pub fn create(path: &Path, wall_time: f64) -> Result<Self> {
-        let file = File::options()
-            .write(true)
-            .create_new(true)
-            .open(path)
-            .map_err(|e| MetricsError::io(path, e))?;
-        let mut writer = EventFileWriter {
-            path: path.to_path_buf(),
-            out: BufWriter::new(file),
-        };
-        let header = Event {
-            wall_time,
-            step: 0,
-            file_version: Some(FILE_VERSION.to_string()),
-            scalars: Vec::new(),
-        };
+        let file = File::options().write(true).create_new(true).open(path).map_err(|e| MetricsError::io(path, e))?;
+        let mut writer = EventFileWriter { path: path.to_path_buf(), out: BufWriter::new(file) };
+        let header = Event { wall_time, step: 0, file_version: Some(FILE_VERSION.to_string()), scalars: Vec::new() };
         writer.write_event(&header)?;
         Ok(writer)
     }
@@ -72,9 +60,7 @@ impl EventFileWriter {
     /// Writes one event as a record and flushes it to the operating system.
     pub fn write_event(&mut self, event: &Event) -> Result<()> {
         let data = encode_event(event);
-        write_record(&mut self.out, &data)
-            .and_then(|()| self.out.flush())
-            .map_err(|e| MetricsError::io(&self.path, e))
+        write_record(&mut self.out, &data).and_then(|()| self.out.flush()).map_err(|e| MetricsError::io(&self.path, e))
     }
 }
 
@@ -113,13 +99,8 @@ pub fn read_records(bytes: &[u8]) -> Result<Vec<&[u8]>> {
 /// Reads and decodes every event of an event file.
 pub fn read_event_file(path: &Path) -> Result<Vec<Event>> {
     let mut bytes = Vec::new();
-    File::open(path)
-        .and_then(|mut f| f.read_to_end(&mut bytes))
-        .map_err(|e| MetricsError::io(path, e))?;
-    read_records(&bytes)?
-        .into_iter()
-        .map(decode_event)
-        .collect()
+    File::open(path).and_then(|mut f| f.read_to_end(&mut bytes)).map_err(|e| MetricsError::io(path, e))?;
+    read_records(&bytes)?.into_iter().map(decode_event).collect()
 }
 
 fn split<'a>(bytes: &'a [u8], n: usize, what: &str) -> Result<(&'a [u8], &'a [u8])> {
@@ -242,11 +223,7 @@ impl<'a> Fields<'a> {
                 Payload::Bytes(self.take(len)?)
             }
             WIRE_FIXED32 => Payload::Fixed32(to_array(self.take(4)?)),
-            other => {
-                return Err(MetricsError::Event(format!(
-                    "unsupported wire type {other}"
-                )))
-            }
+            other => return Err(MetricsError::Event(format!("unsupported wire type {other}"))),
         };
         Ok(Some((key >> 3, payload)))
     }
@@ -258,12 +235,7 @@ fn utf8(bytes: &[u8]) -> Result<String> {
 
 /// Parses a `tensorflow.Event`, keeping the fields [`Event`] has and skipping all others.
 pub fn decode_event(bytes: &[u8]) -> Result<Event> {
-    let mut event = Event {
-        wall_time: 0.0,
-        step: 0,
-        file_version: None,
-        scalars: Vec::new(),
-    };
+    let mut event = Event { wall_time: 0.0, step: 0, file_version: None, scalars: Vec::new() };
     let mut fields = Fields { rest: bytes };
     while let Some((field, payload)) = fields.next_field()? {
         match (field, payload) {
@@ -343,10 +315,7 @@ mod tests {
         let mut bytes = encode_event(&scalar_event(7, &[("x", 2.0)]));
         // Field 4 (a varint) and field 6 (bytes) are not modelled and must be ignored.
         bytes.extend_from_slice(&[0x20, 0x05, 0x32, 0x02, 0xFF, 0xFF]);
-        assert_eq!(
-            decode_event(&bytes).unwrap().scalars,
-            vec![("x".into(), 2.0)]
-        );
+        assert_eq!(decode_event(&bytes).unwrap().scalars, vec![("x".into(), 2.0)]);
     }
 
     #[test]
@@ -354,16 +323,10 @@ mod tests {
         let mut stream = Vec::new();
         write_record(&mut stream, b"hello").unwrap();
         write_record(&mut stream, b"").unwrap();
-        assert_eq!(
-            read_records(&stream).unwrap(),
-            vec![&b"hello"[..], &b""[..]]
-        );
+        assert_eq!(read_records(&stream).unwrap(), vec![&b"hello"[..], &b""[..]]);
         let mut flipped = stream.clone();
         flipped[13] ^= 1;
-        assert!(matches!(
-            read_records(&flipped),
-            Err(MetricsError::Event(_))
-        ));
+        assert!(matches!(read_records(&flipped), Err(MetricsError::Event(_))));
         let mut bad_len = stream.clone();
         bad_len[0] ^= 1;
         assert!(read_records(&bad_len).is_err());
@@ -375,19 +338,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("events.out.tfevents.test");
         let mut writer = EventFileWriter::create(&path, 10.0).unwrap();
-        writer
-            .write_event(&scalar_event(1, &[("loss", 0.75)]))
-            .unwrap();
-        writer
-            .write_event(&scalar_event(2, &[("loss", 0.5)]))
-            .unwrap();
+        writer.write_event(&scalar_event(1, &[("loss", 0.75)])).unwrap();
+        writer.write_event(&scalar_event(2, &[("loss", 0.5)])).unwrap();
         let events = read_event_file(&path).unwrap();
         assert_eq!(events.len(), 3);
         assert_eq!(events[0].file_version.as_deref(), Some(FILE_VERSION));
         assert_eq!(events[2].scalars, vec![("loss".into(), 0.5)]);
-        assert!(
-            EventFileWriter::create(&path, 10.0).is_err(),
-            "must not clobber"
-        );
+        assert!(EventFileWriter::create(&path, 10.0).is_err(), "must not clobber");
     }
 }

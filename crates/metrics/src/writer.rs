@@ -76,12 +76,7 @@ impl MetricsWriter {
         let metrics = open_for_append(&run_dir.join(METRICS_FILE))?;
         let now = unix_time();
         let tb = EventFileWriter::create(&tb_dir.join(event_file_name(now)), now)?;
-        Ok(MetricsWriter {
-            run_dir: run_dir.to_path_buf(),
-            metrics,
-            samples: None,
-            tb,
-        })
+        Ok(MetricsWriter { run_dir: run_dir.to_path_buf(), metrics, samples: None, tb })
     }
 
     /// The run directory.
@@ -103,17 +98,12 @@ impl MetricsWriter {
         let wall_time = unix_time();
         let line = metrics_line(step, wall_time, metrics);
         let path = self.run_dir.join(METRICS_FILE);
-        self.metrics
-            .write_all(line.as_bytes())
-            .map_err(|e| MetricsError::io(&path, e))?;
+        self.metrics.write_all(line.as_bytes()).map_err(|e| MetricsError::io(&path, e))?;
         let event = Event {
             wall_time,
             step: i64::try_from(step).unwrap_or(i64::MAX),
             file_version: None,
-            scalars: metrics
-                .iter()
-                .map(|(k, v)| (k.to_string(), v as f32))
-                .collect(),
+            scalars: metrics.iter().map(|(k, v)| (k.to_string(), v as f32)).collect(),
         };
         self.tb.write_event(&event)
     }
@@ -126,20 +116,16 @@ impl MetricsWriter {
         }
         let mut text = String::new();
         for sample in samples {
-            let line = serde_json::to_string(&SampleLine { step, sample }).map_err(|e| {
-                MetricsError::Parse {
-                    path: path.clone(),
-                    line: 0,
-                    message: e.to_string(),
-                }
+            let line = serde_json::to_string(&SampleLine { step, sample }).map_err(|e| MetricsError::Parse {
+                path: path.clone(),
+                line: 0,
+                message: e.to_string(),
             })?;
             text.push_str(&line);
             text.push('\n');
         }
         match self.samples.as_mut() {
-            Some(file) => file
-                .write_all(text.as_bytes())
-                .map_err(|e| MetricsError::io(&path, e)),
+            Some(file) => file.write_all(text.as_bytes()).map_err(|e| MetricsError::io(&path, e)),
             None => Ok(()),
         }
     }
@@ -163,20 +149,12 @@ fn json_number(value: f64) -> String {
 
 /// Opens `path` for appending, first cutting off a partial last line (one without a newline).
 fn open_for_append(path: &Path) -> Result<File> {
-    let mut file = File::options()
-        .read(true)
-        .append(true)
-        .create(true)
-        .open(path)
-        .map_err(|e| MetricsError::io(path, e))?;
+    let mut file =
+        File::options().read(true).append(true).create(true).open(path).map_err(|e| MetricsError::io(path, e))?;
     let complete = complete_prefix_len(&mut file).map_err(|e| MetricsError::io(path, e))?;
-    let len = file
-        .metadata()
-        .map_err(|e| MetricsError::io(path, e))?
-        .len();
+    let len = file.metadata().map_err(|e| MetricsError::io(path, e))?.len();
     if complete < len {
-        file.set_len(complete)
-            .map_err(|e| MetricsError::io(path, e))?;
+        file.set_len(complete).map_err(|e| MetricsError::io(path, e))?;
     }
     Ok(file)
 }
@@ -200,10 +178,7 @@ fn complete_prefix_len(file: &mut File) -> std::io::Result<u64> {
 }
 
 fn unix_time() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
 }
 
 /// `events.out.tfevents.<time>.<host>.<pid>.<n>`, the naming TensorBoard's own writer uses; the counter
@@ -211,12 +186,7 @@ fn unix_time() -> f64 {
 fn event_file_name(now: f64) -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    format!(
-        "events.out.tfevents.{}.{}.{}.{n}",
-        now as u64,
-        hostname(),
-        std::process::id()
-    )
+    format!("events.out.tfevents.{}.{}.{}.{n}", now as u64, hostname(), std::process::id())
 }
 
 fn hostname() -> String {
@@ -224,11 +194,8 @@ fn hostname() -> String {
         .ok()
         .or_else(|| std::env::var("HOSTNAME").ok())
         .unwrap_or_default();
-    let clean: String = raw
-        .trim()
-        .chars()
-        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-        .collect();
+    let clean: String =
+        raw.trim().chars().filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')).collect();
     if clean.is_empty() {
         "localhost".to_string()
     } else {
@@ -243,9 +210,7 @@ mod tests {
 
     fn step_metrics(step: u64) -> Metrics {
         let mut m = Metrics::new();
-        m.set("reward", step as f64 / 10.0)
-            .set("rewards/format/mean", 1.0)
-            .set("kl", f64::NAN);
+        m.set("reward", step as f64 / 10.0).set("rewards/format/mean", 1.0).set("kl", f64::NAN);
         m
     }
 
@@ -254,10 +219,7 @@ mod tests {
         let mut m = Metrics::new();
         m.set("loss", 0.5).set("a\"b", f64::INFINITY);
         let line = metrics_line(3, 1.5, &m);
-        assert_eq!(
-            line,
-            "{\"step\":3,\"wall_time\":1.5,\"a\\\"b\":null,\"loss\":0.5}\n"
-        );
+        assert_eq!(line, "{\"step\":3,\"wall_time\":1.5,\"a\\\"b\":null,\"loss\":0.5}\n");
     }
 
     #[test]
@@ -268,10 +230,7 @@ mod tests {
             w.log(step, &step_metrics(step)).unwrap();
         }
         let text = fs::read_to_string(dir.path().join(METRICS_FILE)).unwrap();
-        let lines: Vec<serde_json::Value> = text
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect();
+        let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
         assert_eq!(lines.len(), 3);
         assert_eq!(lines[2]["step"], 3);
         assert_eq!(lines[2]["reward"], 0.3);
@@ -285,12 +244,7 @@ mod tests {
         assert_eq!(reward, 0.3f32);
         let kl = last.scalars.iter().find(|(t, _)| t == "kl").unwrap().1;
         assert!(kl.is_nan());
-        let name = w
-            .event_file()
-            .file_name()
-            .unwrap()
-            .to_string_lossy()
-            .into_owned();
+        let name = w.event_file().file_name().unwrap().to_string_lossy().into_owned();
         assert!(name.starts_with("events.out.tfevents."), "{name}");
     }
 
@@ -315,11 +269,7 @@ mod tests {
         assert_eq!(lines.len(), 2);
         assert!(lines[1].starts_with("{\"step\":2,\"wall_time\":"));
         let second = MetricsWriter::create(dir.path()).unwrap();
-        assert_ne!(
-            second.event_file(),
-            w.event_file(),
-            "a new event file per writer"
-        );
+        assert_ne!(second.event_file(), w.event_file(), "a new event file per writer");
     }
 
     #[test]
@@ -330,21 +280,13 @@ mod tests {
             prompt: "2+2?".into(),
             completion: "<think>\n</think><answer>4</answer>".into(),
             reward: Some(1.0),
-            rewards: [
-                ("math".to_string(), Some(1.0)),
-                ("format".to_string(), None),
-            ]
-            .into(),
+            rewards: [("math".to_string(), Some(1.0)), ("format".to_string(), None)].into(),
             ..SampleLog::default()
         };
-        w.log_samples(10, &[sample.clone(), sample.clone()])
-            .unwrap();
+        w.log_samples(10, &[sample.clone(), sample.clone()]).unwrap();
         w.log_samples(20, &[sample]).unwrap();
         let text = fs::read_to_string(dir.path().join(SAMPLES_FILE)).unwrap();
-        let rows: Vec<serde_json::Value> = text
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect();
+        let rows: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
         assert_eq!(rows.len(), 3);
         assert_eq!(rows[0]["step"], 10);
         assert_eq!(rows[2]["step"], 20);

@@ -38,10 +38,7 @@ pub struct ChatMessage {
 impl ChatMessage {
     /// A message with the given role and content.
     pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
-        Self {
-            role: role.into(),
-            content: content.into(),
-        }
+        Self { role: role.into(), content: content.into() }
     }
 }
 
@@ -60,14 +57,8 @@ impl ChatTemplate {
     /// passes to every render.
     pub fn new(source: &str, origin: &str, special_tokens: Map<String, Json>) -> Result<Self> {
         let mut env = python_compatible_environment();
-        env.add_template_owned(TEMPLATE_NAME, source.to_string())
-            .map_err(|e| template_error(origin, &e))?;
-        Ok(Self {
-            env,
-            source: source.to_string(),
-            origin: origin.to_string(),
-            special_tokens,
-        })
+        env.add_template_owned(TEMPLATE_NAME, source.to_string()).map_err(|e| template_error(origin, &e))?;
+        Ok(Self { env, source: source.to_string(), origin: origin.to_string(), special_tokens })
     }
 
     /// The template's Jinja source, as loaded (saved verbatim by `save_pretrained`).
@@ -108,19 +99,12 @@ impl ChatTemplate {
         ctx.insert("messages".into(), normalize_messages(messages));
         ctx.insert("tools".into(), Json::Null);
         ctx.insert("documents".into(), Json::Null);
-        ctx.insert(
-            "add_generation_prompt".into(),
-            Json::Bool(add_generation_prompt),
-        );
+        ctx.insert("add_generation_prompt".into(), Json::Bool(add_generation_prompt));
         for (k, v) in kwargs {
             ctx.insert(k.clone(), v.clone());
         }
-        let tmpl = self
-            .env
-            .get_template(TEMPLATE_NAME)
-            .map_err(|e| template_error(&self.origin, &e))?;
-        tmpl.render(Value::from_serialize(&ctx))
-            .map_err(|e| template_error(&self.origin, &e))
+        let tmpl = self.env.get_template(TEMPLATE_NAME).map_err(|e| template_error(&self.origin, &e))?;
+        tmpl.render(Value::from_serialize(&ctx)).map_err(|e| template_error(&self.origin, &e))
     }
 }
 
@@ -137,15 +121,9 @@ fn normalize_messages(messages: &Json) -> Json {
             let Json::Object(fields) = m else {
                 return m.clone();
             };
-            let kept: Map<String, Json> = fields
-                .iter()
-                .filter(|(_, v)| !v.is_null())
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect();
-            let reasoning = ["reasoning_content", "thinking", "reasoning"]
-                .iter()
-                .find_map(|k| kept.get(*k))
-                .cloned();
+            let kept: Map<String, Json> =
+                fields.iter().filter(|(_, v)| !v.is_null()).map(|(k, v)| (k.clone(), v.clone())).collect();
+            let reasoning = ["reasoning_content", "thinking", "reasoning"].iter().find_map(|k| kept.get(*k)).cloned();
             let Some(r) = reasoning else {
                 return Json::Object(kept);
             };
@@ -183,18 +161,12 @@ fn template_error(origin: &str, e: &Error) -> ModelError {
         let _ = write!(reason, ": {s}");
         src = s.source();
     }
-    ModelError::ChatTemplate {
-        origin: origin.to_string(),
-        reason,
-    }
+    ModelError::ChatTemplate { origin: origin.to_string(), reason }
 }
 
 /// `raise_exception(message)`: aborts rendering with the template's own message.
 fn raise_exception(message: String) -> std::result::Result<Value, Error> {
-    Err(Error::new(
-        ErrorKind::InvalidOperation,
-        format!("raise_exception: {message}"),
-    ))
+    Err(Error::new(ErrorKind::InvalidOperation, format!("raise_exception: {message}")))
 }
 
 /// `strftime_now(format)`: the current UTC time formatted like Python's `strftime`.
@@ -222,15 +194,7 @@ pub fn strftime(format: &str, unix_secs: u64) -> String {
         "November",
         "December",
     ];
-    const DAYS: [&str; 7] = [
-        "Monday",
-        "Tuesday",
-        "Wednesday",
-        "Thursday",
-        "Friday",
-        "Saturday",
-        "Sunday",
-    ];
+    const DAYS: [&str; 7] = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"];
     let days = (unix_secs / 86_400) as i64;
     let (y, m, d) = civil_from_days(days);
     let weekday = ((days + 3).rem_euclid(7)) as usize; // 1970-01-01 was a Thursday.
@@ -294,8 +258,7 @@ fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
 fn tojson_filter(value: Value, kwargs: Kwargs) -> std::result::Result<Value, Error> {
     let opts = DumpOptions::from_kwargs(&kwargs)?;
     kwargs.assert_all_used()?;
-    let json = serde_json::to_value(&value)
-        .map_err(|e| Error::new(ErrorKind::InvalidOperation, e.to_string()))?;
+    let json = serde_json::to_value(&value).map_err(|e| Error::new(ErrorKind::InvalidOperation, e.to_string()))?;
     let mut out = String::new();
     python_dumps(&json, &opts, 0, &mut out);
     Ok(Value::from_safe_string(out))
@@ -316,12 +279,7 @@ pub struct DumpOptions {
 
 impl Default for DumpOptions {
     fn default() -> Self {
-        Self {
-            ensure_ascii: false,
-            indent: None,
-            separators: (", ".into(), ": ".into()),
-            sort_keys: false,
-        }
+        Self { ensure_ascii: false, indent: None, separators: (", ".into(), ": ".into()), sort_keys: false }
     }
 }
 
@@ -333,12 +291,7 @@ impl DumpOptions {
         let sort_keys: Option<bool> = kwargs.get("sort_keys")?;
         let separators = match separators.as_deref() {
             Some([item, key]) => (item.clone(), key.clone()),
-            Some(_) => {
-                return Err(Error::new(
-                    ErrorKind::InvalidOperation,
-                    "separators must be a pair",
-                ))
-            }
+            Some(_) => return Err(Error::new(ErrorKind::InvalidOperation, "separators must be a pair")),
             None if indent.is_some() => (",".into(), ": ".into()),
             None => (", ".into(), ": ".into()),
         };
@@ -420,18 +373,10 @@ pub fn python_float_repr(f: f64) -> String {
         return "NaN".into();
     }
     if f.is_infinite() {
-        return if f > 0.0 {
-            "Infinity".into()
-        } else {
-            "-Infinity".into()
-        };
+        return if f > 0.0 { "Infinity".into() } else { "-Infinity".into() };
     }
     if f == 0.0 {
-        return if f.is_sign_negative() {
-            "-0.0".into()
-        } else {
-            "0.0".into()
-        };
+        return if f.is_sign_negative() { "-0.0".into() } else { "0.0".into() };
     }
     let sci = format!("{f:e}"); // e.g. "-1.5e-7": shortest round-trip digits.
     let (mantissa, exp) = sci.split_once('e').unwrap_or((sci.as_str(), "0"));
@@ -491,19 +436,9 @@ mod tests {
             dumps(v.clone(), DumpOptions::default()),
             r#"{"b": 1, "a": [1.0, "é<>&'\"\n", null, true], "c": {}}"#
         );
-        let opts = DumpOptions {
-            indent: Some(2),
-            separators: (",".into(), ": ".into()),
-            ..Default::default()
-        };
-        assert_eq!(
-            dumps(json!({"x": [1, 2]}), opts),
-            "{\n  \"x\": [\n    1,\n    2\n  ]\n}"
-        );
-        let ascii = DumpOptions {
-            ensure_ascii: true,
-            ..Default::default()
-        };
+        let opts = DumpOptions { indent: Some(2), separators: (",".into(), ": ".into()), ..Default::default() };
+        assert_eq!(dumps(json!({"x": [1, 2]}), opts), "{\n  \"x\": [\n    1,\n    2\n  ]\n}");
+        let ascii = DumpOptions { ensure_ascii: true, ..Default::default() };
         assert_eq!(dumps(json!("é😀"), ascii), r#""\u00e9\ud83d\ude00""#);
     }
 
@@ -525,10 +460,7 @@ mod tests {
     #[test]
     fn strftime_formats_known_dates() {
         // 2024-07-26 00:00:00 UTC was a Friday.
-        assert_eq!(
-            strftime("%d %b %Y %A %j %%", 1_721_952_000),
-            "26 Jul 2024 Friday 208 %"
-        );
+        assert_eq!(strftime("%d %b %Y %A %j %%", 1_721_952_000), "26 Jul 2024 Friday 208 %");
         assert_eq!(strftime("%Y-%m-%d %H:%M:%S", 0), "1970-01-01 00:00:00");
     }
 
@@ -536,38 +468,23 @@ mod tests {
     fn chatml_renders_with_generation_prompt() {
         let t = ChatTemplate::new(CHATML_TEMPLATE, "test", Map::new()).unwrap();
         let out = t.render(&[ChatMessage::new("user", "hi")], true).unwrap();
-        assert_eq!(
-            out,
-            "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
-        );
+        assert_eq!(out, "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n");
     }
 
     #[test]
     fn raise_exception_surfaces_the_message() {
-        let t = ChatTemplate::new(
-            "{{ raise_exception('no system role') }}",
-            "inline",
-            Map::new(),
-        )
-        .unwrap();
+        let t = ChatTemplate::new("{{ raise_exception('no system role') }}", "inline", Map::new()).unwrap();
         let e = t.render(&[], false).unwrap_err().to_string();
         assert!(e.contains("no system role") && e.contains("inline"), "{e}");
     }
 
     #[test]
     fn tojson_in_template_keeps_key_order_and_python_spacing() {
-        let t = ChatTemplate::new(
-            "{{ tools | tojson }}|{{ tools[0] | tojson(indent=4) }}",
-            "inline",
-            Map::new(),
-        )
-        .unwrap();
+        let t =
+            ChatTemplate::new("{{ tools | tojson }}|{{ tools[0] | tojson(indent=4) }}", "inline", Map::new()).unwrap();
         let mut kw = Map::new();
         kw.insert("tools".into(), json!([{"z": 1, "a": "<b>"}]));
         let out = t.render_json(&json!([]), false, &kw).unwrap();
-        assert_eq!(
-            out,
-            "[{\"z\": 1, \"a\": \"<b>\"}]|{\n    \"z\": 1,\n    \"a\": \"<b>\"\n}"
-        );
+        assert_eq!(out, "[{\"z\": 1, \"a\": \"<b>\"}]|{\n    \"z\": 1,\n    \"a\": \"<b>\"\n}");
     }
 }

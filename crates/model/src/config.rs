@@ -128,19 +128,15 @@ struct RawConfig {
 impl ModelConfig {
     /// Reads and validates a Hugging Face `config.json`.
     pub fn from_hf_json_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|source| ModelError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ModelError::Io { path: path.to_path_buf(), source })?;
         Self::from_hf_json_str(&text, path)
     }
 
     /// Parses and validates `config.json` text; `origin` names the file in errors.
     pub fn from_hf_json_str(text: &str, origin: &Path) -> Result<Self> {
-        let raw: RawConfig = serde_json::from_str(text).map_err(|source| ModelError::Json {
-            path: origin.to_path_buf(),
-            source,
-        })?;
+        let raw: RawConfig =
+            serde_json::from_str(text).map_err(|source| ModelError::Json { path: origin.to_path_buf(), source })?;
         raw.validate(origin)
     }
 
@@ -264,11 +260,11 @@ impl RawConfig {
     }
 
     fn arch(&self, origin: &Path) -> Result<Arch> {
-        let from_class = self.architectures.as_ref().and_then(|a| a.first()).and_then(|c| {
-            [Arch::Qwen2, Arch::Qwen3, Arch::Llama]
-                .into_iter()
-                .find(|a| a.hf_class() == c)
-        });
+        let from_class = self
+            .architectures
+            .as_ref()
+            .and_then(|a| a.first())
+            .and_then(|c| [Arch::Qwen2, Arch::Qwen3, Arch::Llama].into_iter().find(|a| a.hf_class() == c));
         let from_type = self.model_type.as_deref().and_then(Arch::from_model_type);
         from_type.or(from_class).ok_or_else(|| ModelError::Config {
             path: origin.to_path_buf(),
@@ -285,11 +281,7 @@ fn parse_rope_scaling(v: Option<&Value>) -> std::result::Result<Option<Llama3Rop
     let Some(v) = v.filter(|v| !v.is_null()) else {
         return Ok(None);
     };
-    let kind = v
-        .get("rope_type")
-        .or_else(|| v.get("type"))
-        .and_then(Value::as_str)
-        .unwrap_or("default");
+    let kind = v.get("rope_type").or_else(|| v.get("type")).and_then(Value::as_str).unwrap_or("default");
     match kind {
         "default" => Ok(None),
         "llama3" => {
@@ -338,7 +330,8 @@ mod tests {
 
     #[test]
     fn missing_field_is_named() {
-        let j = r#"{"model_type":"llama","vocab_size":10,"hidden_size":8,"num_hidden_layers":1,"num_attention_heads":2}"#;
+        let j =
+            r#"{"model_type":"llama","vocab_size":10,"hidden_size":8,"num_hidden_layers":1,"num_attention_heads":2}"#;
         let e = ModelConfig::from_hf_json_str(j, Path::new("c.json")).unwrap_err();
         assert!(e.to_string().contains("intermediate_size"), "{e}");
     }

@@ -24,13 +24,7 @@ pub struct KvCache {
 
 impl KvCache {
     /// Allocates an empty cache for `batch` rows of at most `max_len` tokens each.
-    pub fn new(
-        cfg: &ModelConfig,
-        batch: usize,
-        max_len: usize,
-        dtype: DType,
-        device: &Device,
-    ) -> Result<Self> {
+    pub fn new(cfg: &ModelConfig, batch: usize, max_len: usize, dtype: DType, device: &Device) -> Result<Self> {
         let shape = (batch, cfg.num_key_value_heads, max_len, cfg.head_dim);
         let alloc = || Tensor::zeros(shape, dtype, device);
         let keys = (0..cfg.num_hidden_layers).map(|_| alloc()).collect::<candle_core::Result<_>>()?;

@@ -16,13 +16,13 @@ pub mod tiny;
 pub mod tokenizer;
 pub mod transformer;
 
+pub use chat_template::{ChatMessage, ChatTemplate};
 pub use config::{Arch, Llama3RopeScaling, ModelConfig};
 pub use error::{ModelError, Result};
+pub use io::{load_model, save_pretrained, LoadedModel, ModelSpec};
 pub use kv_cache::KvCache;
 pub use rollout::{rollout, FinishReason, RolloutConfig, Sample, SampleTiming};
 pub use sampling::{sample_rng, sample_token, Sampled, SamplingParams};
-pub use transformer::{ParamInit, ParamSpec, Transformer};
-pub use chat_template::{ChatMessage, ChatTemplate};
-pub use io::{load_model, save_pretrained, LoadedModel, ModelSpec};
 pub use tiny::{init_tiny, TinySpec};
 pub use tokenizer::AhaTokenizer;
+pub use transformer::{ParamInit, ParamSpec, Transformer};

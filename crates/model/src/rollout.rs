@@ -125,19 +125,10 @@ pub fn rollout(
     let start = Instant::now();
     let (mut cache, prompt_logits) = prefill(&model, prompts, cfg.max_new_tokens)?;
     let prefill_time = start.elapsed();
-    let fan_out: Vec<u32> = (0..prompts.len() as u32)
-        .flat_map(|p| std::iter::repeat_n(p, cfg.group_size))
-        .collect();
+    let fan_out: Vec<u32> = (0..prompts.len() as u32).flat_map(|p| std::iter::repeat_n(p, cfg.group_size)).collect();
     cache = cache.select_rows(&fan_out)?;
-    let mut rows: Vec<Row> = fan_out
-        .iter()
-        .enumerate()
-        .map(|(i, &p)| Row::new(p as usize, i, prompts, cfg))
-        .collect();
-    let mut logits: Vec<Vec<f32>> = fan_out
-        .iter()
-        .map(|&p| prompt_logits[p as usize].clone())
-        .collect();
+    let mut rows: Vec<Row> = fan_out.iter().enumerate().map(|(i, &p)| Row::new(p as usize, i, prompts, cfg)).collect();
+    let mut logits: Vec<Vec<f32>> = fan_out.iter().map(|&p| prompt_logits[p as usize].clone()).collect();
     // `live[j]` is the row occupying batch slot `j`.
     let mut live: Vec<usize> = (0..rows.len()).collect();
     loop {
@@ -151,10 +142,8 @@ pub fn rollout(
             break;
         }
         if finished * 8 >= live.len() {
-            let keep: Vec<u32> = (0..live.len())
-                .filter(|&j| rows[live[j]].finish.is_none())
-                .map(|j| j as u32)
-                .collect();
+            let keep: Vec<u32> =
+                (0..live.len()).filter(|&j| rows[live[j]].finish.is_none()).map(|j| j as u32).collect();
             cache = cache.select_rows(&keep)?;
             live = keep.iter().map(|&j| live[j as usize]).collect();
         }
@@ -167,9 +156,7 @@ fn validate(prompts: &[Vec<u32>], cfg: &RolloutConfig, has_decoder: bool) -> Res
     cfg.sampling.validate()?;
     let bad = |m: String| Err(ModelError::InvalidConfig(format!("rollout: {m}")));
     if let Some(i) = prompts.iter().position(Vec::is_empty) {
-        return bad(format!(
-            "prompt {i} is empty (a completion needs at least one token to follow)"
-        ));
+        return bad(format!("prompt {i} is empty (a completion needs at least one token to follow)"));
     }
     if cfg.max_new_tokens == 0 {
         return bad("max_new_tokens must be >= 1".into());
@@ -185,18 +172,10 @@ fn validate(prompts: &[Vec<u32>], cfg: &RolloutConfig, has_decoder: bool) -> Res
 
 /// Prefills all prompts in one left-padded batch into a fresh cache sized for the longest
 /// prompt plus `max_new_tokens`; returns the cache and each prompt's next-token logits.
-fn prefill(
-    model: &Transformer,
-    prompts: &[Vec<u32>],
-    max_new_tokens: usize,
-) -> Result<(KvCache, Vec<Vec<f32>>)> {
+fn prefill(model: &Transformer, prompts: &[Vec<u32>], max_new_tokens: usize) -> Result<(KvCache, Vec<Vec<f32>>)> {
     let width = prompts.iter().map(Vec::len).max().unwrap_or(0);
     let n = prompts.len();
-    let (mut ids, mut mask, mut pos) = (
-        vec![0u32; n * width],
-        vec![0u8; n * width],
-        vec![0u32; n * width],
-    );
+    let (mut ids, mut mask, mut pos) = (vec![0u32; n * width], vec![0u8; n * width], vec![0u32; n * width]);
     for (p, prompt) in prompts.iter().enumerate() {
         let pad = width - prompt.len();
         for (i, &tok) in prompt.iter().enumerate() {
@@ -206,13 +185,7 @@ fn prefill(
         }
     }
     let dev = model.device();
-    let mut cache = KvCache::new(
-        model.config(),
-        n,
-        width + max_new_tokens,
-        model.dtype(),
-        dev,
-    )?;
+    let mut cache = KvCache::new(model.config(), n, width + max_new_tokens, model.dtype(), dev)?;
     let ids = Tensor::from_vec(ids, (n, width), dev)?;
     let mask = Tensor::from_vec(mask, (n, width), dev)?;
     let pos = Tensor::from_vec(pos, (n, width), dev)?;
@@ -223,21 +196,10 @@ fn prefill(
 }
 
 /// Feeds each live row's last token (one position) and returns the next logits per batch slot.
-fn decode_step(
-    model: &Transformer,
-    rows: &[Row],
-    live: &[usize],
-    cache: &mut KvCache,
-) -> Result<Vec<Vec<f32>>> {
+fn decode_step(model: &Transformer, rows: &[Row], live: &[usize], cache: &mut KvCache) -> Result<Vec<Vec<f32>>> {
     let b = live.len();
-    let ids: Vec<u32> = live
-        .iter()
-        .map(|&r| rows[r].ids.last().copied().unwrap_or(0))
-        .collect();
-    let pos: Vec<u32> = live
-        .iter()
-        .map(|&r| (rows[r].prompt_len + rows[r].ids.len() - 1) as u32)
-        .collect();
+    let ids: Vec<u32> = live.iter().map(|&r| rows[r].ids.last().copied().unwrap_or(0)).collect();
+    let pos: Vec<u32> = live.iter().map(|&r| (rows[r].prompt_len + rows[r].ids.len() - 1) as u32).collect();
     let dev = model.device();
     let ids = Tensor::from_vec(ids, (b, 1), dev)?;
     let pos = Tensor::from_vec(pos, (b, 1), dev)?;
@@ -265,11 +227,7 @@ impl Row {
             prompt,
             sample,
             prompt_len: prompts[prompt].len(),
-            rng: sample_rng(
-                cfg.seed,
-                cfg.prompt_index_offset + prompt as u64,
-                sample as u64,
-            ),
+            rng: sample_rng(cfg.seed, cfg.prompt_index_offset + prompt as u64, sample as u64),
             ids: Vec::with_capacity(cfg.max_new_tokens),
             logprobs: Vec::with_capacity(cfg.max_new_tokens),
             finish: None,
@@ -278,13 +236,7 @@ impl Row {
     }
 
     /// Samples the next token from `logits` and decides whether the row is finished.
-    fn step(
-        &mut self,
-        logits: &[f32],
-        cfg: &RolloutConfig,
-        stops: &StopMatcher,
-        start: Instant,
-    ) -> Result<()> {
+    fn step(&mut self, logits: &[f32], cfg: &RolloutConfig, stops: &StopMatcher, start: Instant) -> Result<()> {
         let s = sample_token(logits, &cfg.sampling, &mut self.rng)?;
         self.ids.push(s.token);
         self.logprobs.push(s.logprob);
@@ -313,10 +265,7 @@ fn collect(rows: Vec<Row>, n_prompts: usize, prefill: Duration) -> Vec<Vec<Sampl
             completion_ids: r.ids,
             logprobs: r.logprobs,
             finish_reason: r.finish.unwrap_or(FinishReason::Length),
-            timing: SampleTiming {
-                prefill,
-                total: r.finished_at,
-            },
+            timing: SampleTiming { prefill, total: r.finished_at },
         });
     }
     out
@@ -338,11 +287,7 @@ impl<'a> StopMatcher<'a> {
     /// A matcher for `stops` using `decode` (no decoder: never matches).
     pub fn new(stops: &'a [String], decode: Option<StopDecoder<'a>>) -> Self {
         let window = stops.iter().map(String::len).max().unwrap_or(0) + 16;
-        Self {
-            stops,
-            decode,
-            window,
-        }
+        Self { stops, decode, window }
     }
 
     /// Whether the completion `ids` now contains a stop string.

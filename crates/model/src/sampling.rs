@@ -33,32 +33,21 @@ pub struct SamplingParams {
 
 impl Default for SamplingParams {
     fn default() -> Self {
-        Self {
-            temperature: 1.0,
-            top_k: None,
-            top_p: None,
-            min_p: None,
-        }
+        Self { temperature: 1.0, top_k: None, top_p: None, min_p: None }
     }
 }
 
 impl SamplingParams {
     /// Greedy decoding (temperature 0).
     pub fn greedy() -> Self {
-        Self {
-            temperature: 0.0,
-            ..Self::default()
-        }
+        Self { temperature: 0.0, ..Self::default() }
     }
 
     /// Checks every field's range.
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(ModelError::InvalidConfig(format!("sampling: {m}")));
         if !(self.temperature.is_finite() && self.temperature >= 0.0) {
-            return bad(format!(
-                "temperature {} must be finite and >= 0",
-                self.temperature
-            ));
+            return bad(format!("temperature {} must be finite and >= 0", self.temperature));
         }
         if self.top_k == Some(0) {
             return bad("top_k must be >= 1 (use None to disable)".into());
@@ -105,28 +94,17 @@ pub struct Sampled {
 ///
 /// Consumes exactly one uniform draw from `rng` unless `params` is greedy (then none), so a
 /// sample's stream stays aligned with its token positions.
-pub fn sample_token<R: Rng + ?Sized>(
-    logits: &[f32],
-    params: &SamplingParams,
-    rng: &mut R,
-) -> Result<Sampled> {
+pub fn sample_token<R: Rng + ?Sized>(logits: &[f32], params: &SamplingParams, rng: &mut R) -> Result<Sampled> {
     if params.is_greedy() {
         let token = argmax(logits)?;
-        return Ok(Sampled {
-            token,
-            logprob: log_softmax_at(logits, token as usize)?,
-        });
+        return Ok(Sampled { token, logprob: log_softmax_at(logits, token as usize)? });
     }
     params.validate()?;
     let max = max_logit(logits)?;
     let weights = scaled_weights(logits, max, params.temperature);
     let total: f64 = weights.iter().map(|&w| w as f64).sum();
     // At temperature 1 the weights are exp(l − max): their sum gives the log-normaliser too.
-    let log_z = if params.temperature == 1.0 {
-        total.ln()
-    } else {
-        log_sum_exp_shifted(logits, max)
-    };
+    let log_z = if params.temperature == 1.0 { total.ln() } else { log_sum_exp_shifted(logits, max) };
     let token = if truncates(params, logits.len()) {
         let cands = truncate(&weights, params);
         let kept: f64 = cands.iter().map(|c| c.1).sum();
@@ -158,16 +136,12 @@ pub fn processed_probs(logits: &[f32], params: &SamplingParams) -> Result<Vec<f6
 pub fn log_softmax_at(logits: &[f32], index: usize) -> Result<f32> {
     let max = max_logit(logits)?;
     let lse = log_sum_exp_shifted(logits, max);
-    let x = logits
-        .get(index)
-        .ok_or_else(|| empty_or_oob(logits.len(), index))?;
+    let x = logits.get(index).ok_or_else(|| empty_or_oob(logits.len(), index))?;
     Ok(((*x - max) as f64 - lse) as f32)
 }
 
 fn empty_or_oob(len: usize, index: usize) -> ModelError {
-    ModelError::InvalidConfig(format!(
-        "sampling: token {index} outside logits of length {len}"
-    ))
+    ModelError::InvalidConfig(format!("sampling: token {index} outside logits of length {len}"))
 }
 
 fn max_logit(logits: &[f32]) -> Result<f32> {
@@ -187,10 +161,7 @@ fn max_logit(logits: &[f32]) -> Result<f32> {
 
 fn argmax(logits: &[f32]) -> Result<u32> {
     let max = max_logit(logits)?;
-    let i = logits
-        .iter()
-        .position(|&l| l == max)
-        .ok_or_else(|| empty_or_oob(logits.len(), 0))?;
+    let i = logits.iter().position(|&l| l == max).ok_or_else(|| empty_or_oob(logits.len(), 0))?;
     Ok(i as u32)
 }
 
@@ -215,11 +186,7 @@ fn scaled_weights(logits: &[f32], max: f32, temperature: f32) -> Vec<f32> {
 
 /// `ln Σ exp(l − max)`.
 fn log_sum_exp_shifted(logits: &[f32], max: f32) -> f64 {
-    logits
-        .iter()
-        .map(|&l| ((l - max) as f64).exp())
-        .sum::<f64>()
-        .ln()
+    logits.iter().map(|&l| ((l - max) as f64).exp()).sum::<f64>().ln()
 }
 
 /// Whether top-k, top-p or min-p can remove anything.
@@ -247,20 +214,13 @@ fn pick_dense(weights: &[f32], u: f64) -> u32 {
 fn candidates(logits: &[f32], params: &SamplingParams) -> Result<Vec<(u32, f64)>> {
     params.validate()?;
     let max = max_logit(logits)?;
-    Ok(truncate(
-        &scaled_weights(logits, max, params.temperature),
-        params,
-    ))
+    Ok(truncate(&scaled_weights(logits, max, params.temperature), params))
 }
 
 /// Applies top-k, then top-p, then min-p to `weights` (top weight 1).
 fn truncate(weights: &[f32], params: &SamplingParams) -> Vec<(u32, f64)> {
-    let mut cands: Vec<(u32, f64)> = weights
-        .iter()
-        .enumerate()
-        .filter(|c| *c.1 > 0.0)
-        .map(|(i, &w)| (i as u32, w as f64))
-        .collect();
+    let mut cands: Vec<(u32, f64)> =
+        weights.iter().enumerate().filter(|c| *c.1 > 0.0).map(|(i, &w)| (i as u32, w as f64)).collect();
     let k = params.top_k.unwrap_or(usize::MAX);
     if k < cands.len() || params.top_p.is_some_and(|p| p < 1.0) {
         cands = top_truncate(cands, k, params.top_p.unwrap_or(1.0) as f64);
@@ -354,10 +314,7 @@ mod tests {
             cells += 1;
         }
         let crit = CHI2_999[cells - 2];
-        assert!(
-            stat < crit,
-            "{params:?}: chi2 {stat:.2} >= {crit} with counts {counts:?} vs {expected:?}"
-        );
+        assert!(stat < crit, "{params:?}: chi2 {stat:.2} >= {crit} with counts {counts:?} vs {expected:?}");
     }
 
     #[test]
@@ -369,55 +326,31 @@ mod tests {
     fn temperature_sharpens_as_a_power() {
         let t = 0.5;
         let w: Vec<f64> = PROBS.iter().map(|p| p.powf(1.0 / t)).collect();
-        chi_square(
-            SamplingParams {
-                temperature: t as f32,
-                ..Default::default()
-            },
-            &normalise(&w),
-        );
+        chi_square(SamplingParams { temperature: t as f32, ..Default::default() }, &normalise(&w));
         let t = 2.0;
         let w: Vec<f64> = PROBS.iter().map(|p| p.powf(1.0 / t)).collect();
-        chi_square(
-            SamplingParams {
-                temperature: t as f32,
-                ..Default::default()
-            },
-            &normalise(&w),
-        );
+        chi_square(SamplingParams { temperature: t as f32, ..Default::default() }, &normalise(&w));
     }
 
     #[test]
     fn top_k_keeps_k_most_likely() {
-        let p = SamplingParams {
-            top_k: Some(3),
-            ..Default::default()
-        };
+        let p = SamplingParams { top_k: Some(3), ..Default::default() };
         chi_square(p, &normalise(&[0.4, 0.25, 0.15, 0.0, 0.0, 0.0]));
     }
 
     #[test]
     fn top_p_keeps_the_nucleus() {
         // Mass before token 2 is 0.65 < 0.7, so it is kept; before token 3 it is 0.8.
-        let p = SamplingParams {
-            top_p: Some(0.7),
-            ..Default::default()
-        };
+        let p = SamplingParams { top_p: Some(0.7), ..Default::default() };
         chi_square(p, &normalise(&[0.4, 0.25, 0.15, 0.0, 0.0, 0.0]));
-        let p = SamplingParams {
-            top_p: Some(0.5),
-            ..Default::default()
-        };
+        let p = SamplingParams { top_p: Some(0.5), ..Default::default() };
         chi_square(p, &normalise(&[0.4, 0.25, 0.0, 0.0, 0.0, 0.0]));
     }
 
     #[test]
     fn min_p_drops_tokens_below_a_fraction_of_the_top() {
         // Threshold 0.3 × 0.4 = 0.12: tokens 0..=2 stay.
-        let p = SamplingParams {
-            min_p: Some(0.3),
-            ..Default::default()
-        };
+        let p = SamplingParams { min_p: Some(0.3), ..Default::default() };
         chi_square(p, &normalise(&[0.4, 0.25, 0.15, 0.0, 0.0, 0.0]));
     }
 
@@ -426,45 +359,22 @@ mod tests {
         // T = 0.5 squares the probabilities: 0.16, 0.0625, 0.0225, 0.01, ... top_k 4 keeps four
         // (mass 0.255); top_p 0.9 of that mass (0.2295) keeps three (0.2225 comes before the
         // third); min_p 0.3 (threshold 0.3 × 0.16 = 0.048) then drops the third.
-        let p = SamplingParams {
-            temperature: 0.5,
-            top_k: Some(4),
-            top_p: Some(0.9),
-            min_p: Some(0.3),
-        };
+        let p = SamplingParams { temperature: 0.5, top_k: Some(4), top_p: Some(0.9), min_p: Some(0.3) };
         chi_square(p, &normalise(&[0.16, 0.0625, 0.0, 0.0, 0.0, 0.0]));
-        let p = SamplingParams {
-            temperature: 0.5,
-            top_k: Some(4),
-            top_p: Some(0.9),
-            ..Default::default()
-        };
+        let p = SamplingParams { temperature: 0.5, top_k: Some(4), top_p: Some(0.9), ..Default::default() };
         chi_square(p, &normalise(&[0.16, 0.0625, 0.0225, 0.0, 0.0, 0.0]));
     }
 
     #[test]
     fn greedy_takes_argmax_and_reports_unmodified_logprob() {
-        let s = sample_token(
-            &logits(),
-            &SamplingParams::greedy(),
-            &mut sample_rng(0, 0, 0),
-        )
-        .unwrap();
+        let s = sample_token(&logits(), &SamplingParams::greedy(), &mut sample_rng(0, 0, 0)).unwrap();
         assert_eq!(s.token, 0);
-        assert!(
-            (s.logprob as f64 - 0.4f64.ln()).abs() < 1e-5,
-            "{}",
-            s.logprob
-        );
+        assert!((s.logprob as f64 - 0.4f64.ln()).abs() < 1e-5, "{}", s.logprob);
     }
 
     #[test]
     fn logprob_ignores_truncation_and_temperature() {
-        let p = SamplingParams {
-            temperature: 0.3,
-            top_k: Some(2),
-            ..Default::default()
-        };
+        let p = SamplingParams { temperature: 0.3, top_k: Some(2), ..Default::default() };
         let mut rng = sample_rng(5, 1, 2);
         for _ in 0..100 {
             let s = sample_token(&logits(), &p, &mut rng).unwrap();
@@ -478,14 +388,7 @@ mod tests {
         // A flat vocabulary of 5000 tokens: the nucleus of 0.5 needs 2500 of them, more than the
         // first 64-token head, so the search must widen.
         let l = vec![0.0f32; 5000];
-        let probs = processed_probs(
-            &l,
-            &SamplingParams {
-                top_p: Some(0.5),
-                ..Default::default()
-            },
-        )
-        .unwrap();
+        let probs = processed_probs(&l, &SamplingParams { top_p: Some(0.5), ..Default::default() }).unwrap();
         assert_eq!(probs.iter().filter(|p| **p > 0.0).count(), 2500);
     }
 
@@ -503,22 +406,10 @@ mod tests {
         let l = logits();
         let mut rng = sample_rng(0, 0, 0);
         for p in [
-            SamplingParams {
-                temperature: -1.0,
-                ..Default::default()
-            },
-            SamplingParams {
-                top_k: Some(0),
-                ..Default::default()
-            },
-            SamplingParams {
-                top_p: Some(0.0),
-                ..Default::default()
-            },
-            SamplingParams {
-                min_p: Some(1.5),
-                ..Default::default()
-            },
+            SamplingParams { temperature: -1.0, ..Default::default() },
+            SamplingParams { top_k: Some(0), ..Default::default() },
+            SamplingParams { top_p: Some(0.0), ..Default::default() },
+            SamplingParams { min_p: Some(1.5), ..Default::default() },
         ] {
             assert!(sample_token(&l, &p, &mut rng).is_err(), "{p:?}");
         }

@@ -79,9 +79,7 @@ impl Default for TinySpec {
 impl TinySpec {
     /// The model config this spec describes (EOS: `<|im_end|>`, `<|endoftext|>`).
     pub fn config(&self) -> Result<ModelConfig> {
-        if self.num_attention_heads == 0
-            || !self.hidden_size.is_multiple_of(self.num_attention_heads)
-        {
+        if self.num_attention_heads == 0 || !self.hidden_size.is_multiple_of(self.num_attention_heads) {
             return Err(ModelError::InvalidConfig(format!(
                 "hidden_size {} must be a multiple of num_attention_heads {}",
                 self.hidden_size, self.num_attention_heads
@@ -118,13 +116,7 @@ pub fn init_tiny(out_dir: &Path, spec: &TinySpec, seed: u64) -> Result<LoadedMod
     let (varmap, model) = build_from_source(&config, &mut source, &Device::Cpu, DType::F32)?;
     let tokenizer = tiny_tokenizer(spec.max_position_embeddings)?;
     save_pretrained(out_dir, &config, &model, &tokenizer)?;
-    Ok(LoadedModel {
-        config,
-        varmap,
-        model,
-        tokenizer,
-        source: out_dir.to_path_buf(),
-    })
+    Ok(LoadedModel { config, varmap, model, tokenizer, source: out_dir.to_path_buf() })
 }
 
 /// The byte-level tokenizer with the tiny special tokens and the ChatML template.
@@ -142,19 +134,12 @@ pub fn tiny_tokenizer(model_max_length: usize) -> Result<AhaTokenizer> {
     config.insert("chat_template".into(), json!(CHATML_TEMPLATE));
     let mut generation = Map::new();
     generation.insert("eos_token_id".into(), json!([258, 256]));
-    AhaTokenizer::from_parts(
-        &json_text,
-        &PathBuf::from("tiny tokenizer.json"),
-        config,
-        &generation,
-        None,
-    )
+    AhaTokenizer::from_parts(&json_text, &PathBuf::from("tiny tokenizer.json"), config, &generation, None)
 }
 
 /// GPT-2's byte → printable character table (`bytes_to_unicode`).
 fn byte_to_char() -> Vec<char> {
-    let printable =
-        |b: u32| (33..=126).contains(&b) || (161..=172).contains(&b) || (174..=255).contains(&b);
+    let printable = |b: u32| (33..=126).contains(&b) || (161..=172).contains(&b) || (174..=255).contains(&b);
     let mut extra = 0;
     (0u32..256)
         .map(|b| {
@@ -171,11 +156,8 @@ fn byte_to_char() -> Vec<char> {
 
 /// `tokenizer.json` of the tiny tokenizer.
 fn tiny_tokenizer_json() -> Json {
-    let vocab: Map<String, Json> = byte_to_char()
-        .into_iter()
-        .enumerate()
-        .map(|(i, c)| (c.to_string(), json!(i)))
-        .collect();
+    let vocab: Map<String, Json> =
+        byte_to_char().into_iter().enumerate().map(|(i, c)| (c.to_string(), json!(i))).collect();
     let added: Vec<Json> = TINY_SPECIAL_TOKENS
         .iter()
         .enumerate()
@@ -250,14 +232,9 @@ mod tests {
     fn byte_tokens_are_ids_and_specials_are_single_tokens() {
         let tok = tiny_tokenizer(512).unwrap();
         assert_eq!(tok.vocab_size(), TINY_VOCAB_SIZE);
-        let ids = tok
-            .encode("hé<think>x</think><answer>4</answer><|im_end|>", false)
-            .unwrap();
+        let ids = tok.encode("hé<think>x</think><answer>4</answer><|im_end|>", false).unwrap();
         assert_eq!(ids, vec![104, 0xc3, 0xa9, 259, 120, 260, 261, 52, 262, 258]);
-        assert_eq!(
-            tok.decode(&ids, true).unwrap(),
-            "hé<think>x</think><answer>4</answer>"
-        );
+        assert_eq!(tok.decode(&ids, true).unwrap(), "hé<think>x</think><answer>4</answer>");
         assert_eq!(tok.eos_token_ids(), &[258, 256]);
         assert_eq!(tok.pad_token_id(), Some(256));
     }
@@ -265,28 +242,15 @@ mod tests {
     #[test]
     fn init_is_seeded_and_loads_back() {
         let dir = tempfile::tempdir().unwrap();
-        let spec = TinySpec {
-            num_hidden_layers: 1,
-            ..Default::default()
-        };
+        let spec = TinySpec { num_hidden_layers: 1, ..Default::default() };
         let a = init_tiny(&dir.path().join("a"), &spec, 7).unwrap();
         let b = init_tiny(&dir.path().join("b"), &spec, 7).unwrap();
         let c = init_tiny(&dir.path().join("c"), &spec, 8).unwrap();
-        let w = |m: &LoadedModel| {
-            m.model.named_parameters()[0]
-                .1
-                .flatten_all()
-                .unwrap()
-                .to_vec1::<f32>()
-                .unwrap()
-        };
+        let w = |m: &LoadedModel| m.model.named_parameters()[0].1.flatten_all().unwrap().to_vec1::<f32>().unwrap();
         assert_eq!(w(&a), w(&b));
         assert_ne!(w(&a), w(&c));
         let back = crate::io::load_hf_dir(&dir.path().join("a"), &Device::Cpu, DType::F32).unwrap();
         assert_eq!(w(&back), w(&a));
-        assert_eq!(
-            back.tokenizer.chat_template().unwrap().source(),
-            CHATML_TEMPLATE
-        );
+        assert_eq!(back.tokenizer.chat_template().unwrap().source(), CHATML_TEMPLATE);
     }
 }

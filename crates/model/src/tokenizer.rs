@@ -23,15 +23,8 @@ pub const GENERATION_CONFIG_JSON: &str = "generation_config.json";
 pub const CHAT_TEMPLATE_JINJA: &str = "chat_template.jinja";
 
 /// The special-token keys `transformers` passes to chat templates (`special_tokens_map`).
-const SPECIAL_TOKEN_KEYS: [&str; 7] = [
-    "bos_token",
-    "eos_token",
-    "unk_token",
-    "sep_token",
-    "pad_token",
-    "cls_token",
-    "mask_token",
-];
+const SPECIAL_TOKEN_KEYS: [&str; 7] =
+    ["bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token"];
 
 /// A tokenizer with its special tokens and chat template.
 #[derive(Debug)]
@@ -59,16 +52,11 @@ impl AhaTokenizer {
             });
         }
         let json_text = read_text(&tok_path)?;
-        let config =
-            read_json_object_if_exists(&dir.join(TOKENIZER_CONFIG_JSON))?.unwrap_or_default();
-        let generation =
-            read_json_object_if_exists(&dir.join(GENERATION_CONFIG_JSON))?.unwrap_or_default();
+        let config = read_json_object_if_exists(&dir.join(TOKENIZER_CONFIG_JSON))?.unwrap_or_default();
+        let generation = read_json_object_if_exists(&dir.join(GENERATION_CONFIG_JSON))?.unwrap_or_default();
         let template_file = dir.join(CHAT_TEMPLATE_JINJA);
         let template = if template_file.is_file() {
-            Some((
-                read_text(&template_file)?,
-                template_file.display().to_string(),
-            ))
+            Some((read_text(&template_file)?, template_file.display().to_string()))
         } else {
             None
         };
@@ -85,19 +73,9 @@ impl AhaTokenizer {
         generation: &Map<String, Json>,
         template: Option<(String, String)>,
     ) -> Result<Self> {
-        let inner =
-            Tokenizer::from_bytes(json_text.as_bytes()).map_err(|e| ModelError::Tokenizer {
-                path: origin.to_path_buf(),
-                reason: e.to_string(),
-            })?;
-        Self::from_tokenizer(
-            inner,
-            json_text.to_string(),
-            origin,
-            config,
-            generation,
-            template,
-        )
+        let inner = Tokenizer::from_bytes(json_text.as_bytes())
+            .map_err(|e| ModelError::Tokenizer { path: origin.to_path_buf(), reason: e.to_string() })?;
+        Self::from_tokenizer(inner, json_text.to_string(), origin, config, generation, template)
     }
 
     /// Wraps an already-built `tokenizers` tokenizer (e.g. one read from GGUF metadata).
@@ -118,34 +96,18 @@ impl AhaTokenizer {
             config.insert("chat_template".into(), Json::String(source.clone()));
         }
         let special = special_tokens_map(&config);
-        let chat_template = template
-            .map(|(source, origin)| ChatTemplate::new(&source, &origin, special.clone()))
-            .transpose()?;
-        let id_of = |key: &str| {
-            special
-                .get(key)
-                .and_then(Json::as_str)
-                .and_then(|t| inner.token_to_id(t))
-        };
-        let bos_token_id = id_of("bos_token")
-            .or_else(|| token_ids(generation.get("bos_token_id")).first().copied());
+        let chat_template =
+            template.map(|(source, origin)| ChatTemplate::new(&source, &origin, special.clone())).transpose()?;
+        let id_of = |key: &str| special.get(key).and_then(Json::as_str).and_then(|t| inner.token_to_id(t));
+        let bos_token_id = id_of("bos_token").or_else(|| token_ids(generation.get("bos_token_id")).first().copied());
         let mut eos_token_ids = token_ids(generation.get("eos_token_id"));
         if let Some(id) = id_of("eos_token") {
             if !eos_token_ids.contains(&id) {
                 eos_token_ids.push(id);
             }
         }
-        let pad_token_id = id_of("pad_token")
-            .or_else(|| token_ids(generation.get("pad_token_id")).first().copied());
-        Ok(Self {
-            inner,
-            json_text,
-            config,
-            chat_template,
-            bos_token_id,
-            eos_token_ids,
-            pad_token_id,
-        })
+        let pad_token_id = id_of("pad_token").or_else(|| token_ids(generation.get("pad_token_id")).first().copied());
+        Ok(Self { inner, json_text, config, chat_template, bos_token_id, eos_token_ids, pad_token_id })
     }
 
     /// The underlying `tokenizers` tokenizer.
@@ -155,18 +117,13 @@ impl AhaTokenizer {
 
     /// Encodes text; `add_special_tokens` applies the tokenizer's post-processor (e.g. BOS).
     pub fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>> {
-        let enc = self
-            .inner
-            .encode(text, add_special_tokens)
-            .map_err(|e| self.err(e))?;
+        let enc = self.inner.encode(text, add_special_tokens).map_err(|e| self.err(e))?;
         Ok(enc.get_ids().to_vec())
     }
 
     /// Decodes ids to text, optionally dropping special tokens.
     pub fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String> {
-        self.inner
-            .decode(ids, skip_special_tokens)
-            .map_err(|e| self.err(e))
+        self.inner.decode(ids, skip_special_tokens).map_err(|e| self.err(e))
     }
 
     /// The chat template, if the tokenizer has one.
@@ -175,20 +132,12 @@ impl AhaTokenizer {
     }
 
     /// Renders a conversation like `apply_chat_template(tokenize=False)`.
-    pub fn apply_chat_template(
-        &self,
-        messages: &[ChatMessage],
-        add_generation_prompt: bool,
-    ) -> Result<String> {
+    pub fn apply_chat_template(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String> {
         self.template()?.render(messages, add_generation_prompt)
     }
 
     /// Renders and encodes a conversation like `apply_chat_template(tokenize=True)`.
-    pub fn encode_chat(
-        &self,
-        messages: &[ChatMessage],
-        add_generation_prompt: bool,
-    ) -> Result<Vec<u32>> {
+    pub fn encode_chat(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<Vec<u32>> {
         let text = self.apply_chat_template(messages, add_generation_prompt)?;
         self.encode(&text, false)
     }
@@ -207,8 +156,7 @@ impl AhaTokenizer {
     /// The padding id: the tokenizer's `pad_token`, else `generation_config.json`'s, else the
     /// first EOS id (what trainers usually fall back to).
     pub fn pad_token_id(&self) -> Option<u32> {
-        self.pad_token_id
-            .or_else(|| self.eos_token_ids.first().copied())
+        self.pad_token_id.or_else(|| self.eos_token_ids.first().copied())
     }
 
     /// The id of a token string (special tokens included).
@@ -234,25 +182,15 @@ impl AhaTokenizer {
     /// Writes `tokenizer.json` and `tokenizer_config.json` (with the chat template) into `dir`.
     pub fn save(&self, dir: &Path) -> Result<()> {
         write_file(&dir.join(TOKENIZER_JSON), self.json_text.as_bytes())?;
-        let config =
-            serde_json::to_string_pretty(&Json::Object(self.config.clone())).map_err(|e| {
-                ModelError::Tokenizer {
-                    path: dir.join(TOKENIZER_CONFIG_JSON),
-                    reason: e.to_string(),
-                }
-            })?;
+        let config = serde_json::to_string_pretty(&Json::Object(self.config.clone()))
+            .map_err(|e| ModelError::Tokenizer { path: dir.join(TOKENIZER_CONFIG_JSON), reason: e.to_string() })?;
         write_file(&dir.join(TOKENIZER_CONFIG_JSON), config.as_bytes())
     }
 
     /// A streaming decoder: feed ids one at a time, get the text they complete (multi-byte
     /// characters are held back until whole).
     pub fn stream(&self, skip_special_tokens: bool) -> TokenStream<'_> {
-        TokenStream {
-            tokenizer: self,
-            ids: Vec::new(),
-            emitted: 0,
-            skip_special_tokens,
-        }
+        TokenStream { tokenizer: self, ids: Vec::new(), emitted: 0, skip_special_tokens }
     }
 
     fn template(&self) -> Result<&ChatTemplate> {
@@ -263,10 +201,7 @@ impl AhaTokenizer {
     }
 
     fn err(&self, e: impl std::fmt::Display) -> ModelError {
-        ModelError::Tokenizer {
-            path: PathBuf::from(TOKENIZER_JSON),
-            reason: e.to_string(),
-        }
+        ModelError::Tokenizer { path: PathBuf::from(TOKENIZER_JSON), reason: e.to_string() }
     }
 }
 
@@ -284,10 +219,7 @@ impl TokenStream<'_> {
     pub fn push(&mut self, id: u32) -> Result<String> {
         self.ids.push(id);
         let text = self.tokenizer.decode(&self.ids, self.skip_special_tokens)?;
-        if text.ends_with('\u{FFFD}')
-            || text.len() < self.emitted
-            || !text.is_char_boundary(self.emitted)
-        {
+        if text.ends_with('\u{FFFD}') || text.len() < self.emitted || !text.is_char_boundary(self.emitted) {
             return Ok(String::new());
         }
         let new = text[self.emitted..].to_string();
@@ -298,18 +230,13 @@ impl TokenStream<'_> {
 
 /// The chat template from `tokenizer_config.json`: a string, or a list of named templates of
 /// which `default` is used (as `transformers` does).
-fn template_from_config(
-    config: &Map<String, Json>,
-    origin: &Path,
-) -> Result<Option<(String, String)>> {
+fn template_from_config(config: &Map<String, Json>, origin: &Path) -> Result<Option<(String, String)>> {
     let where_ = |key: &str| format!("{}: {key}", origin.display());
     match config.get("chat_template") {
         None | Some(Json::Null) => Ok(None),
         Some(Json::String(s)) => Ok(Some((s.clone(), where_("chat_template")))),
         Some(Json::Array(items)) => {
-            let named = items
-                .iter()
-                .find(|t| t.get("name").and_then(Json::as_str) == Some("default"));
+            let named = items.iter().find(|t| t.get("name").and_then(Json::as_str) == Some("default"));
             let source = named.and_then(|t| t.get("template")).and_then(Json::as_str);
             Ok(source.map(|s| (s.to_string(), where_("chat_template[name=default]"))))
         }
@@ -342,21 +269,14 @@ fn special_tokens_map(config: &Map<String, Json>) -> Map<String, Json> {
 fn token_ids(v: Option<&Json>) -> Vec<u32> {
     match v {
         Some(Json::Number(n)) => n.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
-        Some(Json::Array(a)) => a
-            .iter()
-            .filter_map(Json::as_u64)
-            .map(|x| x as u32)
-            .collect(),
+        Some(Json::Array(a)) => a.iter().filter_map(Json::as_u64).map(|x| x as u32).collect(),
         _ => Vec::new(),
     }
 }
 
 /// Reads a UTF-8 file, naming it in the error.
 pub(crate) fn read_text(path: &Path) -> Result<String> {
-    std::fs::read_to_string(path).map_err(|source| ModelError::Io {
-        path: path.to_path_buf(),
-        source,
-    })
+    std::fs::read_to_string(path).map_err(|source| ModelError::Io { path: path.to_path_buf(), source })
 }
 
 /// Reads a JSON object file if it exists (`None` when absent).
@@ -365,10 +285,8 @@ pub(crate) fn read_json_object_if_exists(path: &Path) -> Result<Option<Map<Strin
         return Ok(None);
     }
     let text = read_text(path)?;
-    let v: Json = serde_json::from_str(&text).map_err(|source| ModelError::Json {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let v: Json =
+        serde_json::from_str(&text).map_err(|source| ModelError::Json { path: path.to_path_buf(), source })?;
     match v {
         Json::Object(m) => Ok(Some(m)),
         _ => Err(ModelError::Config {
@@ -381,8 +299,5 @@ pub(crate) fn read_json_object_if_exists(path: &Path) -> Result<Option<Map<Strin
 
 /// Writes a file, naming it in the error.
 pub(crate) fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
-    std::fs::write(path, bytes).map_err(|source| ModelError::Io {
-        path: path.to_path_buf(),
-        source,
-    })
+    std::fs::write(path, bytes).map_err(|source| ModelError::Io { path: path.to_path_buf(), source })
 }

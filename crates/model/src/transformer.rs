@@ -66,10 +66,10 @@ impl RmsNorm {
         Ok(Self { weight: get(&vb, &[dim], "weight", ParamInit::Ones)?, eps })
     }
 
-    /// `x`: `[..., dim]` → same shape. Computed in f32, returned in `x`'s dtype.
+    /// `x`: `[..., dim]` → same shape. Computed in f32 (f64 stays f64), returned in `x`'s dtype.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let dtype = x.dtype();
-        let x = x.to_dtype(DType::F32)?;
+        let x = x.to_dtype(upcast(dtype))?;
         let mean_sq = x.sqr()?.mean_keepdim(D::Minus1)?;
         let normed = x.broadcast_mul(&(mean_sq + self.eps)?.sqrt()?.recip()?)?;
         Ok(normed.to_dtype(dtype)?.broadcast_mul(&self.weight)?)
@@ -154,8 +154,8 @@ fn llama3_scale(freq: f32, s: &Llama3RopeScaling) -> f32 {
     } else if wavelen > low_wavelen {
         freq / s.factor as f32
     } else {
-        let smooth = (old_len / wavelen - s.low_freq_factor as f32)
-            / (s.high_freq_factor as f32 - s.low_freq_factor as f32);
+        let smooth =
+            (old_len / wavelen - s.low_freq_factor as f32) / (s.high_freq_factor as f32 - s.low_freq_factor as f32);
         (1.0 - smooth) * freq / s.factor as f32 + smooth * freq
     }
 }
@@ -236,7 +236,8 @@ impl Attention {
         let q = q.reshape((b, self.n_kv, g * t, hd))?;
         let scale = 1.0 / (hd as f64).sqrt();
         let scores = (q.matmul(&k.t()?)? * scale)?.reshape((b, nh, t, s))?;
-        let scores = scores.to_dtype(DType::F32)?.broadcast_add(bias)?;
+        let cd = upcast(v.dtype());
+        let scores = scores.to_dtype(cd)?.broadcast_add(&bias.to_dtype(cd)?)?;
         let probs = candle_nn::ops::softmax(&scores, D::Minus1)?.to_dtype(v.dtype())?;
         let out = probs.reshape((b, self.n_kv, g * t, s))?.matmul(v)?; // [B, nkv, g·T, hd]
         let out = out.reshape((b, nh, t, hd))?.transpose(1, 2)?; // [B, T, nh, hd]
@@ -385,7 +386,8 @@ impl Transformer {
     /// Every parameter's HF name, shape and fresh-model initialisation, in a stable order.
     pub fn parameter_specs(cfg: &ModelConfig) -> Vec<ParamSpec> {
         let (v, h, i) = (cfg.vocab_size, cfg.hidden_size, cfg.intermediate_size);
-        let (q, kv, hd) = (cfg.num_attention_heads * cfg.head_dim, cfg.num_key_value_heads * cfg.head_dim, cfg.head_dim);
+        let (q, kv, hd) =
+            (cfg.num_attention_heads * cfg.head_dim, cfg.num_key_value_heads * cfg.head_dim, cfg.head_dim);
         let w = |name: String, shape: Vec<usize>| ParamSpec { name, shape, init: ParamInit::Normal(INIT_STD) };
         let ones = |name: String, n: usize| ParamSpec { name, shape: vec![n], init: ParamInit::Ones };
         let zeros = |name: String, n: usize| ParamSpec { name, shape: vec![n], init: ParamInit::Zeros };
@@ -552,10 +554,18 @@ impl Transformer {
 /// `[1, 1, t, past + t]` f32: 1 where new token `i` may see slot `j` (`j <= past + i`).
 fn offset_causal(t: usize, past: usize, device: &Device) -> Result<Tensor> {
     let s = past + t;
-    let data: Vec<f32> = (0..t)
-        .flat_map(|i| (0..s).map(move |j| if j <= past + i { 1.0 } else { 0.0 }))
-        .collect();
+    let data: Vec<f32> = (0..t).flat_map(|i| (0..s).map(move |j| if j <= past + i { 1.0 } else { 0.0 })).collect();
     Ok(Tensor::from_vec(data, (1, 1, t, s), device)?)
+}
+
+/// The dtype softmax and RMS statistics are computed in: f32, or f64 for an f64 model (so an
+/// f64 model is f64 throughout, which finite-difference gradient checks rely on).
+fn upcast(dtype: DType) -> DType {
+    if dtype == DType::F64 {
+        DType::F64
+    } else {
+        DType::F32
+    }
 }
 
 /// Combines a `[1, 1, T, S]` causal pattern with a `[B, S]` key validity mask into the additive

@@ -14,13 +14,7 @@ fn copy_fixture() -> (tempfile::TempDir, PathBuf) {
     let tmp = tempfile::tempdir().unwrap();
     let dst = tmp.path().join("model");
     std::fs::create_dir(&dst).unwrap();
-    for f in [
-        "config.json",
-        "model.safetensors",
-        "tokenizer.json",
-        "tokenizer_config.json",
-        "generation_config.json",
-    ] {
+    for f in ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "generation_config.json"] {
         std::fs::copy(common::fixtures().join("tiny-qwen2").join(f), dst.join(f)).unwrap();
     }
     (tmp, dst)
@@ -36,8 +30,7 @@ fn load_err(path: &Path) -> String {
 
 fn edit_config(dir: &Path, f: impl Fn(&mut serde_json::Value)) {
     let p = dir.join("config.json");
-    let mut v: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+    let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
     f(&mut v);
     std::fs::write(&p, v.to_string()).unwrap();
 }
@@ -49,16 +42,10 @@ fn missing_files_are_named() {
     assert!(load_err(&nowhere).contains("does-not-exist"));
     std::fs::remove_file(dir.join("tokenizer.json")).unwrap();
     let e = load_err(&dir);
-    assert!(
-        e.contains("tokenizer.json") && e.contains("not found"),
-        "{e}"
-    );
+    assert!(e.contains("tokenizer.json") && e.contains("not found"), "{e}");
     std::fs::remove_file(dir.join("model.safetensors")).unwrap();
     let e = load_err(&dir);
-    assert!(
-        e.contains("model.safetensors") && e.contains("not found"),
-        "{e}"
-    );
+    assert!(e.contains("model.safetensors") && e.contains("not found"), "{e}");
     std::fs::remove_file(dir.join("config.json")).unwrap();
     let e = load_err(&dir);
     assert!(e.contains("config.json") && e.contains("not found"), "{e}");
@@ -74,10 +61,7 @@ fn unknown_architecture_names_file_and_field() {
         v["architectures"] = serde_json::json!(["GPTNeoXForCausalLM"]);
     });
     let e = load_err(&dir);
-    assert!(
-        e.contains("config.json") && e.contains("model_type") && e.contains("gpt_neox"),
-        "{e}"
-    );
+    assert!(e.contains("config.json") && e.contains("model_type") && e.contains("gpt_neox"), "{e}");
 }
 
 #[test]
@@ -85,10 +69,7 @@ fn wrong_shape_names_file_and_tensor() {
     let (_tmp, dir) = copy_fixture();
     edit_config(&dir, |v| v["intermediate_size"] = 96.into());
     let e = load_err(&dir);
-    assert!(
-        e.contains("model.safetensors") && e.contains("model.layers.0.mlp.gate_proj.weight"),
-        "{e}"
-    );
+    assert!(e.contains("model.safetensors") && e.contains("model.layers.0.mlp.gate_proj.weight"), "{e}");
     assert!(e.contains("[128, 64]") && e.contains("[96, 64]"), "{e}");
 }
 
@@ -97,15 +78,11 @@ fn missing_tensor_is_named() {
     let (_tmp, dir) = copy_fixture();
     let path = dir.join("model.safetensors");
     let mut tensors = candle_core::safetensors::load(&path, &Device::Cpu).unwrap();
-    tensors
-        .remove("model.layers.1.self_attn.k_proj.bias")
-        .unwrap();
+    tensors.remove("model.layers.1.self_attn.k_proj.bias").unwrap();
     candle_core::safetensors::save(&tensors, &path).unwrap();
     let e = load_err(&dir);
     assert!(
-        e.contains("model.safetensors")
-            && e.contains("model.layers.1.self_attn.k_proj.bias")
-            && e.contains("missing"),
+        e.contains("model.safetensors") && e.contains("model.layers.1.self_attn.k_proj.bias") && e.contains("missing"),
         "{e}"
     );
 }
@@ -117,10 +94,7 @@ fn truncated_safetensors_is_named() {
     let bytes = std::fs::read(&path).unwrap();
     std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
     let e = load_err(&dir);
-    assert!(
-        e.contains("model.safetensors") && e.contains("truncated or corrupt"),
-        "{e}"
-    );
+    assert!(e.contains("model.safetensors") && e.contains("truncated or corrupt"), "{e}");
 }
 
 #[test]
@@ -133,10 +107,7 @@ fn corrupt_safetensors_header_is_named() {
     }
     std::fs::write(&path, &bytes).unwrap();
     let e = load_err(&dir);
-    assert!(
-        e.contains("model.safetensors") && e.contains("truncated or corrupt"),
-        "{e}"
-    );
+    assert!(e.contains("model.safetensors") && e.contains("truncated or corrupt"), "{e}");
 }
 
 /// A minimal GGUF v3: one string metadata entry and one 2-D tensor of ggml type `ty`.
@@ -172,10 +143,7 @@ fn unsupported_gguf_tensor_type_is_named() {
     let path = tmp.path().join("iq.gguf");
     tiny_gguf(&path, "llama", "token_embd.weight", 16);
     let e = load_err(&path);
-    assert!(
-        e.contains("iq.gguf") && e.contains("token_embd.weight") && e.contains("IQ2_XXS"),
-        "{e}"
-    );
+    assert!(e.contains("iq.gguf") && e.contains("token_embd.weight") && e.contains("IQ2_XXS"), "{e}");
 }
 
 #[test]
@@ -184,8 +152,5 @@ fn unsupported_gguf_architecture_is_named() {
     let path = tmp.path().join("gpt2.gguf");
     tiny_gguf(&path, "gpt2", "token_embd.weight", 0);
     let e = load_err(&path);
-    assert!(
-        e.contains("gpt2.gguf") && e.contains("general.architecture") && e.contains("gpt2"),
-        "{e}"
-    );
+    assert!(e.contains("gpt2.gguf") && e.contains("general.architecture") && e.contains("gpt2"), "{e}");
 }

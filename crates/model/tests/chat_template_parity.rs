@@ -9,9 +9,7 @@ use aha_model::ChatTemplate;
 use serde_json::{Map, Value};
 
 fn check(fixture: &str) {
-    let path = common::fixtures()
-        .join("chat")
-        .join(format!("{fixture}.json"));
+    let path = common::fixtures().join("chat").join(format!("{fixture}.json"));
     let doc: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
     let tok_name = doc["tokenizer"].as_str().unwrap();
     let Some(dir) = common::fetched(&format!("tokenizers/{tok_name}")) else {
@@ -22,17 +20,11 @@ fn check(fixture: &str) {
     let template: &ChatTemplate = match doc["template_file"].as_str() {
         Some(file) => {
             let source = std::fs::read_to_string(common::fixtures().join(file)).unwrap();
-            own_template = ChatTemplate::new(
-                &source,
-                file,
-                tok.chat_template().unwrap().special_tokens().clone(),
-            )
-            .unwrap();
+            own_template =
+                ChatTemplate::new(&source, file, tok.chat_template().unwrap().special_tokens().clone()).unwrap();
             &own_template
         }
-        None => tok
-            .chat_template()
-            .expect("tokenizer_config.json has a chat template"),
+        None => tok.chat_template().expect("tokenizer_config.json has a chat template"),
     };
     let conversations: Vec<Value> = doc["conversations"].as_array().unwrap().clone();
     let cases = doc["cases"].as_array().unwrap();
@@ -41,36 +33,17 @@ fn check(fixture: &str) {
         let name = case["conversation"].as_str().unwrap();
         let gen = case["add_generation_prompt"].as_bool().unwrap();
         let conv = conversations.iter().find(|c| c["name"] == name).unwrap();
-        let kwargs: Map<String, Value> = conv
-            .get("kwargs")
-            .and_then(Value::as_object)
-            .cloned()
-            .unwrap_or_default();
+        let kwargs: Map<String, Value> = conv.get("kwargs").and_then(Value::as_object).cloned().unwrap_or_default();
         let rendered = template.render_json(&conv["messages"], gen, &kwargs);
         if let Some(err) = case.get("error") {
-            assert!(
-                rendered.is_err(),
-                "{fixture}/{name}: Python raised {err}, aha rendered"
-            );
+            assert!(rendered.is_err(), "{fixture}/{name}: Python raised {err}, aha rendered");
             continue;
         }
         let text = rendered.unwrap_or_else(|e| panic!("{fixture}/{name}/{gen}: {e}"));
-        assert_eq!(
-            text,
-            case["text"].as_str().unwrap(),
-            "{fixture}/{name} add_generation_prompt={gen}: text differs"
-        );
+        assert_eq!(text, case["text"].as_str().unwrap(), "{fixture}/{name} add_generation_prompt={gen}: text differs");
         let ids = tok.encode(&text, false).unwrap();
-        let want: Vec<u32> = case["ids"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_u64().unwrap() as u32)
-            .collect();
-        assert_eq!(
-            ids, want,
-            "{fixture}/{name} add_generation_prompt={gen}: ids differ"
-        );
+        let want: Vec<u32> = case["ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+        assert_eq!(ids, want, "{fixture}/{name} add_generation_prompt={gen}: ids differ");
     }
 }
 
@@ -95,10 +68,7 @@ fn eos_and_pad_ids_come_from_tokenizer_config() {
         return;
     };
     let tok = AhaTokenizer::from_dir(&dir).unwrap();
-    assert_eq!(
-        tok.eos_token_ids(),
-        &[tok.token_to_id("<|im_end|>").unwrap()]
-    );
+    assert_eq!(tok.eos_token_ids(), &[tok.token_to_id("<|im_end|>").unwrap()]);
     assert_eq!(tok.pad_token_id(), tok.token_to_id("<|endoftext|>"));
     assert_eq!(tok.bos_token_id(), None);
     let Some(dir) = common::fetched("tokenizers/llama3") else {

@@ -28,8 +28,7 @@ fn permute(w: &Tensor, heads: usize) -> Tensor {
 
 fn write_gguf(src: &Path, cfg: &ModelConfig, out: &Path) {
     let arch = cfg.arch.model_type();
-    let weights =
-        candle_core::safetensors::load(src.join("model.safetensors"), &Device::Cpu).unwrap();
+    let weights = candle_core::safetensors::load(src.join("model.safetensors"), &Device::Cpu).unwrap();
     let mut tensors = Vec::new();
     for (name, t) in &weights {
         let t = match (cfg.arch, name.as_str()) {
@@ -37,41 +36,20 @@ fn write_gguf(src: &Path, cfg: &ModelConfig, out: &Path) {
             (Arch::Llama, n) if n.ends_with("k_proj.weight") => permute(t, cfg.num_key_value_heads),
             _ => t.clone(),
         };
-        tensors.push((
-            hf_to_gguf_name(name).unwrap(),
-            QTensor::quantize(&t, GgmlDType::F32).unwrap(),
-        ));
+        tensors.push((hf_to_gguf_name(name).unwrap(), QTensor::quantize(&t, GgmlDType::F32).unwrap()));
     }
     let key = |k: &str| format!("{arch}.{k}");
     let meta = vec![
-        (
-            "general.architecture".to_string(),
-            Value::String(arch.into()),
-        ),
+        ("general.architecture".to_string(), Value::String(arch.into())),
         (key("embedding_length"), Value::U32(cfg.hidden_size as u32)),
-        (
-            key("feed_forward_length"),
-            Value::U32(cfg.intermediate_size as u32),
-        ),
+        (key("feed_forward_length"), Value::U32(cfg.intermediate_size as u32)),
         (key("block_count"), Value::U32(cfg.num_hidden_layers as u32)),
-        (
-            key("attention.head_count"),
-            Value::U32(cfg.num_attention_heads as u32),
-        ),
-        (
-            key("attention.head_count_kv"),
-            Value::U32(cfg.num_key_value_heads as u32),
-        ),
+        (key("attention.head_count"), Value::U32(cfg.num_attention_heads as u32)),
+        (key("attention.head_count_kv"), Value::U32(cfg.num_key_value_heads as u32)),
         (key("attention.key_length"), Value::U32(cfg.head_dim as u32)),
-        (
-            key("attention.layer_norm_rms_epsilon"),
-            Value::F32(cfg.rms_norm_eps as f32),
-        ),
+        (key("attention.layer_norm_rms_epsilon"), Value::F32(cfg.rms_norm_eps as f32)),
         (key("rope.freq_base"), Value::F32(cfg.rope_theta as f32)),
-        (
-            key("context_length"),
-            Value::U32(cfg.max_position_embeddings as u32),
-        ),
+        (key("context_length"), Value::U32(cfg.max_position_embeddings as u32)),
     ];
     let meta_refs: Vec<(&str, &Value)> = meta.iter().map(|(k, v)| (k.as_str(), v)).collect();
     let tensor_refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
@@ -88,11 +66,7 @@ fn check(arch: &str) {
         return check_without_rope_scaling(&src, &cfg);
     }
     let tmp = tempfile::tempdir().unwrap();
-    for f in [
-        "tokenizer.json",
-        "tokenizer_config.json",
-        "generation_config.json",
-    ] {
+    for f in ["tokenizer.json", "tokenizer_config.json", "generation_config.json"] {
         std::fs::copy(src.join(f), tmp.path().join(f)).unwrap();
     }
     let file = tmp.path().join("model.gguf");
@@ -101,13 +75,9 @@ fn check(arch: &str) {
     assert_eq!(m.config.arch, cfg.arch);
     assert_eq!(m.config.tie_word_embeddings, cfg.tie_word_embeddings);
     assert_eq!(m.config.attention_bias, cfg.attention_bias);
-    let r =
-        candle_core::safetensors::load(src.join("reference.safetensors"), &Device::Cpu).unwrap();
+    let r = candle_core::safetensors::load(src.join("reference.safetensors"), &Device::Cpu).unwrap();
     let u = |k: &str| r[k].to_dtype(DType::U32).unwrap();
-    let logits = m
-        .model
-        .forward(&u("input_ids"), &u("attention_mask"), &u("position_ids"))
-        .unwrap();
+    let logits = m.model.forward(&u("input_ids"), &u("attention_mask"), &u("position_ids")).unwrap();
     // Row 0 has no padding: compare all its positions.
     let d = common::max_abs_diff(&logits.i(0).unwrap(), &r["logits"].i(0).unwrap());
     println!("{arch}: GGUF path max |Δlogit| = {d:.3e}");
@@ -119,19 +89,10 @@ fn check_without_rope_scaling(src: &Path, cfg: &ModelConfig) {
     let mut plain = cfg.clone();
     plain.rope_scaling = None;
     let tmp = tempfile::tempdir().unwrap();
-    for f in [
-        "tokenizer.json",
-        "tokenizer_config.json",
-        "generation_config.json",
-        "model.safetensors",
-    ] {
+    for f in ["tokenizer.json", "tokenizer_config.json", "generation_config.json", "model.safetensors"] {
         std::fs::copy(src.join(f), tmp.path().join(f)).unwrap();
     }
-    std::fs::write(
-        tmp.path().join("config.json"),
-        plain.to_hf_json().to_string(),
-    )
-    .unwrap();
+    std::fs::write(tmp.path().join("config.json"), plain.to_hf_json().to_string()).unwrap();
     let file = tmp.path().join("model.gguf");
     write_gguf(src, &plain, &file);
     let a = load_gguf(&file, None, &Device::Cpu, DType::F32).unwrap();
@@ -143,10 +104,7 @@ fn check_without_rope_scaling(src: &Path, cfg: &ModelConfig) {
     let lb = b.model.forward(&ids, &mask, &pos).unwrap();
     let d = common::max_abs_diff(&la, &lb);
     println!("llama (no rope scaling): GGUF vs HF path max |Δlogit| = {d:.3e}");
-    assert_eq!(
-        d, 0.0,
-        "un-permuted GGUF weights must equal the HF weights exactly"
-    );
+    assert_eq!(d, 0.0, "un-permuted GGUF weights must equal the HF weights exactly");
 }
 
 #[test]

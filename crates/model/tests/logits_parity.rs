@@ -21,8 +21,7 @@ struct Reference {
 fn load(arch: &str) -> (LoadedModel, Reference) {
     let dir = common::fixtures().join(format!("tiny-{arch}"));
     let model = load_hf_dir(&dir, &Device::Cpu, DType::F32).unwrap();
-    let r =
-        candle_core::safetensors::load(dir.join("reference.safetensors"), &Device::Cpu).unwrap();
+    let r = candle_core::safetensors::load(dir.join("reference.safetensors"), &Device::Cpu).unwrap();
     let u32_of = |k: &str| r[k].to_dtype(DType::U32).unwrap();
     let reference = Reference {
         ids: u32_of("input_ids"),
@@ -40,10 +39,7 @@ fn masked_max_diff(got: &Tensor, want: &Tensor, mask: &Tensor) -> f32 {
     for (b, row) in mask.iter().enumerate() {
         for (t, &m) in row.iter().enumerate() {
             if m == 1 {
-                worst = worst.max(common::max_abs_diff(
-                    &got.i((b, t)).unwrap(),
-                    &want.i((b, t)).unwrap(),
-                ));
+                worst = worst.max(common::max_abs_diff(&got.i((b, t)).unwrap(), &want.i((b, t)).unwrap()));
             }
         }
     }
@@ -65,10 +61,7 @@ fn padded_prefill_matches(arch: &str) {
     let logits = m.model.decode(&r.ids, &r.mask, &r.pos, &mut cache).unwrap();
     let d = masked_max_diff(&logits, &r.logits, &r.mask);
     println!("{arch}: padded prefill (KV path) max |Δlogit| = {d:.3e}");
-    assert!(
-        d <= TOL,
-        "{arch}: padded prefill differs from transformers by {d}"
-    );
+    assert!(d <= TOL, "{arch}: padded prefill differs from transformers by {d}");
 }
 
 /// Each row alone: prefill its first two real tokens, then decode one token at a time.
@@ -84,16 +77,10 @@ fn stepwise_decode_matches(arch: &str) {
         let mut done = 0;
         while done < real.len() {
             let step = if done == 0 { 2.min(real.len()) } else { 1 };
-            let chunk = Tensor::new(&real[done..done + step], &Device::Cpu)
-                .unwrap()
-                .unsqueeze(0)
-                .unwrap();
+            let chunk = Tensor::new(&real[done..done + step], &Device::Cpu).unwrap().unsqueeze(0).unwrap();
             let ones = Tensor::ones((1, step), DType::U32, &Device::Cpu).unwrap();
             let pos: Vec<u32> = (done as u32..(done + step) as u32).collect();
-            let pos = Tensor::new(pos.as_slice(), &Device::Cpu)
-                .unwrap()
-                .unsqueeze(0)
-                .unwrap();
+            let pos = Tensor::new(pos.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap();
             let logits = m.model.decode(&chunk, &ones, &pos, &mut cache).unwrap();
             for k in 0..step {
                 let want = r.logits.i((row, start + done + k)).unwrap();
@@ -103,10 +90,7 @@ fn stepwise_decode_matches(arch: &str) {
         }
     }
     println!("{arch}: step-by-step KV decode max |Δlogit| = {worst:.3e}");
-    assert!(
-        worst <= TOL,
-        "{arch}: KV-cache decoding differs from transformers by {worst}"
-    );
+    assert!(worst <= TOL, "{arch}: KV-cache decoding differs from transformers by {worst}");
 }
 
 #[test]

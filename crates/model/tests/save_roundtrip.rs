@@ -25,28 +25,15 @@ fn save_then_load_is_identical() {
         a.save_pretrained(&out).unwrap();
         let b = load_hf_dir(&out, &Device::Cpu, DType::F32).unwrap();
         assert_eq!(a.config, b.config, "{arch}");
-        assert_eq!(
-            common::max_abs_diff(&logits(&a), &logits(&b)),
-            0.0,
-            "{arch}"
-        );
+        assert_eq!(common::max_abs_diff(&logits(&a), &logits(&b)), 0.0, "{arch}");
         let tok_a = std::fs::read(src.join("tokenizer.json")).unwrap();
         let tok_b = std::fs::read(out.join("tokenizer.json")).unwrap();
-        assert_eq!(
-            tok_a, tok_b,
-            "{arch}: tokenizer.json not preserved byte for byte"
-        );
-        assert_eq!(
-            a.tokenizer.chat_template().unwrap().source(),
-            b.tokenizer.chat_template().unwrap().source()
-        );
+        assert_eq!(tok_a, tok_b, "{arch}: tokenizer.json not preserved byte for byte");
+        assert_eq!(a.tokenizer.chat_template().unwrap().source(), b.tokenizer.chat_template().unwrap().source());
         assert_eq!(b.tokenizer.eos_token_ids(), a.tokenizer.eos_token_ids());
         // Saving again over the same directory replaces it and leaves no temporary siblings.
         b.save_pretrained(&out).unwrap();
-        let names: Vec<_> = std::fs::read_dir(tmp.path())
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
+        let names: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(names.len(), 1, "{names:?}");
     }
 }
@@ -56,12 +43,7 @@ fn sharded_checkpoint_loads_like_a_single_file() {
     let src = common::fixtures().join("tiny-qwen2");
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    for f in [
-        "config.json",
-        "tokenizer.json",
-        "tokenizer_config.json",
-        "generation_config.json",
-    ] {
+    for f in ["config.json", "tokenizer.json", "tokenizer_config.json", "generation_config.json"] {
         std::fs::copy(src.join(f), dir.join(f)).unwrap();
     }
     let all = candle_core::safetensors::load(src.join("model.safetensors"), &Device::Cpu).unwrap();
@@ -69,12 +51,8 @@ fn sharded_checkpoint_loads_like_a_single_file() {
     names.sort();
     let (first, second) = names.split_at(names.len() / 2);
     let mut weight_map = serde_json::Map::new();
-    for (file, part) in [
-        ("model-00001-of-00002.safetensors", first),
-        ("model-00002-of-00002.safetensors", second),
-    ] {
-        let shard: std::collections::HashMap<_, _> =
-            part.iter().map(|n| (n.clone(), all[n].clone())).collect();
+    for (file, part) in [("model-00001-of-00002.safetensors", first), ("model-00002-of-00002.safetensors", second)] {
+        let shard: std::collections::HashMap<_, _> = part.iter().map(|n| (n.clone(), all[n].clone())).collect();
         candle_core::safetensors::save(&shard, dir.join(file)).unwrap();
         for n in part {
             weight_map.insert(n.clone(), file.into());

@@ -18,26 +18,15 @@ use serde_json::Value;
 const TOL: f32 = 1e-3;
 
 fn floats(v: &Value) -> Vec<f32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_f64().unwrap() as f32)
-        .collect()
+    v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect()
 }
 
 fn ints(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
+    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
 }
 
 fn max_diff(a: &[f32], b: &[f32]) -> f32 {
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
 }
 
 #[test]
@@ -48,23 +37,14 @@ fn smollm2_gguf_logits_match_transformers() {
     let text = std::fs::read_to_string(common::fixtures().join("smollm2/reference.json")).unwrap();
     let r: Value = serde_json::from_str(&text).unwrap();
     let m = load_gguf(&file, None, &Device::Cpu, DType::F32).unwrap();
-    assert_eq!(
-        m.config.vocab_size,
-        r["vocab_size"].as_u64().unwrap() as usize
-    );
+    assert_eq!(m.config.vocab_size, r["vocab_size"].as_u64().unwrap() as usize);
 
     let ids = ints(&r["input_ids"]);
     let t = ids.len();
-    let x = Tensor::new(ids.as_slice(), &Device::Cpu)
-        .unwrap()
-        .unsqueeze(0)
-        .unwrap();
+    let x = Tensor::new(ids.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap();
     let mask = Tensor::ones((1, t), DType::U32, &Device::Cpu).unwrap();
     let pos: Vec<u32> = (0..t as u32).collect();
-    let pos = Tensor::new(pos.as_slice(), &Device::Cpu)
-        .unwrap()
-        .unsqueeze(0)
-        .unwrap();
+    let pos = Tensor::new(pos.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap();
     let logits = m.model.forward(&x, &mask, &pos).unwrap().i(0).unwrap();
 
     let top_ids = ints(&r["last_top50"]["ids"]);
@@ -76,11 +56,7 @@ fn smollm2_gguf_logits_match_transformers() {
     let mut probe64 = 0.0f32;
     let cols = ints(&r["probe_ids"]);
     for (k, p) in r["probe_positions"].as_array().unwrap().iter().enumerate() {
-        let row: Vec<f32> = logits
-            .i(p.as_u64().unwrap() as usize)
-            .unwrap()
-            .to_vec1()
-            .unwrap();
+        let row: Vec<f32> = logits.i(p.as_u64().unwrap() as usize).unwrap().to_vec1().unwrap();
         let got: Vec<f32> = cols.iter().map(|&c| row[c as usize]).collect();
         probe32 = probe32.max(max_diff(&got, &floats(&r["probe_logits_f32"][k])));
         probe64 = probe64.max(max_diff(&got, &floats(&r["probe_logits_f64"][k])));
@@ -89,23 +65,9 @@ fn smollm2_gguf_logits_match_transformers() {
         "smollm2: last-position top-50 max |Δ| vs transformers f32 {d32:.3e} (f64 {d64:.3e}); probes f32 {probe32:.3e} (f64 {probe64:.3e}); transformers' own f32-vs-f64 {}",
         r["f32_vs_f64_max_abs_diff_all_logits"]
     );
-    assert!(
-        d32.max(probe32) <= TOL,
-        "logits differ from transformers f32 by {}",
-        d32.max(probe32)
-    );
-    assert!(
-        d64.max(probe64) <= TOL,
-        "logits differ from transformers f64 by {}",
-        d64.max(probe64)
-    );
-    let argmax: u32 = logits
-        .i(t - 1)
-        .unwrap()
-        .argmax(0)
-        .unwrap()
-        .to_scalar()
-        .unwrap();
+    assert!(d32.max(probe32) <= TOL, "logits differ from transformers f32 by {}", d32.max(probe32));
+    assert!(d64.max(probe64) <= TOL, "logits differ from transformers f64 by {}", d64.max(probe64));
+    let argmax: u32 = logits.i(t - 1).unwrap().argmax(0).unwrap().to_scalar().unwrap();
     assert_eq!(argmax, ints(&r["argmax_per_position"])[t - 1]);
 }
 
@@ -117,30 +79,14 @@ fn smollm2_gguf_tokenizer_and_template_match_transformers() {
     let text = std::fs::read_to_string(common::fixtures().join("smollm2/reference.json")).unwrap();
     let r: Value = serde_json::from_str(&text).unwrap();
     let m = load_gguf(&file, None, &Device::Cpu, DType::F32).unwrap();
-    let prompt = m
-        .tokenizer
-        .apply_chat_template(
-            &[ChatMessage::new("user", "What is the capital of France?")],
-            true,
-        )
-        .unwrap();
+    let prompt =
+        m.tokenizer.apply_chat_template(&[ChatMessage::new("user", "What is the capital of France?")], true).unwrap();
     assert_eq!(prompt, r["prompt_text"].as_str().unwrap());
-    assert_eq!(
-        m.tokenizer.encode(&prompt, false).unwrap(),
-        ints(&r["input_ids"])
-    );
+    assert_eq!(m.tokenizer.encode(&prompt, false).unwrap(), ints(&r["input_ids"]));
     for (text, ids) in r["extra_texts"].as_object().unwrap() {
-        assert_eq!(
-            m.tokenizer.encode(text, false).unwrap(),
-            ints(ids),
-            "{text:?}"
-        );
+        assert_eq!(m.tokenizer.encode(text, false).unwrap(), ints(ids), "{text:?}");
         assert_eq!(m.tokenizer.decode(&ints(ids), false).unwrap(), *text);
     }
     let im_end = m.tokenizer.token_to_id("<|im_end|>").unwrap();
-    assert!(
-        m.tokenizer.eos_token_ids().contains(&im_end),
-        "eos ids {:?}",
-        m.tokenizer.eos_token_ids()
-    );
+    assert!(m.tokenizer.eos_token_ids().contains(&im_end), "eos ids {:?}", m.tokenizer.eos_token_ids());
 }

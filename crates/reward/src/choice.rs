@@ -16,17 +16,10 @@ pub fn extract_choice(text: &str, options: &[&str], lowercase: bool) -> Option<(
     let lower = text.to_lowercase();
     let anchored = ["answer is", "answer:"].iter().find_map(|a| {
         let at = lower.rfind(a)? + a.len();
-        standalone
-            .iter()
-            .find(|(pos, _)| *pos >= at)
-            .map(|(_, o)| *o)
+        standalone.iter().find(|(pos, _)| *pos >= at).map(|(_, o)| *o)
     });
     let chosen = anchored.or_else(|| standalone.first().map(|(_, o)| *o))?;
-    let norm = if lowercase {
-        chosen.to_lowercase()
-    } else {
-        chosen.to_string()
-    };
+    let norm = if lowercase { chosen.to_lowercase() } else { chosen.to_string() };
     Some((norm, chosen.to_string()))
 }
 

@@ -34,8 +34,7 @@ fn default_max_panics() -> usize {
 impl RewardsConfig {
     /// Parses a TOML document holding `[[rewards]]` tables.
     pub fn from_toml_str(text: &str) -> Result<Self, RewardError> {
-        let config: RewardsConfig =
-            toml::from_str(text).map_err(|e| RewardError::Config(e.to_string()))?;
+        let config: RewardsConfig = toml::from_str(text).map_err(|e| RewardError::Config(e.to_string()))?;
         config.validate()?;
         Ok(config)
     }
@@ -45,16 +44,10 @@ impl RewardsConfig {
         let mut seen = std::collections::BTreeSet::new();
         for spec in &self.rewards {
             if !spec.weight.is_finite() {
-                return Err(RewardError::Config(format!(
-                    "{}: weight is not finite",
-                    spec.name()
-                )));
+                return Err(RewardError::Config(format!("{}: weight is not finite", spec.name())));
             }
             if !seen.insert(spec.name()) {
-                return Err(RewardError::Config(format!(
-                    "duplicate reward name {}",
-                    spec.name()
-                )));
+                return Err(RewardError::Config(format!("duplicate reward name {}", spec.name())));
             }
         }
         if self.rewards.is_empty() {
@@ -85,9 +78,7 @@ fn default_weight() -> f64 {
 impl RewardSpec {
     /// The reward's name: `name` if given, else the kind's name.
     pub fn name(&self) -> String {
-        self.name
-            .clone()
-            .unwrap_or_else(|| self.kind.kind_name().to_string())
+        self.name.clone().unwrap_or_else(|| self.kind.kind_name().to_string())
     }
 }
 

@@ -54,16 +54,11 @@ pub fn answer_block(completion: &str) -> Result<&str, NoAnswer> {
 pub fn answer_block_after(tail: &str) -> Result<&str, NoAnswer> {
     let open = tail.find(ANSWER_OPEN).ok_or(NoAnswer::NoAnswerBlock)?;
     let body_start = open + ANSWER_OPEN.len();
-    let close_rel = tail[body_start..]
-        .find(ANSWER_CLOSE)
-        .ok_or(NoAnswer::NoAnswerBlock)?;
+    let close_rel = tail[body_start..].find(ANSWER_CLOSE).ok_or(NoAnswer::NoAnswerBlock)?;
     let body = &tail[body_start..body_start + close_rel];
     let rest = &tail[body_start + close_rel + ANSWER_CLOSE.len()..];
     let think_again = tail.contains("<think>") || tail.contains(THINK_CLOSE);
-    if think_again
-        || tail.matches(ANSWER_OPEN).count() > 1
-        || tail.matches(ANSWER_CLOSE).count() > 1
-    {
+    if think_again || tail.matches(ANSWER_OPEN).count() > 1 || tail.matches(ANSWER_CLOSE).count() > 1 {
         return Err(NoAnswer::DuplicateTags);
     }
     if !rest.trim().is_empty() {
@@ -126,12 +121,7 @@ pub fn boxed_spans(text: &str) -> Vec<BoxSpan> {
                     open_boxes -= 1;
                     if open_boxes == 0 {
                         let content_start = start + box_command_len(&bytes[start..]).unwrap_or(0);
-                        spans.push(BoxSpan {
-                            start,
-                            end: i + 1,
-                            content_start,
-                            content_end: i,
-                        });
+                        spans.push(BoxSpan { start, end: i + 1, content_start, content_end: i });
                     }
                 }
             }
@@ -160,19 +150,14 @@ fn box_command_len(bytes: &[u8]) -> Option<usize> {
 
 /// The content of the last complete outermost `\boxed{…}` in `text`.
 pub fn last_boxed(text: &str) -> Option<&str> {
-    boxed_spans(text)
-        .last()
-        .map(|s| &text[s.content_start..s.content_end])
+    boxed_spans(text).last().map(|s| &text[s.content_start..s.content_end])
 }
 
 /// The chain of thought: the text before the first `</think>` (after a leading `<think>` if any).
 pub fn thought(completion: &str) -> Option<&str> {
     let end = completion.find(THINK_CLOSE)?;
     let head = &completion[..end];
-    Some(
-        head.find("<think>")
-            .map_or(head, |p| &head[p + "<think>".len()..]),
-    )
+    Some(head.find("<think>").map_or(head, |p| &head[p + "<think>".len()..]))
 }
 
 #[cfg(test)]
@@ -181,37 +166,18 @@ mod tests {
 
     #[test]
     fn extracts_last_box_in_answer() {
-        let c =
-            "<think>\\boxed{1}</think><answer>so \\boxed{2} then \\boxed{\\frac{3}{4}}</answer>";
+        let c = "<think>\\boxed{1}</think><answer>so \\boxed{2} then \\boxed{\\frac{3}{4}}</answer>";
         assert_eq!(final_answer(c), Ok("\\frac{3}{4}"));
-        assert_eq!(
-            final_answer("<think>a</think><answer> 7 </answer>\n"),
-            Ok("7")
-        );
+        assert_eq!(final_answer("<think>a</think><answer> 7 </answer>\n"), Ok("7"));
     }
 
     #[test]
     fn hacks_give_no_answer() {
-        assert_eq!(
-            final_answer("<think>\\boxed{2}</think>"),
-            Err(NoAnswer::NoAnswerBlock)
-        );
-        assert_eq!(
-            final_answer("<think>x</think><answer></answer>"),
-            Err(NoAnswer::Empty)
-        );
-        assert_eq!(
-            final_answer("<think></think>a"),
-            Err(NoAnswer::NoAnswerBlock)
-        );
-        assert_eq!(
-            final_answer("<think>x</think><answer>2</answer>junk"),
-            Err(NoAnswer::TrailingJunk)
-        );
-        assert_eq!(
-            final_answer("<think>x</think><answer>1</answer><answer>2</answer>"),
-            Err(NoAnswer::DuplicateTags)
-        );
+        assert_eq!(final_answer("<think>\\boxed{2}</think>"), Err(NoAnswer::NoAnswerBlock));
+        assert_eq!(final_answer("<think>x</think><answer></answer>"), Err(NoAnswer::Empty));
+        assert_eq!(final_answer("<think></think>a"), Err(NoAnswer::NoAnswerBlock));
+        assert_eq!(final_answer("<think>x</think><answer>2</answer>junk"), Err(NoAnswer::TrailingJunk));
+        assert_eq!(final_answer("<think>x</think><answer>1</answer><answer>2</answer>"), Err(NoAnswer::DuplicateTags));
     }
 
     #[test]

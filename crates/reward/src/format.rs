@@ -57,10 +57,7 @@ mod tests {
 
     #[test]
     fn strict_cases() {
-        assert!(is_well_formed(
-            "<think>r</think><answer>4</answer>\n",
-            false
-        ));
+        assert!(is_well_formed("<think>r</think><answer>4</answer>\n", false));
         assert!(is_well_formed("r</think> <answer>4</answer>", true));
         for bad in [
             "<think></think><answer>4</answer>",

@@ -32,11 +32,7 @@ impl Registry {
     /// Builds only the rewards named in `config`.
     pub fn build(config: &RewardsConfig) -> Result<Self, RewardError> {
         config.validate()?;
-        let entries = config
-            .rewards
-            .iter()
-            .map(build_entry)
-            .collect::<Result<_, _>>()?;
+        let entries = config.rewards.iter().map(build_entry).collect::<Result<_, _>>()?;
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
         Ok(Registry {
             entries,
@@ -49,21 +45,8 @@ impl Registry {
 
     /// Builds a registry from already-constructed rewards (for tests and custom tasks).
     pub fn from_rewards(rewards: Vec<(String, f64, Box<dyn Reward>)>, max_panics: usize) -> Self {
-        let entries = rewards
-            .into_iter()
-            .map(|(name, weight, reward)| Entry {
-                name,
-                weight,
-                reward,
-            })
-            .collect();
-        Registry {
-            entries,
-            max_panics,
-            panics: AtomicUsize::new(0),
-            last_panic: Mutex::new(String::new()),
-            threads: 1,
-        }
+        let entries = rewards.into_iter().map(|(name, weight, reward)| Entry { name, weight, reward }).collect();
+        Registry { entries, max_panics, panics: AtomicUsize::new(0), last_panic: Mutex::new(String::new()), threads: 1 }
     }
 
     /// Sets how many samples are scored concurrently (default: the number of CPUs).
@@ -91,9 +74,7 @@ impl Registry {
         std::thread::scope(|scope| {
             let handles: Vec<_> = samples
                 .chunks(chunk)
-                .map(|part| {
-                    scope.spawn(move || part.iter().map(|s| self.score_one(s)).collect::<Vec<_>>())
-                })
+                .map(|part| scope.spawn(move || part.iter().map(|s| self.score_one(s)).collect::<Vec<_>>()))
                 .collect();
             for handle in handles {
                 // A worker only panics outside `catch_unwind` on a bug in this function itself.
@@ -143,16 +124,8 @@ impl Registry {
     fn check_panics(&self) -> Result<(), RewardError> {
         let count = self.panics();
         if count > self.max_panics {
-            let last = self
-                .last_panic
-                .lock()
-                .map(|s| s.clone())
-                .unwrap_or_default();
-            return Err(RewardError::TooManyPanics {
-                count,
-                limit: self.max_panics,
-                last,
-            });
+            let last = self.last_panic.lock().map(|s| s.clone()).unwrap_or_default();
+            return Err(RewardError::TooManyPanics { count, limit: self.max_panics, last });
         }
         Ok(())
     }
@@ -169,34 +142,21 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
 }
 
 fn build_entry(spec: &RewardSpec) -> Result<Entry, RewardError> {
-    Ok(Entry {
-        name: spec.name(),
-        weight: spec.weight,
-        reward: build_reward(&spec.kind)?,
-    })
+    Ok(Entry { name: spec.name(), weight: spec.weight, reward: build_reward(&spec.kind)? })
 }
 
 fn build_reward(kind: &RewardKind) -> Result<Box<dyn Reward>, RewardError> {
     use crate::{code, format, language, math, tasks};
     Ok(match kind {
         RewardKind::Math { precision } => Box::new(math::MathReward::new(*precision)),
-        RewardKind::Format { think_in_prompt } => Box::new(format::FormatReward {
-            think_in_prompt: *think_in_prompt,
-        }),
-        RewardKind::Language { language } => Box::new(language::LanguageReward {
-            language: *language,
-        }),
+        RewardKind::Format { think_in_prompt } => Box::new(format::FormatReward { think_in_prompt: *think_in_prompt }),
+        RewardKind::Language { language } => Box::new(language::LanguageReward { language: *language }),
         RewardKind::Countdown => Box::new(tasks::countdown::CountdownReward),
-        RewardKind::ExactMatch { case_sensitive } => Box::new(tasks::exact::ExactMatchReward {
-            case_sensitive: *case_sensitive,
-        }),
-        RewardKind::Numeric { tolerance } => Box::new(tasks::exact::NumericReward {
-            tolerance: *tolerance,
-        }),
-        RewardKind::Code {
-            timeout_s,
-            memory_mb,
-        } => Box::new(code::CodeReward::new(*timeout_s, *memory_mb)),
+        RewardKind::ExactMatch { case_sensitive } => {
+            Box::new(tasks::exact::ExactMatchReward { case_sensitive: *case_sensitive })
+        }
+        RewardKind::Numeric { tolerance } => Box::new(tasks::exact::NumericReward { tolerance: *tolerance }),
+        RewardKind::Code { timeout_s, memory_mb } => Box::new(code::CodeReward::new(*timeout_s, *memory_mb)),
     })
 }
 
@@ -235,9 +195,7 @@ mod tests {
         .unwrap();
         let reg = Registry::build(&cfg).unwrap();
         assert_eq!(reg.names(), vec!["format", "cd"]);
-        let out = reg
-            .score_batch(&[Sample::new("<think>x</think><answer>1</answer>", "1")])
-            .unwrap();
+        let out = reg.score_batch(&[Sample::new("<think>x</think><answer>1</answer>", "1")]).unwrap();
         assert_eq!(out[0].rewards["format"], Some(1.0));
         assert_eq!(out[0].rewards["cd"], None);
         assert_eq!(out[0].reward, Some(0.5));

@@ -23,20 +23,14 @@ fn string_or_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D:
         Value::String(s) => Ok(s),
         Value::Number(n) => Ok(n.to_string()),
         Value::Null => Ok(String::new()),
-        other => Err(serde::de::Error::custom(format!(
-            "`answer` must be a string or a number, not {other}"
-        ))),
+        other => Err(serde::de::Error::custom(format!("`answer` must be a string or a number, not {other}"))),
     }
 }
 
 impl Sample {
     /// A sample with no task fields.
     pub fn new(completion: impl Into<String>, answer: impl Into<String>) -> Self {
-        Sample {
-            completion: completion.into(),
-            answer: answer.into(),
-            fields: Map::new(),
-        }
+        Sample { completion: completion.into(), answer: answer.into(), fields: Map::new() }
     }
 
     /// Adds one task field (builder style).
@@ -57,10 +51,8 @@ mod tests {
 
     #[test]
     fn parses_a_jsonl_line() {
-        let s: Sample = serde_json::from_str(
-            r#"{"completion": "c", "answer": 42, "numbers": [1, 2], "target": 3}"#,
-        )
-        .unwrap();
+        let s: Sample =
+            serde_json::from_str(r#"{"completion": "c", "answer": 42, "numbers": [1, 2], "target": 3}"#).unwrap();
         assert_eq!(s.answer, "42");
         assert_eq!(s.field("target"), Some(&serde_json::json!(3)));
         assert!(s.field("answer").is_none());
@@ -82,9 +74,7 @@ pub enum Score {
 impl Score {
     /// Shorthand for an unscorable verdict.
     pub fn unscorable(reason: impl Into<String>) -> Self {
-        Score::Unscorable {
-            reason: reason.into(),
-        }
+        Score::Unscorable { reason: reason.into() }
     }
 
     /// 1.0 when `ok`, else 0.0.

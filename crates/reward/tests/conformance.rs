@@ -8,10 +8,7 @@ use serde_json::Value;
 use std::collections::BTreeMap;
 
 fn fixture() -> String {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/math_verify_cases.jsonl"
-    );
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/math_verify_cases.jsonl");
     std::fs::read_to_string(path).expect("conformance fixture is committed")
 }
 
@@ -19,10 +16,8 @@ fn fixture() -> String {
 fn ours(params: &Value) -> Option<(Value, Value)> {
     if let Some(config) = params.get("config").and_then(Value::as_str) {
         let pred = params["pred"].as_str()?;
-        let options: Vec<&str> = ["A", "B", "C", "D", "U"]
-            .into_iter()
-            .filter(|o| config.contains(&format!("'{o}'")))
-            .collect();
+        let options: Vec<&str> =
+            ["A", "B", "C", "D", "U"].into_iter().filter(|o| config.contains(&format!("'{o}'"))).collect();
         let lowercase = config.contains("lowercase=True");
         let got = match extract_choice(pred, &options, lowercase) {
             Some((norm, orig)) => serde_json::json!([norm, orig]),
@@ -40,10 +35,7 @@ fn ours(params: &Value) -> Option<(Value, Value)> {
     if let Some(p) = params.get("precision").and_then(Value::as_u64) {
         opts.precision = p as u32;
     }
-    if let Some(b) = params
-        .get("allow_set_relation_comp")
-        .and_then(Value::as_bool)
-    {
+    if let Some(b) = params.get("allow_set_relation_comp").and_then(Value::as_bool) {
         opts.allow_set_relation_comp = b;
     }
     let got = i64::from(math_equal_with(gold, pred, &opts) == Verdict::Equal);
@@ -56,11 +48,7 @@ fn math_verify_conformance() {
     let (mut agree, mut total, mut not_applicable) = (0, 0, 0);
     for (i, line) in fixture().lines().enumerate() {
         let case: Value = serde_json::from_str(line).expect("valid JSON line");
-        let family = format!(
-            "{}::{}",
-            case["file"].as_str().unwrap_or(""),
-            case["test"].as_str().unwrap_or("")
-        );
+        let family = format!("{}::{}", case["file"].as_str().unwrap_or(""), case["test"].as_str().unwrap_or(""));
         let Some((got, expected)) = ours(&case["params"]) else {
             not_applicable += 1;
             println!("N/A  #{i} {family} (no gold/pred pair)");
@@ -74,13 +62,7 @@ fn math_verify_conformance() {
             agree += 1;
         } else {
             let p = &case["params"];
-            let short = |v: &Value| {
-                v.as_str()
-                    .unwrap_or("")
-                    .chars()
-                    .take(90)
-                    .collect::<String>()
-            };
+            let short = |v: &Value| v.as_str().unwrap_or("").chars().take(90).collect::<String>();
             println!(
                 "DIFF #{i} {family}: got {got} expected {expected}\n     gold={:?}\n     pred={:?}",
                 short(&p["gold"]),
@@ -92,9 +74,6 @@ fn math_verify_conformance() {
         println!("{a:>3}/{t:<3} {family}");
     }
     let rate = agree as f64 / total as f64;
-    println!(
-        "agreement {agree}/{total} = {:.1}% ({not_applicable} cases not applicable)",
-        100.0 * rate
-    );
+    println!("agreement {agree}/{total} = {:.1}% ({not_applicable} cases not applicable)", 100.0 * rate);
     assert!(rate >= 0.95, "agreement {:.1}% below 95%", 100.0 * rate);
 }

@@ -14,9 +14,7 @@ use std::time::Duration;
 fn fixture() -> Option<PathBuf> {
     let base = std::env::var_os("AHA_FIXTURES")
         .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures-cache"))
-        });
+        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures-cache")));
     let path = base.join("human-eval/HumanEval.jsonl");
     path.exists().then_some(path)
 }
@@ -25,10 +23,7 @@ fn fixture() -> Option<PathBuf> {
 fn humaneval_canonical_pass_and_stubs_fail() {
     let ci = std::env::var_os("CI").is_some();
     let Some(path) = fixture() else {
-        assert!(
-            !ci,
-            "HumanEval fixture missing: run scripts/fetch-fixtures.sh"
-        );
+        assert!(!ci, "HumanEval fixture missing: run scripts/fetch-fixtures.sh");
         eprintln!("note: skipping HumanEval test (run scripts/fetch-fixtures.sh)");
         return;
     };
@@ -44,11 +39,7 @@ fn humaneval_canonical_pass_and_stubs_fail() {
         .map(|l| serde_json::from_str(l).expect("valid JSON"))
         .collect();
     assert_eq!(problems.len(), 164);
-    let limits = Limits {
-        wall: Duration::from_secs(20),
-        cpu_s: 20,
-        ..Limits::default()
-    };
+    let limits = Limits { wall: Duration::from_secs(20), cpu_s: 20, ..Limits::default() };
     let next = AtomicUsize::new(0);
     let failures = Mutex::new(Vec::new());
     let (passed, stub_failed) = (AtomicUsize::new(0), AtomicUsize::new(0));
@@ -59,28 +50,16 @@ fn humaneval_canonical_pass_and_stubs_fail() {
                 let Some(p) = problems.get(i) else { break };
                 let text = |k: &str| p[k].as_str().expect("string field");
                 let (prompt, tests, entry) = (text("prompt"), text("test"), text("entry_point"));
-                let good = run_tests(
-                    &format!("{prompt}{}", text("canonical_solution")),
-                    tests,
-                    Some(entry),
-                    &limits,
-                );
+                let good = run_tests(&format!("{prompt}{}", text("canonical_solution")), tests, Some(entry), &limits);
                 assert_ne!(good.run.status, Status::Refused, "{:?}", good.run.refused);
                 if good.passed {
                     passed.fetch_add(1, Ordering::Relaxed);
                 } else {
-                    failures.lock().unwrap().push(format!(
-                        "canonical {} failed: {}",
-                        text("task_id"),
-                        good.run.stderr
-                    ));
+                    failures.lock().unwrap().push(format!("canonical {} failed: {}", text("task_id"), good.run.stderr));
                 }
                 let stub = run_tests(&format!("{prompt}    pass\n"), tests, Some(entry), &limits);
                 if stub.passed {
-                    failures
-                        .lock()
-                        .unwrap()
-                        .push(format!("stub {} passed", text("task_id")));
+                    failures.lock().unwrap().push(format!("stub {} passed", text("task_id")));
                 } else {
                     stub_failed.fetch_add(1, Ordering::Relaxed);
                 }

@@ -16,18 +16,10 @@ fn ours(row: &Value) -> bool {
     let cand = row["candidate"].as_str().unwrap_or("");
     match row["task"].as_str() {
         Some("countdown") => {
-            let numbers: Vec<i64> = row["numbers"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .filter_map(Value::as_i64)
-                .collect();
+            let numbers: Vec<i64> = row["numbers"].as_array().unwrap().iter().filter_map(Value::as_i64).collect();
             check(cand, &numbers, row["target"].as_i64().unwrap()) == Ok(true)
         }
-        _ => match (
-            parse_decimal(row["gold"].as_str().unwrap()),
-            parse_decimal(cand),
-        ) {
+        _ => match (parse_decimal(row["gold"].as_str().unwrap()), parse_decimal(cand)) {
             (Some(g), Some(p)) => g == p,
             _ => false,
         },
@@ -36,20 +28,13 @@ fn ours(row: &Value) -> bool {
 
 #[test]
 fn agrees_with_reasoning_gym() {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/reasoning_gym.jsonl"
-    );
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/reasoning_gym.jsonl");
     let text = std::fs::read_to_string(path).expect("committed fixture");
     let mut by_kind: BTreeMap<String, (usize, usize)> = BTreeMap::new();
     let (mut agree, mut total, mut unexplained) = (0, 0, Vec::new());
     for line in text.lines() {
         let row: Value = serde_json::from_str(line).expect("valid JSON");
-        let kind = format!(
-            "{}/{}",
-            row["task"].as_str().unwrap(),
-            row["kind"].as_str().unwrap()
-        );
+        let kind = format!("{}/{}", row["task"].as_str().unwrap(), row["kind"].as_str().unwrap());
         let same = ours(&row) == row["rg_correct"].as_bool().unwrap();
         let e = by_kind.entry(kind.clone()).or_default();
         e.1 += 1;
@@ -64,13 +49,7 @@ fn agrees_with_reasoning_gym() {
     for (kind, (a, t)) in &by_kind {
         println!("{a:>3}/{t:<3} {kind}");
     }
-    println!(
-        "agreement with reasoning-gym: {agree}/{total} = {:.1}%",
-        100.0 * agree as f64 / total as f64
-    );
+    println!("agreement with reasoning-gym: {agree}/{total} = {:.1}%", 100.0 * agree as f64 / total as f64);
     assert!(total >= 300);
-    assert!(
-        unexplained.is_empty(),
-        "unexplained disagreements: {unexplained:#?}"
-    );
+    assert!(unexplained.is_empty(), "unexplained disagreements: {unexplained:#?}");
 }

@@ -5,40 +5,28 @@
 //! set.
 
 use aha_reward::code::harness::run_tests;
-use aha_reward::code::sandbox::{
-    live_processes_of, run_python, Isolation, Limits, RunOutput, Status,
-};
+use aha_reward::code::sandbox::{live_processes_of, run_python, Isolation, Limits, RunOutput, Status};
 use std::time::Duration;
 
 fn can_run() -> bool {
     // SAFETY: geteuid has no preconditions.
     let root = unsafe { libc::geteuid() } == 0;
     if !root {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "sandbox tests need root in CI"
-        );
+        assert!(std::env::var_os("CI").is_none(), "sandbox tests need root in CI");
         eprintln!("note: skipping sandbox test (needs root)");
     }
     root
 }
 
 fn limits(wall_s: u64) -> Limits {
-    Limits {
-        wall: Duration::from_secs(wall_s),
-        cpu_s: wall_s,
-        ..Limits::default()
-    }
+    Limits { wall: Duration::from_secs(wall_s), cpu_s: wall_s, ..Limits::default() }
 }
 
 fn run(src: &str) -> RunOutput {
     let out = run_python(src, &[], b"", &limits(5));
     assert_ne!(out.status, Status::Refused, "refused: {:?}", out.refused);
     if let Some(uid) = out.uid {
-        assert!(
-            live_processes_of(uid).is_empty(),
-            "processes of uid {uid} survived"
-        );
+        assert!(live_processes_of(uid).is_empty(), "processes of uid {uid} survived");
     }
     out
 }
@@ -48,12 +36,7 @@ fn trivial_program_runs() {
     if !can_run() {
         return;
     }
-    let out = run_python(
-        "import sys\nprint(sys.stdin.read().upper())",
-        &[],
-        b"hi",
-        &limits(5),
-    );
+    let out = run_python("import sys\nprint(sys.stdin.read().upper())", &[], b"hi", &limits(5));
     assert_eq!(out.status, Status::Ok, "{out:?}");
     assert_eq!(out.stdout.trim(), "HI");
 }
@@ -75,9 +58,7 @@ fn fork_bomb_is_contained() {
     if !can_run() {
         return;
     }
-    let out = run(
-        "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n",
-    );
+    let out = run("import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n");
     assert_ne!(out.status, Status::Ok, "{out:?}");
 }
 
@@ -86,14 +67,8 @@ fn memory_bombs_hit_the_limit() {
     if !can_run() {
         return;
     }
-    let lim = Limits {
-        memory_bytes: 256 << 20,
-        ..limits(15)
-    };
-    for src in [
-        "x = bytearray(10**10)",
-        "a = []\nwhile True:\n    a.append(bytearray(10**7))",
-    ] {
+    let lim = Limits { memory_bytes: 256 << 20, ..limits(15) };
+    for src in ["x = bytearray(10**10)", "a = []\nwhile True:\n    a.append(bytearray(10**7))"] {
         let out = run_python(src, &[], b"", &lim);
         assert!(live_processes_of(out.uid.expect("uid")).is_empty());
         assert_eq!(out.status, Status::Memory, "{src}: {out:?}");
@@ -158,12 +133,9 @@ print(" ".join(results))
     let out = run(src);
     assert_eq!(out.status, Status::Ok, "{out:?}");
     assert_eq!(out.stdout.trim(), ["DENIED"; 6].join(" "));
-    for p in [
-        "/etc/aha_sandbox_test",
-        "/tmp/aha_sandbox_escape",
-        "/etc/aha_sandbox_link_target",
-        "/tmp/aha_sandbox_dir",
-    ] {
+    for p in
+        ["/etc/aha_sandbox_test", "/tmp/aha_sandbox_escape", "/etc/aha_sandbox_link_target", "/tmp/aha_sandbox_dir"]
+    {
         assert!(!std::path::Path::new(p).exists(), "{p} was created");
     }
     assert_eq!(std::fs::read("/etc/hostname").ok(), hostname_before);
@@ -213,11 +185,7 @@ for name, fn in [
 print(" ".join(out))
 "#;
     let out = run(src);
-    assert_eq!(
-        out.stdout.trim(),
-        "tcp=BLOCKED tcp_local=BLOCKED udp=BLOCKED dns=BLOCKED",
-        "{out:?}"
-    );
+    assert_eq!(out.stdout.trim(), "tcp=BLOCKED tcp_local=BLOCKED udp=BLOCKED dns=BLOCKED", "{out:?}");
 }
 
 #[test]
@@ -241,11 +209,7 @@ for p in ["/proc/1/environ", "/proc/{parent}/environ"]:
     let out = run(&src);
     assert_eq!(out.status, Status::Ok, "{out:?}");
     assert!(!out.stdout.contains("READ"), "{}", out.stdout);
-    assert!(
-        out.stdout.starts_with("['HOME', 'LANG', 'PATH', 'TMPDIR']"),
-        "{}",
-        out.stdout
-    );
+    assert!(out.stdout.starts_with("['HOME', 'LANG', 'PATH', 'TMPDIR']"), "{}", out.stdout);
 }
 
 #[test]
@@ -273,7 +237,8 @@ print("parent done")
     assert!(live_processes_of(uid).is_empty(), "daemon survived");
 }
 
-const ADD_TESTS: &str = "assert add(1, 2) == 3\nassert add(-1, 1) == 0\nassert add(2, 2) != 5\nassert abs(add(0.25, 0.25) - 0.5) < 1e-9\n";
+const ADD_TESTS: &str =
+    "assert add(1, 2) == 3\nassert add(-1, 1) == 0\nassert add(2, 2) != 5\nassert abs(add(0.25, 0.25) - 0.5) < 1e-9\n";
 
 #[test]
 fn verdict_is_decided_outside() {
@@ -377,10 +342,7 @@ fn refused_child() {
     }
     let marker = std::env::temp_dir().join(format!("aha-refusal-{}", std::process::id()));
     let src = format!("open({:?}, 'w').write('ran')", marker.display().to_string());
-    let lim = Limits {
-        isolation: Isolation::RunUid,
-        ..limits(5)
-    };
+    let lim = Limits { isolation: Isolation::RunUid, ..limits(5) };
     let out = run_python(&src, &[], b"", &lim);
     assert_eq!(out.status, Status::Refused, "{out:?}");
     assert!(!marker.exists(), "the program ran unconfined");
@@ -398,10 +360,7 @@ fn unprivileged_user_namespace_isolation() {
 /// Live processes owned by `nobody` other than this one.
 fn other_nobody_processes() -> Vec<u32> {
     let me = std::process::id();
-    live_processes_of(65534)
-        .into_iter()
-        .filter(|p| *p != me)
-        .collect()
+    live_processes_of(65534).into_iter().filter(|p| *p != me).collect()
 }
 
 #[test]
@@ -409,26 +368,18 @@ fn userns_child() {
     if !is_child() {
         return;
     }
-    assert!(
-        other_nobody_processes().is_empty(),
-        "stray nobody processes before the test"
-    );
+    assert!(other_nobody_processes().is_empty(), "stray nobody processes before the test");
     let lim = limits(5);
     let go = |src: &str| {
         let out = run_python(src, &[], b"", &lim);
         assert_ne!(out.status, Status::Refused, "{out:?}");
         std::thread::sleep(Duration::from_millis(100));
-        assert!(
-            other_nobody_processes().is_empty(),
-            "processes survived: {src}"
-        );
+        assert!(other_nobody_processes().is_empty(), "processes survived: {src}");
         out
     };
     assert_eq!(go("print(6 * 7)").stdout.trim(), "42");
     assert_eq!(go("while True: pass").status, Status::Timeout);
-    let bomb = go(
-        "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n",
-    );
+    let bomb = go("import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n");
     assert_ne!(bomb.status, Status::Ok);
     let daemon = "import os, time\nif os.fork() == 0:\n    os.setsid()\n    if os.fork() == 0:\n        time.sleep(1000)\n    os._exit(0)\ntime.sleep(0.2)\nprint('done')\n";
     assert_eq!(go(daemon).status, Status::Ok);
@@ -451,19 +402,14 @@ fn code_reward_through_the_registry() {
         return;
     }
     use aha_reward::{Registry, RewardsConfig, Sample};
-    let cfg =
-        RewardsConfig::from_toml_str("[[rewards]]\nkind = \"code\"\ntimeout_s = 5.0\n").unwrap();
+    let cfg = RewardsConfig::from_toml_str("[[rewards]]\nkind = \"code\"\ntimeout_s = 5.0\n").unwrap();
     let reg = Registry::build(&cfg).unwrap();
     let wrap = |code: &str| format!("<think>t</think><answer>```python\n{code}```</answer>");
     let tests = serde_json::json!("assert add(2, 3) == 5\n");
     let samples = vec![
-        Sample::new(wrap("def add(a, b):\n    return a + b\n"), "")
+        Sample::new(wrap("def add(a, b):\n    return a + b\n"), "").with_field("tests", tests.clone()),
+        Sample::new(wrap("def add(a, b):\n    return 5\nimport sys\nsys.exit(0)\n"), "")
             .with_field("tests", tests.clone()),
-        Sample::new(
-            wrap("def add(a, b):\n    return 5\nimport sys\nsys.exit(0)\n"),
-            "",
-        )
-        .with_field("tests", tests.clone()),
         Sample::new(wrap("def add(a, b):\n    return a + b\n"), ""),
     ];
     let out = reg.score_batch(&samples).unwrap();

@@ -30,10 +30,7 @@ pub fn mean_std(values: &[f64]) -> (f64, f64) {
 pub fn group_advantages(rewards: &[Option<f64>], group_size: usize, scale: ScaleRewards) -> Vec<f64> {
     let scored: Vec<f64> = rewards.iter().flatten().copied().collect();
     let batch_std = mean_std(&scored).1;
-    rewards
-        .chunks(group_size.max(1))
-        .flat_map(|group| group_advantage(group, scale, batch_std))
-        .collect()
+    rewards.chunks(group_size.max(1)).flat_map(|group| group_advantage(group, scale, batch_std)).collect()
 }
 
 fn group_advantage(group: &[Option<f64>], scale: ScaleRewards, batch_std: f64) -> Vec<f64> {

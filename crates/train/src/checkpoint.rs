@@ -78,6 +78,7 @@ pub fn save_checkpoint(
         candle_core::safetensors::save(&tensors, &path)?;
         fsync_file(&path)?;
     }
+    test_pause_before_rename(&name);
     let dir = root.join(&name);
     if dir.exists() {
         std::fs::remove_dir_all(&dir).map_err(io_err(&dir))?;
@@ -87,6 +88,18 @@ pub fn save_checkpoint(
     write_atomic(&root.join(LATEST), name.as_bytes())?;
     prune(&root, keep_last)?;
     Ok(dir)
+}
+
+/// Environment variable of the crash-test hook: a checkpoint name (e.g. `step-000002`).
+pub const PAUSE_BEFORE_RENAME_ENV: &str = "AHA_TEST_PAUSE_BEFORE_RENAME";
+
+/// Test hook: when [`PAUSE_BEFORE_RENAME_ENV`] names this checkpoint, sleep (60 s) after its
+/// partial directory is fully written and before the rename, so a test can `kill -9` the
+/// process mid-save (`tests/grpo_trainer.rs`). Unset, as in every real run, it does nothing.
+fn test_pause_before_rename(name: &str) {
+    if std::env::var(PAUSE_BEFORE_RENAME_ENV).is_ok_and(|v| v == name) {
+        std::thread::sleep(std::time::Duration::from_secs(60));
+    }
 }
 
 fn write_state(dir: &Path, opt: &AdamW, state: &TrainerState) -> Result<()> {
@@ -111,7 +124,10 @@ pub fn latest_checkpoint(run_dir: &Path) -> Result<Option<PathBuf>> {
     let name = std::fs::read_to_string(&ptr).map_err(io_err(&ptr))?;
     let dir = root.join(name.trim());
     if !dir.join(STATE_FILE).exists() {
-        return Err(TrainError::Checkpoint { path: dir, reason: format!("`{LATEST}` points to a directory without {STATE_FILE}") });
+        return Err(TrainError::Checkpoint {
+            path: dir,
+            reason: format!("`{LATEST}` points to a directory without {STATE_FILE}"),
+        });
     }
     Ok(Some(dir))
 }

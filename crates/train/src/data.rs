@@ -211,4 +211,21 @@ mod tests {
         assert_eq!(lines, vec![2, 3]);
         assert!(skipped.0[1].1.contains("answer"));
     }
+
+    #[test]
+    fn every_kind_of_malformed_row_is_counted_and_an_unusable_file_names_itself() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("d.jsonl");
+        let text = "[1, 2]\n{\"prompt\":\"  \",\"answer\":\"1\"}\n{\"prompt\":[1],\"answer\":\"1\"}\n{\"q\":\"ok\",\"a\":\"3\"}\n{\"prompt\":\"x\",\"answer\":\"1\"\n";
+        std::fs::write(&p, text).unwrap();
+        let cols = ColumnMap { prompt: "q".into(), answer: "a".into() };
+        let (rows, skipped) = read_jsonl(&p, &cols).unwrap();
+        assert_eq!(rows.len(), 1);
+        let lines: Vec<usize> = skipped.0.iter().map(|s| s.0).collect();
+        assert_eq!(lines, vec![1, 2, 3, 5]);
+        assert!(skipped.0.iter().all(|(_, reason)| !reason.is_empty()));
+        let err = read_jsonl(&p, &ColumnMap::default()).unwrap_err().to_string();
+        let named = err.contains("d.jsonl") && err.contains("no usable rows");
+        assert!(named && err.contains("5 skipped"), "{err}");
+    }
 }

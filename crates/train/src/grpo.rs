@@ -101,10 +101,10 @@ impl GrpoSettings {
         if self.num_iterations == 0 || self.minibatches == 0 {
             return bad("num_iterations and minibatches must be positive");
         }
-        if (self.prompts_per_step * self.group_size) % self.minibatches != 0 {
+        if !(self.prompts_per_step * self.group_size).is_multiple_of(self.minibatches) {
             return bad("prompts_per_step × group_size must be divisible by minibatches");
         }
-        if !(self.temperature > 0.0) {
+        if self.temperature.is_nan() || self.temperature <= 0.0 {
             return bad("temperature must be > 0");
         }
         Ok(())
@@ -228,7 +228,7 @@ impl GrpoTrainer<'_> {
 
     fn maybe_sync_reference(&mut self) -> Result<()> {
         let n = self.settings.ref_sync_steps;
-        if self.reference.is_some() && n > 0 && self.step % n == 0 {
+        if self.reference.is_some() && n > 0 && self.step.is_multiple_of(n) {
             self.reference = Some(self.policy.frozen_copy()?);
         }
         Ok(())
@@ -245,7 +245,9 @@ impl GrpoTrainer<'_> {
             let groups = self.sample_groups(&rows, round)?;
             for g in groups {
                 let rewards: Vec<Option<f64>> = g.iter().map(|s| s.scored.reward).collect();
-                let keep = !self.settings.dynamic_sampling || !is_zero_std(&rewards) || round >= self.settings.max_refill_rounds;
+                let keep = !self.settings.dynamic_sampling
+                    || !is_zero_std(&rewards)
+                    || round >= self.settings.max_refill_rounds;
                 if keep && kept.len() < want {
                     kept.push(g);
                 }
@@ -266,11 +268,12 @@ impl GrpoTrainer<'_> {
 
     /// Rollout + rewards for the given dataset rows; one `Vec<Scored>` per row.
     fn sample_groups(&self, rows: &[usize], round: usize) -> Result<Vec<Vec<Scored>>> {
+        self.check_prompt_lengths(rows)?;
         let prompts: Vec<Vec<u32>> = rows.iter().map(|&r| self.prompt_ids[r].clone()).collect();
         let seed = rollout_seed(self.seed, self.step, round);
         let cfg = self.settings.rollout_config(&self.codec.eos_ids(), seed, 0);
         let decode = |ids: &[u32]| self.codec.decode(ids).unwrap_or_default();
-        let stop: Option<&dyn Fn(&[u32]) -> String> =
+        let stop: Option<aha_model::rollout::StopDecoder> =
             if self.settings.stop_strings.is_empty() { None } else { Some(&decode) };
         let completions = rollout(&self.policy, &prompts, &cfg, stop)?;
         let mut out = Vec::with_capacity(rows.len());
@@ -278,6 +281,24 @@ impl GrpoTrainer<'_> {
             out.push(self.score_group(row, group)?);
         }
         Ok(out)
+    }
+
+    /// The policy for over-long prompts: a prompt that cannot fit with a full completion in
+    /// the model's context (`max_position_embeddings`) is an error naming its dataset row, not
+    /// a silent truncation or a rollout past the positions the model knows.
+    fn check_prompt_lengths(&self, rows: &[usize]) -> Result<()> {
+        let limit = self.policy.config().max_position_embeddings;
+        let completion = self.settings.max_completion_length;
+        for &row in rows {
+            let n = self.prompt_ids[row].len();
+            if n + completion > limit {
+                return Err(TrainError::Config(format!(
+                    "prompt row {row} has {n} tokens: with max_completion_length {completion} it exceeds the \
+                     model's {limit} positions (shorten or drop the row, or lower max_completion_length)"
+                )));
+            }
+        }
+        Ok(())
     }
 
     fn score_group(&self, row: usize, group: Vec<Completion>) -> Result<Vec<Scored>> {
@@ -345,10 +366,8 @@ impl GrpoTrainer<'_> {
         if !self.settings.mask_truncated_completions {
             return Ok(batch.completion_mask.clone());
         }
-        let keep: Vec<f32> = chunk
-            .iter()
-            .map(|s| if s.completion.finish_reason == FinishReason::Length { 0.0 } else { 1.0 })
-            .collect();
+        let keep: Vec<f32> =
+            chunk.iter().map(|s| if s.completion.finish_reason == FinishReason::Length { 0.0 } else { 1.0 }).collect();
         let keep = Tensor::from_vec(keep, (chunk.len(), 1), batch.completion_mask.device())?;
         Ok(batch.completion_mask.broadcast_mul(&keep)?)
     }
@@ -509,6 +528,8 @@ fn reward_metrics(samples: &[Scored], group: usize, registry: &Registry) -> Step
     m.insert("completions/max_length".into(), lens.iter().copied().fold(0.0, f64::max));
     let clipped = samples.iter().filter(|s| s.completion.finish_reason == FinishReason::Length).count();
     m.insert("completions/clipped_ratio".into(), clipped as f64 / samples.len().max(1) as f64);
+    let texts: Vec<&str> = samples.iter().map(|s| s.text.as_str()).collect();
+    m.insert("completions/reflection_per_1k_words".into(), aha_metrics::reflection_frequency(&texts));
     let unscorable = samples.iter().filter(|s| !s.scored.unscorable.is_empty()).count();
     m.insert("rewards/unscorable_samples".into(), unscorable as f64);
     m

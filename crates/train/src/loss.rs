@@ -133,11 +133,7 @@ fn clip_stats(coef: &Tensor, adv: &Tensor, mask: &Tensor, cfg: &GrpoLossConfig) 
     let low = (coef.lt(1.0 - cfg.epsilon_low)?.to_dtype(coef.dtype())? * neg)?;
     let high = (coef.gt(1.0 + cfg.epsilon_high)?.to_dtype(coef.dtype())? * pos)?;
     let region = (&low + &high)?;
-    Ok((
-        masked_mean_scalar(&low, mask)?,
-        masked_mean_scalar(&high, mask)?,
-        masked_mean_scalar(&region, mask)?,
-    ))
+    Ok((masked_mean_scalar(&low, mask)?, masked_mean_scalar(&high, mask)?, masked_mean_scalar(&region, mask)?))
 }
 
 /// Computes the GRPO loss of one micro-batch.
@@ -152,9 +148,7 @@ pub fn grpo_loss(inp: &LossInputs, cfg: &GrpoLossConfig, norm: &LossNorm) -> Res
             let mean_kl = masked_mean_scalar(&kl, inp.mask)?;
             ((surrogate + (kl * cfg.beta)?)?, mean_kl)
         }
-        (true, None) => {
-            return Err(crate::error::TrainError::Config("beta > 0 needs reference log-probs".into()))
-        }
+        (true, None) => return Err(crate::error::TrainError::Config("beta > 0 needs reference log-probs".into())),
         (false, Some(r)) => (surrogate, masked_mean_scalar(&k3_kl(inp.logps, r)?, inp.mask)?),
         (false, None) => (surrogate, 0.0),
     };

@@ -133,9 +133,10 @@ impl AdamW {
     pub fn restore(&mut self, tensors: &std::collections::HashMap<String, Tensor>, step: usize) -> Result<()> {
         for (name, mo) in self.moments.iter_mut() {
             let get = |suffix: &str| {
-                tensors.get(&format!("{name}.{suffix}")).cloned().ok_or_else(|| {
-                    crate::error::TrainError::Other(format!("optimizer state lacks `{name}.{suffix}`"))
-                })
+                tensors
+                    .get(&format!("{name}.{suffix}"))
+                    .cloned()
+                    .ok_or_else(|| crate::error::TrainError::Other(format!("optimizer state lacks `{name}.{suffix}`")))
             };
             mo.m = get("exp_avg")?;
             mo.v = get("exp_avg_sq")?;
@@ -158,20 +159,18 @@ impl AdamW {
         if !grad_norm.is_finite() {
             return Ok(StepReport { grad_norm, lr, applied: false });
         }
-        let clip = if self.cfg.max_grad_norm > 0.0 {
-            (self.cfg.max_grad_norm / (grad_norm + 1e-6)).min(1.0)
-        } else {
-            1.0
-        };
+        let clip =
+            if self.cfg.max_grad_norm > 0.0 { (self.cfg.max_grad_norm / (grad_norm + 1e-6)).min(1.0) } else { 1.0 };
         let t = (self.step + 1) as i32;
         let bc1 = 1.0 - self.cfg.beta1.powi(t);
         let bc2 = 1.0 - self.cfg.beta2.powi(t);
         for (p, g) in self.params.iter().zip(&grads.0) {
             let Some(g) = g else { continue };
             let g = (g * clip)?;
-            let mo = self.moments.get_mut(&p.name).ok_or_else(|| {
-                crate::error::TrainError::Other(format!("no optimizer state for `{}`", p.name))
-            })?;
+            let mo = self
+                .moments
+                .get_mut(&p.name)
+                .ok_or_else(|| crate::error::TrainError::Other(format!("no optimizer state for `{}`", p.name)))?;
             update_one(&p.var, &g, mo, &self.cfg, lr, bc1, bc2)?;
         }
         self.step += 1;
@@ -268,7 +267,8 @@ mod tests {
     #[test]
     fn non_finite_gradient_skips_update() {
         let var = Var::new(&[1.0f32, 2.0], &Device::Cpu).unwrap();
-        let mut opt = AdamW::new(vec![NamedVar { name: "p".into(), var: var.clone() }], OptimConfig::default()).unwrap();
+        let mut opt =
+            AdamW::new(vec![NamedVar { name: "p".into(), var: var.clone() }], OptimConfig::default()).unwrap();
         let loss = (var.as_tensor() * f64::NAN).unwrap().sum_all().unwrap();
         let g = opt.collect(&loss.backward().unwrap());
         let r = opt.step(&g, 10).unwrap();

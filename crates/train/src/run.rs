@@ -71,14 +71,14 @@ pub fn train(
         }
         m.set("skipped_steps_total", trainer.total_skips as f64);
         writer.log(step as u64, &m).map_err(|e| TrainError::Other(e.to_string()))?;
-        if opts.log_samples_every > 0 && step % opts.log_samples_every == 0 {
+        if opts.log_samples_every > 0 && step.is_multiple_of(opts.log_samples_every) {
             let logs: Vec<SampleLog> = out.samples.iter().take(4).map(|s| sample_log(trainer, tokenizer, s)).collect();
             writer.log_samples(step as u64, &logs).map_err(|e| TrainError::Other(e.to_string()))?;
         }
         bar.set_metrics(&m);
         bar.set_step(step as u64);
         on_step(step, &out.metrics)?;
-        let due = (opts.save_steps > 0 && step % opts.save_steps == 0) || step == total;
+        let due = (opts.save_steps > 0 && step.is_multiple_of(opts.save_steps)) || step == total;
         if due {
             save(trainer, tokenizer, run_dir, opts, config_json)?;
         }
@@ -124,7 +124,10 @@ pub fn save(
 fn load_reference(dir: &Path, policy: &aha_model::Transformer) -> Result<aha_model::Transformer> {
     let path = dir.join(REFERENCE_FILE);
     if !path.exists() {
-        return Err(TrainError::Checkpoint { path, reason: "beta > 0 but the checkpoint holds no reference weights".into() });
+        return Err(TrainError::Checkpoint {
+            path,
+            reason: "beta > 0 but the checkpoint holds no reference weights".into(),
+        });
     }
     let tensors = candle_core::safetensors::load(&path, policy.device())?;
     let vb = candle_nn::VarBuilder::from_tensors(tensors, policy.dtype(), policy.device());

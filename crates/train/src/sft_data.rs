@@ -120,7 +120,10 @@ fn chat_example(messages: &[ChatMessage], tokenizer: &AhaTokenizer) -> Result<Sf
     let completion = full.strip_prefix(&prompt).ok_or_else(|| {
         TrainError::Other("the chat template does not render the conversation as an extension of its prefix".into())
     })?;
-    Ok(SftExample { prompt_ids: tokenizer.encode(&prompt, false)?, completion_ids: tokenizer.encode(completion, false)? })
+    Ok(SftExample {
+        prompt_ids: tokenizer.encode(&prompt, false)?,
+        completion_ids: tokenizer.encode(completion, false)?,
+    })
 }
 
 #[cfg(test)]
@@ -146,5 +149,27 @@ mod tests {
         let lines: Vec<usize> = skipped.0.iter().map(|s| s.0).collect();
         assert_eq!(lines, vec![3, 4, 5]);
         assert!(skipped.0[0].1.contains("assistant"));
+    }
+
+    #[test]
+    fn chat_rows_train_on_the_final_assistant_message_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let lm = aha_model::init_tiny(dir.path(), &aha_model::TinySpec::default(), 0).unwrap();
+        let tok = &lm.tokenizer;
+        let messages = vec![
+            ChatMessage::new("user", "q1"),
+            ChatMessage::new("assistant", "first reply"),
+            ChatMessage::new("user", "q2"),
+            ChatMessage::new("assistant", "final reply"),
+        ];
+        let ex = to_example(&SftRow::Chat(messages), tok, PromptTemplate::Raw).unwrap();
+        let prompt = tok.decode(&ex.prompt_ids, false).unwrap();
+        let completion = tok.decode(&ex.completion_ids, false).unwrap();
+        assert!(prompt.contains("first reply") && prompt.contains("q2"), "{prompt}");
+        assert!(completion.starts_with("final reply"), "{completion}");
+        assert!(!completion.contains("q2") && !completion.contains("first reply"));
+        let pc = SftRow::PromptCompletion { prompt: "p".into(), completion: "c".into() };
+        let ex = to_example(&pc, tok, PromptTemplate::Raw).unwrap();
+        assert_eq!(ex.completion_ids.last(), tok.eos_token_ids().first(), "EOS closes a completion");
     }
 }

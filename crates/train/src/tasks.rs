@@ -198,7 +198,8 @@ fn countdown(rng: &mut ChaCha8Rng, k: usize, max_value: i64) -> Problem {
                 1 if value - n > 0 => ('-', value - n),
                 _ => ('*', value * n),
             };
-            expr = if op == '*' && expr.contains(['+', '-']) { format!("({expr})*{n}") } else { format!("{expr}{op}{n}") };
+            expr =
+                if op == '*' && expr.contains(['+', '-']) { format!("({expr})*{n}") } else { format!("{expr}{op}{n}") };
             value = v;
         }
         if value <= 0 || value > 1000 {

@@ -7,7 +7,8 @@
 use aha_model::{AhaTokenizer, ChatMessage};
 use serde::{Deserialize, Serialize};
 
-use crate::error::Result;
+use crate::data::PromptRow;
+use crate::error::{Result, TrainError};
 
 /// The R1-Zero template of the paper; `{prompt}` is replaced by the question.
 pub const R1_ZERO_TEMPLATE: &str = "A conversation between User and Assistant. The user asks a question, and the \
@@ -32,13 +33,50 @@ impl PromptTemplate {
     /// The prompt text for `question`.
     pub fn render(self, tokenizer: &AhaTokenizer, question: &str) -> Result<String> {
         match self {
-            PromptTemplate::Chat => {
-                Ok(tokenizer.apply_chat_template(&[ChatMessage::new("user", question)], true)?)
-            }
+            PromptTemplate::Chat => Ok(tokenizer.apply_chat_template(&[ChatMessage::new("user", question)], true)?),
             PromptTemplate::R1Zero => Ok(R1_ZERO_TEMPLATE.replace("{prompt}", question)),
             PromptTemplate::Raw => Ok(question.to_string()),
         }
     }
+}
+
+/// Prompts templated and tokenised once, aligned with their rows.
+#[derive(Debug, Clone, Default)]
+pub struct EncodedPrompts {
+    /// The rows kept.
+    pub rows: Vec<PromptRow>,
+    /// Their prompt token ids, in the same order.
+    pub ids: Vec<Vec<u32>>,
+    /// Rows dropped because their prompt exceeded the token limit.
+    pub too_long: usize,
+}
+
+/// Templates and tokenises every row, dropping (and counting) prompts longer than `max_tokens`.
+/// It is an error when no prompt fits.
+pub fn encode_prompts(
+    rows: Vec<PromptRow>,
+    tokenizer: &AhaTokenizer,
+    template: PromptTemplate,
+    max_tokens: usize,
+) -> Result<EncodedPrompts> {
+    let mut out = EncodedPrompts::default();
+    let total = rows.len();
+    for row in rows {
+        let ids = tokenizer.encode(&template.render(tokenizer, &row.prompt)?, false)?;
+        if ids.len() > max_tokens {
+            out.too_long += 1;
+            continue;
+        }
+        out.rows.push(row);
+        out.ids.push(ids);
+    }
+    if out.rows.is_empty() {
+        return Err(TrainError::Config(format!(
+            "all {total} prompts exceed the prompt budget of {max_tokens} tokens \
+             (max_position_embeddings − max completion length)"
+        )));
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -110,10 +110,7 @@ pub fn run(args: Args) -> Result<()> {
     let threads = candle_core::utils::get_num_threads();
     let cpu = CpuInfo::detect();
     println!("cpu: {} | {}", cpu.model, cpu.peak_description());
-    println!(
-        "threads: {threads} | allocator: {}",
-        crate::alloc::describe()
-    );
+    println!("threads: {threads} | allocator: {}", crate::alloc::describe());
     let (name, opts, report) = match args.what {
         Workload::Rollout(o) => {
             let r = bench_rollout(&o)?;
@@ -169,11 +166,7 @@ fn peak_rss_mb() -> f64 {
 
 /// Matmul weights per token (LM head included even when tied; embedding lookup excluded).
 fn matmul_params(cfg: &ModelConfig) -> usize {
-    let (h, i, q) = (
-        cfg.hidden_size,
-        cfg.intermediate_size,
-        cfg.num_attention_heads * cfg.head_dim,
-    );
+    let (h, i, q) = (cfg.hidden_size, cfg.intermediate_size, cfg.num_attention_heads * cfg.head_dim);
     let kv = cfg.num_key_value_heads * cfg.head_dim;
     let layer = h * q + 2 * h * kv + q * h + 3 * h * i;
     cfg.num_hidden_layers * layer + cfg.vocab_size * h
@@ -186,10 +179,7 @@ fn forward_flops_per_token(cfg: &ModelConfig, context: usize) -> f64 {
 }
 
 fn param_count(cfg: &ModelConfig) -> usize {
-    Transformer::parameter_specs(cfg)
-        .iter()
-        .map(|s| s.shape.iter().product::<usize>())
-        .sum()
+    Transformer::parameter_specs(cfg).iter().map(|s| s.shape.iter().product::<usize>()).sum()
 }
 
 fn random_ids(rng: &mut ChaCha8Rng, n: usize, vocab: usize) -> Vec<u32> {
@@ -199,76 +189,34 @@ fn random_ids(rng: &mut ChaCha8Rng, n: usize, vocab: usize) -> Vec<u32> {
 fn bench_rollout(opts: &Opts) -> Result<Report> {
     let cfg = opts.config.config();
     let varmap = VarMap::new();
-    let model = Transformer::new(
-        &cfg,
-        VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu),
-    )?;
+    let model = Transformer::new(&cfg, VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu))?;
     let mut rng = ChaCha8Rng::seed_from_u64(0);
-    let prompts: Vec<Vec<u32>> = (0..BATCH)
-        .map(|_| random_ids(&mut rng, PROMPT_LEN, cfg.vocab_size))
-        .collect();
-    let rcfg = RolloutConfig {
-        group_size: 1,
-        max_new_tokens: NEW_TOKENS,
-        ..Default::default()
-    };
+    let prompts: Vec<Vec<u32>> = (0..BATCH).map(|_| random_ids(&mut rng, PROMPT_LEN, cfg.vocab_size)).collect();
+    let rcfg = RolloutConfig { group_size: 1, max_new_tokens: NEW_TOKENS, ..Default::default() };
     let iters = opts.iters.unwrap_or(opts.config.default_iters());
     for i in 0..opts.warmup {
-        rollout(
-            &model,
-            &prompts,
-            &RolloutConfig {
-                seed: i as u64,
-                ..rcfg.clone()
-            },
-            None,
-        )?;
+        rollout(&model, &prompts, &RolloutConfig { seed: i as u64, ..rcfg.clone() }, None)?;
     }
     let start = Instant::now();
     let mut tokens = 0;
     for i in 0..iters {
-        let out = rollout(
-            &model,
-            &prompts,
-            &RolloutConfig {
-                seed: 1000 + i as u64,
-                ..rcfg.clone()
-            },
-            None,
-        )?;
-        tokens += out
-            .iter()
-            .flatten()
-            .map(|s| s.completion_ids.len())
-            .sum::<usize>();
+        let out = rollout(&model, &prompts, &RolloutConfig { seed: 1000 + i as u64, ..rcfg.clone() }, None)?;
+        tokens += out.iter().flatten().map(|s| s.completion_ids.len()).sum::<usize>();
     }
     let seconds = start.elapsed().as_secs_f64();
     // Prefill: PROMPT_LEN tokens over a PROMPT_LEN context; token k of the completion is fed at
     // context PROMPT_LEN + k (the last sampled token is never fed).
     let prefill = PROMPT_LEN as f64 * forward_flops_per_token(&cfg, PROMPT_LEN);
-    let decode: f64 = (1..NEW_TOKENS)
-        .map(|k| forward_flops_per_token(&cfg, PROMPT_LEN + k))
-        .sum();
+    let decode: f64 = (1..NEW_TOKENS).map(|k| forward_flops_per_token(&cfg, PROMPT_LEN + k)).sum();
     let flops = (BATCH * iters) as f64 * (prefill + decode);
-    Ok(Report {
-        tokens,
-        seconds,
-        flops,
-        params: param_count(&cfg),
-    })
+    Ok(Report { tokens, seconds, flops, params: param_count(&cfg) })
 }
 
 fn bench_train(opts: &Opts) -> Result<Report> {
     let cfg = opts.config.config();
     let varmap = VarMap::new();
-    let model = Transformer::new(
-        &cfg,
-        VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu),
-    )?;
-    let params = ParamsAdamW {
-        lr: 1e-4,
-        ..Default::default()
-    };
+    let model = Transformer::new(&cfg, VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu))?;
+    let params = ParamsAdamW { lr: 1e-4, ..Default::default() };
     let mut opt = AdamW::new(varmap.all_vars(), params)?;
     let mut rng = ChaCha8Rng::seed_from_u64(0);
     let iters = opts.iters.unwrap_or(opts.config.default_iters());
@@ -285,18 +233,10 @@ fn bench_train(opts: &Opts) -> Result<Report> {
         last_loss = train_step(&model, &mut opt, &batch()?)?;
     }
     let seconds = start.elapsed().as_secs_f64();
-    println!(
-        "last loss {last_loss:.4} (ln vocab = {:.4})",
-        (cfg.vocab_size as f64).ln()
-    );
+    println!("last loss {last_loss:.4} (ln vocab = {:.4})", (cfg.vocab_size as f64).ln());
     let tokens = BATCH * TRAIN_LEN * iters;
     let flops = 3.0 * tokens as f64 * forward_flops_per_token(&cfg, TRAIN_LEN);
-    Ok(Report {
-        tokens,
-        seconds,
-        flops,
-        params: param_count(&cfg),
-    })
+    Ok(Report { tokens, seconds, flops, params: param_count(&cfg) })
 }
 
 /// One training step: next-token cross-entropy over `seq` (`[B, T+1]` u32), backward, AdamW.
@@ -307,9 +247,7 @@ fn train_step(model: &Transformer, opt: &mut AdamW, seq: &Tensor) -> Result<f32>
     let input = seq.narrow(1, 0, t)?.contiguous()?;
     let target = seq.narrow(1, 1, t)?.contiguous()?.flatten_all()?;
     let mask = Tensor::ones((b, t), DType::F32, &Device::Cpu)?;
-    let pos = Tensor::arange(0u32, t as u32, &Device::Cpu)?
-        .unsqueeze(0)?
-        .repeat((b, 1))?;
+    let pos = Tensor::arange(0u32, t as u32, &Device::Cpu)?.unsqueeze(0)?.repeat((b, 1))?;
     let logits = model.forward(&input, &mask, &pos)?.reshape((b * t, ()))?;
     let loss = candle_nn::loss::cross_entropy(&logits, &target)?;
     opt.backward_step(&loss).context("backward + AdamW step")?;

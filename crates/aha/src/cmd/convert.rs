@@ -24,26 +24,16 @@ pub struct Args {
 /// Runs `aha convert`.
 pub fn run(args: Args) -> anyhow::Result<()> {
     let spec = with_tokenizer(ModelSpec::parse(&args.model), args.tokenizer);
-    let m = load_model(&spec, &Device::Cpu, DType::F32)
-        .with_context(|| format!("loading {}", args.model))?;
-    m.save_pretrained(&args.out)
-        .with_context(|| format!("saving {}", args.out.display()))?;
-    println!(
-        "wrote {} ({:?}, {} layers)",
-        args.out.display(),
-        m.config.arch,
-        m.config.num_hidden_layers
-    );
+    let m = load_model(&spec, &Device::Cpu, DType::F32).with_context(|| format!("loading {}", args.model))?;
+    m.save_pretrained(&args.out).with_context(|| format!("saving {}", args.out.display()))?;
+    println!("wrote {} ({:?}, {} layers)", args.out.display(), m.config.arch, m.config.num_hidden_layers);
     Ok(())
 }
 
 /// Attaches an explicit tokenizer directory to a GGUF spec (ignored for other specs).
 pub fn with_tokenizer(spec: ModelSpec, tokenizer: Option<PathBuf>) -> ModelSpec {
     match (spec, tokenizer) {
-        (ModelSpec::Gguf { file, .. }, Some(dir)) => ModelSpec::Gguf {
-            file,
-            tokenizer_dir: Some(dir),
-        },
+        (ModelSpec::Gguf { file, .. }, Some(dir)) => ModelSpec::Gguf { file, tokenizer_dir: Some(dir) },
         (spec, _) => spec,
     }
 }

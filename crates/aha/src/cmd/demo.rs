@@ -40,8 +40,14 @@ pub struct Args {
     #[arg(long, default_value_t = 60)]
     pub grpo_steps: usize,
     /// Cold-start SFT steps.
-    #[arg(long, default_value_t = 250)]
+    #[arg(long, default_value_t = 200)]
     pub sft_steps: usize,
+    /// Fraction of cold-start traces in which the teacher slips by ±1 in one step.
+    #[arg(long, default_value_t = 0.5)]
+    pub slip_rate: f64,
+    /// Largest operand of the arithmetic problems.
+    #[arg(long, default_value_t = 3)]
+    pub max_value: i64,
 }
 
 /// The demo's fixed recipe.
@@ -72,11 +78,11 @@ impl Plan {
                 max_position_embeddings: 128,
                 ..TinySpec::default()
             },
-            task: TaskSpec::Arithmetic { min_operands: 3, max_operands: 4, max_value: 9 },
+            task: TaskSpec::Arithmetic { min_operands: 3, max_operands: 4, max_value: args.max_value },
             train_size: 8000,
             eval_questions: 100,
             test_percent: 10,
-            slip_rate: 0.5,
+            slip_rate: args.slip_rate,
             sft_batch: 32,
             sft_optim: OptimConfig {
                 learning_rate: 3e-3,
@@ -93,7 +99,13 @@ impl Plan {
                 ..GrpoSettings::default()
             },
             grpo_optim: OptimConfig { learning_rate: 5e-4, ..OptimConfig::default() },
-            eval: EvalSettings { k: 4, temperature: 1.0, top_p: 1.0, max_new_tokens: max_len, ..EvalSettings::default() },
+            eval: EvalSettings {
+                k: 4,
+                temperature: 1.0,
+                top_p: 1.0,
+                max_new_tokens: max_len,
+                ..EvalSettings::default()
+            },
         }
     }
 }
@@ -191,7 +203,12 @@ fn cold_start(lm: &LoadedModel, plan: &Plan, train_set: &[Problem], args: &Args)
     let sft_dir = args.out.join("sft");
     let mut writer = MetricsWriter::create(&sft_dir)?;
     let mut bar = TrainProgress::new(args.sft_steps as u64);
-    eprintln!("[2/5] cold-start SFT: {} steps × {} traces ({}% with a slip)", args.sft_steps, plan.sft_batch, plan.slip_rate * 100.0);
+    eprintln!(
+        "[2/5] cold-start SFT: {} steps × {} traces ({}% with a slip)",
+        args.sft_steps,
+        plan.sft_batch,
+        plan.slip_rate * 100.0
+    );
     for step in 1..=args.sft_steps {
         let batch: Vec<SftExample> = cursor.take(plan.sft_batch).into_iter().map(|i| examples[i].clone()).collect();
         let out = sft_step(&lm.model, &mut opt, &batch, plan.sft_batch, args.sft_steps)?;
@@ -207,7 +224,14 @@ fn cold_start(lm: &LoadedModel, plan: &Plan, train_set: &[Problem], args: &Args)
 }
 
 /// GRPO with accuracy + format rewards on the training split.
-fn reinforce(lm: &LoadedModel, plan: &Plan, train_set: &[Problem], registry: &Registry, run_dir: &Path, seed: u64) -> Result<()> {
+fn reinforce(
+    lm: &LoadedModel,
+    plan: &Plan,
+    train_set: &[Problem],
+    registry: &Registry,
+    run_dir: &Path,
+    seed: u64,
+) -> Result<()> {
     let rows: Vec<PromptRow> = train_set.iter().map(PromptRow::from).collect();
     let prompt_ids = encode_prompts(&lm.tokenizer, &rows)?;
     let opt = AdamW::new(named_vars(&lm.varmap), plan.grpo_optim.clone())?;
@@ -226,7 +250,10 @@ fn reinforce(lm: &LoadedModel, plan: &Plan, train_set: &[Problem], registry: &Re
         consecutive_skips: 0,
         total_skips: 0,
     };
-    eprintln!("[4/5] GRPO: {} steps × {} prompts × {} samples", plan.grpo.max_steps, plan.grpo.prompts_per_step, plan.grpo.group_size);
+    eprintln!(
+        "[4/5] GRPO: {} steps × {} prompts × {} samples",
+        plan.grpo.max_steps, plan.grpo.prompts_per_step, plan.grpo.group_size
+    );
     let opts = RunOptions { save_steps: 0, keep_last: 1, log_samples_every: 10, progress: true };
     let config = json!({"grpo": plan.grpo, "optim": plan.grpo_optim});
     train(&mut trainer, &lm.tokenizer, run_dir, &opts, &config, |_, _| Ok(()))?;
@@ -255,12 +282,24 @@ fn print_table(before: &EvalRecord, after: &EvalRecord, wall: f64) {
     println!("\n| held-out ({} questions, k = {}) | after SFT | after GRPO |", before.questions, before.k);
     println!("|---|---|---|");
     println!("| pass@1 | {:.1}% | {:.1}% |", before.pass_at_1 * 100.0, after.pass_at_1 * 100.0);
-    println!("| cons@{} (majority vote) | {:.1}% | {:.1}% |", before.k, before.cons_at_k * 100.0, after.cons_at_k * 100.0);
+    println!(
+        "| cons@{} (majority vote) | {:.1}% | {:.1}% |",
+        before.k,
+        before.cons_at_k * 100.0,
+        after.cons_at_k * 100.0
+    );
     println!("| mean completion tokens | {:.1} | {:.1} |", before.mean_completion_tokens, after.mean_completion_tokens);
     println!("\nwall time: {wall:.0} s");
 }
 
-fn write_summary(args: &Args, plan: &Plan, before: &EvalRecord, after: &EvalRecord, wall: f64, plots: &[PathBuf]) -> Result<()> {
+fn write_summary(
+    args: &Args,
+    plan: &Plan,
+    before: &EvalRecord,
+    after: &EvalRecord,
+    wall: f64,
+    plots: &[PathBuf],
+) -> Result<()> {
     let summary = json!({
         "seed": args.seed,
         "k": before.k,
@@ -279,7 +318,8 @@ fn write_summary(args: &Args, plan: &Plan, before: &EvalRecord, after: &EvalReco
         "plots": plots,
     });
     let path = args.out.join("summary.json");
-    std::fs::write(&path, serde_json::to_string_pretty(&summary)?).with_context(|| format!("writing {}", path.display()))?;
+    std::fs::write(&path, serde_json::to_string_pretty(&summary)?)
+        .with_context(|| format!("writing {}", path.display()))?;
     println!("summary: {}", path.display());
     Ok(())
 }

@@ -5,9 +5,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use aha_model::{
-    load_model, sample_rng, sample_token, ChatMessage, KvCache, ModelSpec, SamplingParams,
-};
+use aha_model::{load_model, sample_rng, sample_token, ChatMessage, KvCache, ModelSpec, SamplingParams};
 use anyhow::{bail, Context};
 use candle_core::{DType, Device, IndexOp, Tensor};
 
@@ -42,17 +40,11 @@ pub struct Args {
 
 /// Runs `aha generate`.
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let params = SamplingParams {
-        temperature: args.temperature,
-        top_p: args.top_p,
-        ..SamplingParams::default()
-    };
+    let params = SamplingParams { temperature: args.temperature, top_p: args.top_p, ..SamplingParams::default() };
     params.validate()?;
     let device = Device::Cpu;
-    let spec =
-        super::convert::with_tokenizer(ModelSpec::parse(&args.model), args.tokenizer.clone());
-    let m = load_model(&spec, &device, DType::F32)
-        .with_context(|| format!("loading {}", args.model))?;
+    let spec = super::convert::with_tokenizer(ModelSpec::parse(&args.model), args.tokenizer.clone());
+    let m = load_model(&spec, &device, DType::F32).with_context(|| format!("loading {}", args.model))?;
     let model = m.model.detached()?;
     let mut messages = Vec::new();
     if let Some(s) = &args.system {
@@ -62,11 +54,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let prompt = m.tokenizer.encode_chat(&messages, true)?;
     let max_len = (prompt.len() + args.max_new_tokens).min(m.config.max_position_embeddings);
     if prompt.len() >= max_len {
-        bail!(
-            "the prompt has {} tokens, the model's context is {}",
-            prompt.len(),
-            m.config.max_position_embeddings
-        );
+        bail!("the prompt has {} tokens, the model's context is {}", prompt.len(), m.config.max_position_embeddings);
     }
     let mut cache = KvCache::new(&m.config, 1, max_len, DType::F32, &device)?;
     let mut rng = sample_rng(args.seed, 0, 0);

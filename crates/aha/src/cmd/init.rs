@@ -72,10 +72,7 @@ pub struct Args {
 /// Runs `aha init`.
 pub fn run(args: Args) -> anyhow::Result<()> {
     if args.out.exists() && !args.force {
-        bail!(
-            "{} already exists (pass --force to replace it)",
-            args.out.display()
-        );
+        bail!("{} already exists (pass --force to replace it)", args.out.display());
     }
     let spec = TinySpec {
         arch: args.arch.into(),
@@ -88,14 +85,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         rope_theta: args.rope_theta,
         tie_word_embeddings: !args.untied,
     };
-    let m = init_tiny(&args.out, &spec, args.seed)
-        .with_context(|| format!("creating {}", args.out.display()))?;
-    let params: usize = m
-        .model
-        .named_parameters()
-        .iter()
-        .map(|(_, t)| t.elem_count())
-        .sum();
+    let m = init_tiny(&args.out, &spec, args.seed).with_context(|| format!("creating {}", args.out.display()))?;
+    let params: usize = m.model.named_parameters().iter().map(|(_, t)| t.elem_count()).sum();
     println!(
         "wrote {} ({:?}, {} parameters, vocab {TINY_VOCAB_SIZE}, seed {})",
         args.out.display(),

@@ -34,12 +34,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         allow_set_relation_comp: args.allow_set_relation_comp,
         ..MathOptions::default()
     };
-    let input = std::fs::File::open(&args.input)
-        .with_context(|| format!("opening {}", args.input.display()))?;
+    let input = std::fs::File::open(&args.input).with_context(|| format!("opening {}", args.input.display()))?;
     let sink: Box<dyn Write> = match &args.output {
-        Some(p) => {
-            Box::new(std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?)
-        }
+        Some(p) => Box::new(std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?),
         None => Box::new(std::io::stdout().lock()),
     };
     let mut out = BufWriter::new(sink);
@@ -48,8 +45,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         if line.trim().is_empty() {
             continue;
         }
-        let mut value: Value =
-            serde_json::from_str(&line).with_context(|| format!("line {}: invalid JSON", i + 1))?;
+        let mut value: Value = serde_json::from_str(&line).with_context(|| format!("line {}: invalid JSON", i + 1))?;
         let (Some(gold), Some(pred)) = (text_of(&value["gold"]), text_of(&value["pred"])) else {
             bail!("line {}: needs `gold` and `pred`", i + 1);
         };

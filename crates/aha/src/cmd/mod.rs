@@ -1,10 +1,12 @@
 //! One module per `aha` subcommand; `main.rs` dispatches to their `run` functions.
 pub mod bench;
-pub mod demo;
 pub mod convert;
+pub mod demo;
 pub mod generate;
+pub mod grpo;
 pub mod init;
 pub mod math_equal;
 pub mod report;
 pub mod reward;
 pub mod sandbox;
+pub mod sft;

@@ -48,14 +48,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 }
 
 fn score(args: ScoreArgs) -> anyhow::Result<()> {
-    let text = std::fs::read_to_string(&args.config)
-        .with_context(|| format!("reading {}", args.config.display()))?;
+    let text = std::fs::read_to_string(&args.config).with_context(|| format!("reading {}", args.config.display()))?;
     let config = RewardsConfig::from_toml_str(&text)?;
     let registry = Registry::build(&config)?;
-    let input = std::fs::File::open(&args.input)
-        .with_context(|| format!("opening {}", args.input.display()))?;
-    let output = std::fs::File::create(&args.output)
-        .with_context(|| format!("creating {}", args.output.display()))?;
+    let input = std::fs::File::open(&args.input).with_context(|| format!("opening {}", args.input.display()))?;
+    let output = std::fs::File::create(&args.output).with_context(|| format!("creating {}", args.output.display()))?;
     let mut out = BufWriter::new(output);
     let mut batch: Vec<Value> = Vec::new();
     for (i, line) in std::io::BufReader::new(input).lines().enumerate() {
@@ -63,8 +60,7 @@ fn score(args: ScoreArgs) -> anyhow::Result<()> {
         if line.trim().is_empty() {
             continue;
         }
-        let value: Value =
-            serde_json::from_str(&line).with_context(|| format!("line {}: invalid JSON", i + 1))?;
+        let value: Value = serde_json::from_str(&line).with_context(|| format!("line {}: invalid JSON", i + 1))?;
         if !value.is_object() {
             bail!("line {}: expected a JSON object", i + 1);
         }

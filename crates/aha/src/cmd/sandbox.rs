@@ -48,8 +48,7 @@ struct RunArgs {
 pub fn run(args: Args) -> anyhow::Result<()> {
     let SandboxCommand::Run(a) = args.command;
     let Lang::Python = a.lang;
-    let source = std::fs::read_to_string(&a.file)
-        .with_context(|| format!("reading {}", a.file.display()))?;
+    let source = std::fs::read_to_string(&a.file).with_context(|| format!("reading {}", a.file.display()))?;
     let stdin = match &a.stdin {
         Some(p) => std::fs::read(p).with_context(|| format!("reading {}", p.display()))?,
         None => Vec::new(),

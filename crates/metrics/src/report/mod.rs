@@ -73,10 +73,7 @@ fn load_metrics(run_dir: &Path) -> Result<MetricsLog> {
 }
 
 fn plot_error(name: &str, message: impl ToString) -> MetricsError {
-    MetricsError::Plot {
-        name: name.to_string(),
-        message: message.to_string(),
-    }
+    MetricsError::Plot { name: name.to_string(), message: message.to_string() }
 }
 
 fn draw_single(path: &Path, panel: &Panel) -> Result<()> {
@@ -86,11 +83,7 @@ fn draw_single(path: &Path, panel: &Panel) -> Result<()> {
 }
 
 fn draw_grid(path: &Path, panels: &[Panel]) -> Result<()> {
-    let cols = if panels.len() <= 4 {
-        2.min(panels.len())
-    } else {
-        3
-    };
+    let cols = if panels.len() <= 4 { 2.min(panels.len()) } else { 3 };
     let rows = panels.len().div_ceil(cols);
     let size = (CELL_SIZE.0 * cols as u32, CELL_SIZE.1 * rows as u32);
     let root = BitMapBackend::new(path, size).into_drawing_area();
@@ -103,34 +96,15 @@ fn draw_grid(path: &Path, panels: &[Panel]) -> Result<()> {
 
 /// A training series as plot points.
 fn training(log: &MetricsLog, name: &str, label: &str) -> Option<Series> {
-    let points: Vec<(f64, f64)> = log
-        .series(name)
-        .into_iter()
-        .map(|(s, v)| (s as f64, v))
-        .collect();
-    (!points.is_empty()).then(|| Series {
-        label: label.to_string(),
-        points,
-        kind: SeriesKind::RawAndSmoothed,
-    })
+    let points: Vec<(f64, f64)> = log.series(name).into_iter().map(|(s, v)| (s as f64, v)).collect();
+    (!points.is_empty()).then(|| Series { label: label.to_string(), points, kind: SeriesKind::RawAndSmoothed })
 }
 
 /// An evaluation series as plot points.
-fn held_out(
-    evals: &[EvalRecord],
-    label: &str,
-    value: impl Fn(&EvalRecord) -> Option<f64>,
-) -> Option<Series> {
-    let points: Vec<(f64, f64)> = evals
-        .iter()
-        .filter_map(|e| value(e).map(|v| (e.step as f64, v)))
-        .filter(|(_, v)| v.is_finite())
-        .collect();
-    (!points.is_empty()).then(|| Series {
-        label: label.to_string(),
-        points,
-        kind: SeriesKind::Markers,
-    })
+fn held_out(evals: &[EvalRecord], label: &str, value: impl Fn(&EvalRecord) -> Option<f64>) -> Option<Series> {
+    let points: Vec<(f64, f64)> =
+        evals.iter().filter_map(|e| value(e).map(|v| (e.step as f64, v))).filter(|(_, v)| v.is_finite()).collect();
+    (!points.is_empty()).then(|| Series { label: label.to_string(), points, kind: SeriesKind::Markers })
 }
 
 fn panel(stem: &str, title: &str, y_desc: &str, series: Vec<Option<Series>>) -> Option<Panel> {
@@ -148,11 +122,7 @@ fn panel(stem: &str, title: &str, y_desc: &str, series: Vec<Option<Series>>) -> 
 fn reward_components(log: &MetricsLog) -> Vec<Option<Series>> {
     log.names()
         .iter()
-        .filter_map(|n| {
-            n.strip_prefix("rewards/")?
-                .strip_suffix("/mean")
-                .map(|r| (n, r))
-        })
+        .filter_map(|n| n.strip_prefix("rewards/")?.strip_suffix("/mean").map(|r| (n, r)))
         .map(|(name, reward)| training(log, name, reward))
         .collect()
 }
@@ -169,10 +139,7 @@ fn build_panels(log: &MetricsLog, evals: &[EvalRecord]) -> Vec<Panel> {
             held_out(evals, "held-out cons@k", |e| Some(e.cons_at_k)),
         ],
     )
-    .map(|p| Panel {
-        unit_range: true,
-        ..p
-    });
+    .map(|p| Panel { unit_range: true, ..p });
     let length = vec![
         training(log, names::COMPLETION_MEAN_LENGTH, "training mean"),
         held_out(evals, "held-out mean", |e| Some(e.mean_completion_tokens)),
@@ -185,27 +152,12 @@ fn build_panels(log: &MetricsLog, evals: &[EvalRecord]) -> Vec<Panel> {
     [
         panel("reward", "Reward", "mean reward", one(names::REWARD)),
         accuracy,
-        panel(
-            "reward_components",
-            "Rewards by function",
-            "mean reward",
-            reward_components(log),
-        ),
+        panel("reward_components", "Rewards by function", "mean reward", reward_components(log)),
         panel("completion_length", "Completion length", "tokens", length),
         panel("kl", "KL to reference", "k3 estimate", one(names::KL)),
-        panel(
-            "reflection",
-            "Reflection words",
-            "per 1 000 words",
-            reflection,
-        ),
+        panel("reflection", "Reflection words", "per 1 000 words", reflection),
         panel("loss", "Loss", "loss", one(names::LOSS)),
-        panel(
-            "grad_norm",
-            "Gradient norm",
-            "norm before clipping",
-            one(names::GRAD_NORM),
-        ),
+        panel("grad_norm", "Gradient norm", "norm before clipping", one(names::GRAD_NORM)),
         panel("entropy", "Entropy", "nats per token", one(names::ENTROPY)),
     ]
     .into_iter()
@@ -213,24 +165,12 @@ fn build_panels(log: &MetricsLog, evals: &[EvalRecord]) -> Vec<Panel> {
     .collect()
 }
 
-fn report_markdown(
-    run_dir: &Path,
-    log: &MetricsLog,
-    evals: &[EvalRecord],
-    panels: &[Panel],
-) -> String {
-    let name = run_dir
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| run_dir.display().to_string());
+fn report_markdown(run_dir: &Path, log: &MetricsLog, evals: &[EvalRecord], panels: &[Panel]) -> String {
+    let name =
+        run_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| run_dir.display().to_string());
     let mut md = format!("# Training report: {name}\n\n");
     if let (Some(first), Some(last)) = (log.records.first(), log.records.last()) {
-        md.push_str(&format!(
-            "{} logged steps, {} to {}.\n\n",
-            log.records.len(),
-            first.step,
-            last.step
-        ));
+        md.push_str(&format!("{} logged steps, {} to {}.\n\n", log.records.len(), first.step, last.step));
         md.push_str(&summary_table(log));
     }
     if !evals.is_empty() {
@@ -239,19 +179,14 @@ fn report_markdown(
     }
     md.push_str(&format!("\n## Plots\n\n![All panels]({REPORT_PNG})\n\n"));
     for p in panels {
-        md.push_str(&format!(
-            "### {}\n\n![{}]({PLOTS_DIR}/{}.png)\n\n",
-            p.title, p.title, p.stem
-        ));
+        md.push_str(&format!("### {}\n\n![{}]({PLOTS_DIR}/{}.png)\n\n", p.title, p.title, p.stem));
     }
     md
 }
 
 /// First, last, min and max of each metric.
 fn summary_table(log: &MetricsLog) -> String {
-    let mut table = String::from(
-        "| metric | first | last | min | max |\n| --- | ---: | ---: | ---: | ---: |\n",
-    );
+    let mut table = String::from("| metric | first | last | min | max |\n| --- | ---: | ---: | ---: | ---: |\n");
     for name in log.names() {
         let values: Vec<f64> = log.series(&name).into_iter().map(|(_, v)| v).collect();
         let (Some(first), Some(last)) = (values.first(), values.last()) else {
@@ -259,13 +194,7 @@ fn summary_table(log: &MetricsLog) -> String {
         };
         let min = values.iter().copied().fold(f64::INFINITY, f64::min);
         let max = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-        table.push_str(&format!(
-            "| `{name}` | {} | {} | {} | {} |\n",
-            num(*first),
-            num(*last),
-            num(min),
-            num(max)
-        ));
+        table.push_str(&format!("| `{name}` | {} | {} | {} | {} |\n", num(*first), num(*last), num(min), num(max)));
     }
     table
 }

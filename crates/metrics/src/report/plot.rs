@@ -77,11 +77,7 @@ const SMOOTH_MIN_POINTS: usize = 10;
 /// exponential average it does not lag behind a trend, so the line sits on the cloud of raw points.
 pub fn smooth(values: &[f64]) -> Vec<f64> {
     let n = values.len();
-    let h = if n < SMOOTH_MIN_POINTS {
-        0
-    } else {
-        (n / 25).max(1)
-    };
+    let h = if n < SMOOTH_MIN_POINTS { 0 } else { (n / 25).max(1) };
     let prefix: Vec<f64> = std::iter::once(0.0)
         .chain(values.iter().scan(0.0, |acc, v| {
             *acc += v;
@@ -97,10 +93,7 @@ pub fn smooth(values: &[f64]) -> Vec<f64> {
 }
 
 /// Draws `panel` onto `area` (filled white first).
-pub fn draw_panel<DB: DrawingBackend>(
-    area: &DrawingArea<DB, Shift>,
-    panel: &Panel,
-) -> Result<(), String> {
+pub fn draw_panel<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, panel: &Panel) -> Result<(), String> {
     area.fill(&WHITE).map_err(|e| e.to_string())?;
     let (x_range, y_range) = ranges(panel);
     let mut chart = ChartBuilder::on(area)
@@ -143,11 +136,7 @@ pub fn draw_panel<DB: DrawingBackend>(
 
 type Chart<'a, DB> = ChartContext<'a, DB, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
 
-fn draw_series<DB: DrawingBackend>(
-    chart: &mut Chart<'_, DB>,
-    series: &Series,
-    color: RGBColor,
-) -> Result<(), String> {
+fn draw_series<DB: DrawingBackend>(chart: &mut Chart<'_, DB>, series: &Series, color: RGBColor) -> Result<(), String> {
     let legend_color = color;
     let line_style = color.stroke_width(2);
     let line: Vec<(f64, f64)> = match series.kind {
@@ -159,24 +148,14 @@ fn draw_series<DB: DrawingBackend>(
                 (2, color.mix(0.35).filled())
             };
             chart
-                .draw_series(
-                    series
-                        .points
-                        .iter()
-                        .map(|&p| Circle::new(p, radius, raw_style)),
-                )
+                .draw_series(series.points.iter().map(|&p| Circle::new(p, radius, raw_style)))
                 .map_err(|e| e.to_string())?;
             let ys: Vec<f64> = series.points.iter().map(|p| p.1).collect();
             series.points.iter().map(|p| p.0).zip(smooth(&ys)).collect()
         }
         SeriesKind::Markers => {
             chart
-                .draw_series(
-                    series
-                        .points
-                        .iter()
-                        .map(|&p| Circle::new(p, 4, color.filled())),
-                )
+                .draw_series(series.points.iter().map(|&p| Circle::new(p, 4, color.filled())))
                 .map_err(|e| e.to_string())?;
             series.points.clone()
         }
@@ -185,9 +164,7 @@ fn draw_series<DB: DrawingBackend>(
         .draw_series(LineSeries::new(line, line_style))
         .map_err(|e| e.to_string())?
         .label(series.label.as_str())
-        .legend(move |(x, y)| {
-            PathElement::new(vec![(x, y), (x + 20, y)], legend_color.stroke_width(2))
-        });
+        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], legend_color.stroke_width(2)));
     Ok(())
 }
 
@@ -196,27 +173,17 @@ fn ranges(panel: &Panel) -> (std::ops::Range<f64>, std::ops::Range<f64>) {
     let points = || panel.series.iter().flat_map(|s| s.points.iter());
     let (x_min, x_max) = bounds(points().map(|p| p.0));
     let (y_min, y_max) = bounds(points().map(|p| p.1));
-    let x_range = if x_max > x_min {
-        x_min..x_max
-    } else {
-        x_min - 1.0..x_max + 1.0
-    };
+    let x_range = if x_max > x_min { x_min..x_max } else { x_min - 1.0..x_max + 1.0 };
     if panel.unit_range && y_min >= 0.0 && y_max <= 1.0 {
         return (x_range, 0.0..1.0);
     }
     let span = y_max - y_min;
-    let pad = if span > 0.0 {
-        span * 0.06
-    } else {
-        y_max.abs().max(1.0) * 0.1
-    };
+    let pad = if span > 0.0 { span * 0.06 } else { y_max.abs().max(1.0) * 0.1 };
     (x_range, y_min - pad..y_max + pad)
 }
 
 fn bounds(values: impl Iterator<Item = f64>) -> (f64, f64) {
-    let (lo, hi) = values.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
-        (lo.min(v), hi.max(v))
-    });
+    let (lo, hi) = values.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| (lo.min(v), hi.max(v)));
     if lo.is_finite() && hi.is_finite() {
         (lo, hi)
     } else {
@@ -232,11 +199,7 @@ fn tick_formatter(span: f64) -> impl Fn(&f64) -> String {
         } else {
             // About seven labels: enough decimals to tell neighbouring ticks apart.
             let tick = span / 7.0;
-            let decimals = if tick >= 1.0 {
-                0
-            } else {
-                (-tick.log10().floor()).clamp(0.0, 4.0) as usize
-            };
+            let decimals = if tick >= 1.0 { 0 } else { (-tick.log10().floor()).clamp(0.0, 4.0) as usize };
             format!("{v:.decimals$}")
         }
     }
@@ -251,13 +214,8 @@ mod tests {
         assert_eq!(smooth(&[1.0, 5.0, 2.0]), vec![1.0, 5.0, 2.0]);
         let line: Vec<f64> = (0..100).map(|i| 2.0 * i as f64 + 1.0).collect();
         let s = smooth(&line);
-        assert!(
-            s.iter().zip(&line).all(|(a, b)| (a - b).abs() < 1e-9),
-            "no lag on a linear trend"
-        );
-        let zigzag: Vec<f64> = (0..100)
-            .map(|i| if i % 2 == 0 { 1.0 } else { -1.0 })
-            .collect();
+        assert!(s.iter().zip(&line).all(|(a, b)| (a - b).abs() < 1e-9), "no lag on a linear trend");
+        let zigzag: Vec<f64> = (0..100).map(|i| if i % 2 == 0 { 1.0 } else { -1.0 }).collect();
         let s = smooth(&zigzag);
         // Window 2*4+1 = 9 points: the mean of an alternating ±1 run of odd length is ±1/9.
         assert!((s[50].abs() - 1.0 / 9.0).abs() < 1e-12, "{}", s[50]);

@@ -21,34 +21,16 @@ use serde_json::{json, Map, Value as Json};
 use super::{build_from_source, LoadedModel, WeightSource};
 use crate::config::{Arch, ModelConfig};
 use crate::error::{ModelError, Result};
-use crate::tokenizer::{
-    read_json_object_if_exists, AhaTokenizer, GENERATION_CONFIG_JSON, TOKENIZER_JSON,
-};
+use crate::tokenizer::{read_json_object_if_exists, AhaTokenizer, GENERATION_CONFIG_JSON, TOKENIZER_JSON};
 
 /// Loads a GGUF file (dequantised to `dtype`); see the module docs for the tokenizer.
-pub fn load_gguf(
-    file: &Path,
-    tokenizer_dir: Option<&Path>,
-    device: &Device,
-    dtype: DType,
-) -> Result<LoadedModel> {
+pub fn load_gguf(file: &Path, tokenizer_dir: Option<&Path>, device: &Device, dtype: DType) -> Result<LoadedModel> {
     let (content, mut reader) = open(file)?;
     let config = config_from_content(&content, file)?;
     let tokenizer = gguf_tokenizer(&content, file, tokenizer_dir)?;
-    let mut source = GgufSource {
-        file: file.to_path_buf(),
-        content: &content,
-        reader: &mut reader,
-        config: &config,
-    };
+    let mut source = GgufSource { file: file.to_path_buf(), content: &content, reader: &mut reader, config: &config };
     let (varmap, model) = build_from_source(&config, &mut source, device, dtype)?;
-    Ok(LoadedModel {
-        config,
-        varmap,
-        model,
-        tokenizer,
-        source: file.to_path_buf(),
-    })
+    Ok(LoadedModel { config, varmap, model, tokenizer, source: file.to_path_buf() })
 }
 
 /// Reads only the config of a GGUF file.
@@ -59,14 +41,10 @@ pub fn read_gguf_config(file: &Path) -> Result<ModelConfig> {
 
 fn open(file: &Path) -> Result<(Content, BufReader<File>)> {
     let f = File::open(file).map_err(|source| match source.kind() {
-        std::io::ErrorKind::NotFound => ModelError::MissingFile {
-            path: file.to_path_buf(),
-            hint: "GGUF model file".into(),
-        },
-        _ => ModelError::Io {
-            path: file.to_path_buf(),
-            source,
-        },
+        std::io::ErrorKind::NotFound => {
+            ModelError::MissingFile { path: file.to_path_buf(), hint: "GGUF model file".into() }
+        }
+        _ => ModelError::Io { path: file.to_path_buf(), source },
     })?;
     let mut reader = BufReader::new(f);
     let content = Content::read(&mut reader).map_err(|e| ModelError::WeightsFile {
@@ -113,11 +91,7 @@ fn meta_f64(content: &Content, key: &str) -> Option<f64> {
 }
 
 fn meta_str<'a>(content: &'a Content, key: &str) -> Option<&'a str> {
-    content
-        .metadata
-        .get(key)
-        .and_then(|v| v.to_string().ok())
-        .map(String::as_str)
+    content.metadata.get(key).and_then(|v| v.to_string().ok()).map(String::as_str)
 }
 
 /// Builds the Hugging Face config from `general.architecture` and `<arch>.*` metadata, then
@@ -130,9 +104,7 @@ fn config_from_content(content: &Content, file: &Path) -> Result<ModelConfig> {
             return Err(ModelError::Config {
                 path: file.to_path_buf(),
                 field: "general.architecture".into(),
-                reason: format!(
-                    "unsupported GGUF architecture `{other}`; aha supports llama, qwen2, qwen3"
-                ),
+                reason: format!("unsupported GGUF architecture `{other}`; aha supports llama, qwen2, qwen3"),
             })
         }
     };
@@ -140,7 +112,9 @@ fn config_from_content(content: &Content, file: &Path) -> Result<ModelConfig> {
         return Err(ModelError::Tensor {
             path: file.to_path_buf(),
             tensor: "rope_freqs.weight".into(),
-            reason: "Llama-3.1 RoPE scaling stored as a tensor is not supported from GGUF; load the Hugging Face directory".into(),
+            reason:
+                "Llama-3.1 RoPE scaling stored as a tensor is not supported from GGUF; load the Hugging Face directory"
+                    .into(),
         });
     }
     let need = |suffix: &str| {
@@ -178,10 +152,8 @@ fn config_from_content(content: &Content, file: &Path) -> Result<ModelConfig> {
         "tie_word_embeddings": !content.tensor_infos.contains_key("output.weight"),
         "attention_bias": content.tensor_infos.contains_key("blk.0.attn_q.bias"),
     });
-    for (hf, key) in [
-        ("bos_token_id", "tokenizer.ggml.bos_token_id"),
-        ("eos_token_id", "tokenizer.ggml.eos_token_id"),
-    ] {
+    for (hf, key) in [("bos_token_id", "tokenizer.ggml.bos_token_id"), ("eos_token_id", "tokenizer.ggml.eos_token_id")]
+    {
         if let Some(id) = meta_u64(content, key) {
             raw[hf] = json!(id);
         }
@@ -226,10 +198,7 @@ pub fn unpermute_qk(w: &Tensor, heads: usize) -> Result<Tensor> {
     let (out, inp) = w.dims2()?;
     let half = out / heads / 2;
     // [heads, half, 2, in] → [heads, 2, half, in] → [out, in]
-    Ok(w.reshape((heads, half, 2, inp))?
-        .transpose(1, 2)?
-        .contiguous()?
-        .reshape((out, inp))?)
+    Ok(w.reshape((heads, half, 2, inp))?.transpose(1, 2)?.contiguous()?.reshape((out, inp))?)
 }
 
 /// Tensors of an open GGUF file, dequantised on demand.
@@ -242,32 +211,20 @@ struct GgufSource<'a> {
 
 impl WeightSource for GgufSource<'_> {
     fn tensor(&mut self, name: &str, expected: &[usize]) -> Result<Tensor> {
-        let err = |reason: String| ModelError::Tensor {
-            path: self.file.clone(),
-            tensor: name.to_string(),
-            reason,
-        };
+        let err = |reason: String| ModelError::Tensor { path: self.file.clone(), tensor: name.to_string(), reason };
         let gname = hf_to_gguf_name(name).ok_or_else(|| err("has no GGUF equivalent".into()))?;
         if !self.content.tensor_infos.contains_key(&gname) {
-            return Err(err(format!(
-                "missing (GGUF name `{gname}`, expected shape {expected:?})"
-            )));
+            return Err(err(format!("missing (GGUF name `{gname}`, expected shape {expected:?})")));
         }
         let q = self
             .content
             .tensor(self.reader, &gname, &Device::Cpu)
             .map_err(|e| err(format!("cannot read GGUF tensor `{gname}`: {e}")))?;
-        let t = q.dequantize(&Device::Cpu).map_err(|e| {
-            err(format!(
-                "cannot dequantise `{gname}` ({:?}): {e}",
-                q.dtype()
-            ))
-        })?;
+        let t = q
+            .dequantize(&Device::Cpu)
+            .map_err(|e| err(format!("cannot dequantise `{gname}` ({:?}): {e}", q.dtype())))?;
         // Norm weights and biases are 1-D; everything else is [out, in] already.
-        let t = if t.dims() != expected
-            && t.elem_count() == expected.iter().product::<usize>()
-            && expected.len() == 1
-        {
+        let t = if t.dims() != expected && t.elem_count() == expected.iter().product::<usize>() && expected.len() == 1 {
             t.reshape(expected)?
         } else {
             t
@@ -289,11 +246,7 @@ impl WeightSource for GgufSource<'_> {
 }
 
 /// The tokenizer: `tokenizer.json` from `tokenizer_dir` or beside the file, else from metadata.
-fn gguf_tokenizer(
-    content: &Content,
-    file: &Path,
-    tokenizer_dir: Option<&Path>,
-) -> Result<AhaTokenizer> {
+fn gguf_tokenizer(content: &Content, file: &Path, tokenizer_dir: Option<&Path>) -> Result<AhaTokenizer> {
     let beside = file.parent().map(Path::to_path_buf).unwrap_or_default();
     let dir = tokenizer_dir.map(Path::to_path_buf).unwrap_or(beside);
     if dir.join(TOKENIZER_JSON).is_file() {
@@ -310,21 +263,16 @@ fn gguf_tokenizer(
         reason: format!("cannot build a tokenizer from GGUF metadata ({e}); put a tokenizer.json beside the file"),
     })?;
     fix_pre_tokenizer(content, &mut inner);
-    let json_text = inner.to_string(false).map_err(|e| ModelError::Tokenizer {
-        path: file.to_path_buf(),
-        reason: e.to_string(),
-    })?;
+    let json_text = inner
+        .to_string(false)
+        .map_err(|e| ModelError::Tokenizer { path: file.to_path_buf(), reason: e.to_string() })?;
     let (config, generation) = tokenizer_config_from_metadata(content, &inner);
     let generation = match read_json_object_if_exists(&dir.join(GENERATION_CONFIG_JSON))? {
         Some(g) => g,
         None => generation,
     };
-    let template = meta_str(content, "tokenizer.chat_template").map(|t| {
-        (
-            t.to_string(),
-            format!("{}: tokenizer.chat_template", file.display()),
-        )
-    });
+    let template = meta_str(content, "tokenizer.chat_template")
+        .map(|t| (t.to_string(), format!("{}: tokenizer.chat_template", file.display())));
     AhaTokenizer::from_tokenizer(inner, json_text, file, config, &generation, template)
 }
 
@@ -341,17 +289,11 @@ fn fix_pre_tokenizer(content: &Content, tok: &mut tokenizers::Tokenizer) {
     if matches!(pre, "qwen2" | "llama3" | "smaug-bpe" | "lfm2") {
         return;
     }
-    let prefix = content
-        .metadata
-        .get("tokenizer.ggml.add_space_prefix")
-        .and_then(|v| v.to_bool().ok())
-        .unwrap_or(false);
+    let prefix =
+        content.metadata.get("tokenizer.ggml.add_space_prefix").and_then(|v| v.to_bool().ok()).unwrap_or(false);
     let byte_level: PreTokenizerWrapper = ByteLevel::new(prefix, true, true).into();
-    let wrapper: PreTokenizerWrapper = if pre == "smollm" {
-        Sequence::new(vec![Digits::new(true).into(), byte_level]).into()
-    } else {
-        byte_level
-    };
+    let wrapper: PreTokenizerWrapper =
+        if pre == "smollm" { Sequence::new(vec![Digits::new(true).into(), byte_level]).into() } else { byte_level };
     tok.with_pre_tokenizer(Some(wrapper));
 }
 

@@ -11,9 +11,9 @@ const SUPPORTED: [u32; 15] = [0, 1, 2, 3, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 30
 /// The ggml name of a type id.
 pub fn ggml_type_name(ty: u32) -> &'static str {
     const NAMES: [&str; 31] = [
-        "F32", "F16", "Q4_0", "Q4_1", "Q4_2", "Q4_3", "Q5_0", "Q5_1", "Q8_0", "Q8_1", "Q2_K",
-        "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q8_K", "IQ2_XXS", "IQ2_XS", "IQ3_XXS", "IQ1_S", "IQ4_NL",
-        "IQ3_S", "IQ2_S", "IQ4_XS", "I8", "I16", "I32", "I64", "F64", "IQ1_M", "BF16",
+        "F32", "F16", "Q4_0", "Q4_1", "Q4_2", "Q4_3", "Q5_0", "Q5_1", "Q8_0", "Q8_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K",
+        "Q6_K", "Q8_K", "IQ2_XXS", "IQ2_XS", "IQ3_XXS", "IQ1_S", "IQ4_NL", "IQ3_S", "IQ2_S", "IQ4_XS", "I8", "I16",
+        "I32", "I64", "F64", "IQ1_M", "BF16",
     ];
     match ty {
         34 => "TQ1_0",
@@ -25,10 +25,7 @@ pub fn ggml_type_name(ty: u32) -> &'static str {
 
 /// The first tensor (name, type id) with a type candle cannot read, if any.
 pub fn first_unsupported_tensor(path: &Path) -> std::io::Result<Option<(String, u32)>> {
-    let mut r = Header {
-        r: BufReader::new(File::open(path)?),
-        wide: true,
-    };
+    let mut r = Header { r: BufReader::new(File::open(path)?), wide: true };
     let _magic = r.u32()?;
     let version = r.u32()?;
     r.wide = version >= 2;
@@ -91,10 +88,7 @@ impl<R: Read> Header<R> {
     fn string(&mut self) -> std::io::Result<String> {
         let n = self.len()?;
         if n > 1 << 24 {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                "string too long",
-            ));
+            return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "string too long"));
         }
         let mut buf = vec![0u8; n as usize];
         self.r.read_exact(&mut buf)?;
@@ -119,10 +113,7 @@ impl<R: Read> Header<R> {
                 }
                 Ok(())
             }
-            _ => Err(std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                "unknown metadata type",
-            )),
+            _ => Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "unknown metadata type")),
         }
     }
 }

@@ -44,13 +44,7 @@ pub fn load_hf_dir(dir: &Path, device: &Device, dtype: DType) -> Result<LoadedMo
     let mut source = SafetensorsSource::open(dir)?;
     let (varmap, model) = build_from_source(&config, &mut source, device, dtype)?;
     let tokenizer = AhaTokenizer::from_dir(dir)?;
-    Ok(LoadedModel {
-        config,
-        varmap,
-        model,
-        tokenizer,
-        source: dir.to_path_buf(),
-    })
+    Ok(LoadedModel { config, varmap, model, tokenizer, source: dir.to_path_buf() })
 }
 
 /// The weight files of a directory: the shards named by the index, or `model.safetensors`.
@@ -69,27 +63,20 @@ pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
     }
     Err(ModelError::MissingFile {
         path: single,
-        hint: format!(
-            "no weights: neither {SAFETENSORS_FILE} nor {SAFETENSORS_INDEX} in the directory"
-        ),
+        hint: format!("no weights: neither {SAFETENSORS_FILE} nor {SAFETENSORS_INDEX} in the directory"),
     })
 }
 
 /// `weight_map` of a sharded checkpoint's index: tensor name → shard file name.
 fn read_index(index: &Path) -> Result<HashMap<String, String>> {
     let text = read_text(index)?;
-    let v: Json = serde_json::from_str(&text).map_err(|source| ModelError::Json {
+    let v: Json =
+        serde_json::from_str(&text).map_err(|source| ModelError::Json { path: index.to_path_buf(), source })?;
+    let map = v.get("weight_map").and_then(Json::as_object).ok_or_else(|| ModelError::Config {
         path: index.to_path_buf(),
-        source,
+        field: "weight_map".into(),
+        reason: "missing or not an object".into(),
     })?;
-    let map = v
-        .get("weight_map")
-        .and_then(Json::as_object)
-        .ok_or_else(|| ModelError::Config {
-            path: index.to_path_buf(),
-            field: "weight_map".into(),
-            reason: "missing or not an object".into(),
-        })?;
     map.iter()
         .map(|(k, f)| {
             let f = f.as_str().ok_or_else(|| ModelError::Config {
@@ -118,21 +105,14 @@ impl SafetensorsSource {
         let mut files = Vec::with_capacity(paths.len());
         let mut index = HashMap::new();
         for (i, path) in paths.into_iter().enumerate() {
-            let bytes = std::fs::read(&path).map_err(|source| ModelError::Io {
-                path: path.clone(),
-                source,
-            })?;
+            let bytes = std::fs::read(&path).map_err(|source| ModelError::Io { path: path.clone(), source })?;
             let names = tensor_names(&path, &bytes)?;
             for n in names {
                 index.insert(n, i);
             }
             files.push((path, bytes));
         }
-        Ok(Self {
-            dir: dir.to_path_buf(),
-            files,
-            index,
-        })
+        Ok(Self { dir: dir.to_path_buf(), files, index })
     }
 }
 
@@ -161,9 +141,7 @@ impl WeightSource for SafetensorsSource {
         };
         let (path, bytes) = &self.files[i];
         let st = SafeTensors::deserialize(bytes).map_err(|e| corrupt(path, bytes.len(), &e))?;
-        let view = st
-            .tensor(name)
-            .map_err(|e| corrupt(path, bytes.len(), &e))?;
+        let view = st.tensor(name).map_err(|e| corrupt(path, bytes.len(), &e))?;
         view.load(&Device::Cpu).map_err(|e| ModelError::Tensor {
             path: path.clone(),
             tensor: name.to_string(),

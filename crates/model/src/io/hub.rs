@@ -21,20 +21,12 @@ pub fn resolve_hub_repo(repo_id: &str, revision: Option<&str>) -> Result<PathBuf
 }
 
 /// Like [`resolve_hub_repo`] in an explicit cache directory (`.../huggingface/hub`).
-pub fn resolve_hub_repo_in(
-    cache_dir: &std::path::Path,
-    repo_id: &str,
-    revision: Option<&str>,
-) -> Result<PathBuf> {
+pub fn resolve_hub_repo_in(cache_dir: &std::path::Path, repo_id: &str, revision: Option<&str>) -> Result<PathBuf> {
     resolve_in(&Cache::new(cache_dir.to_path_buf()), repo_id, revision)
 }
 
 fn resolve_in(cache: &Cache, repo_id: &str, revision: Option<&str>) -> Result<PathBuf> {
-    let repo = Repo::with_revision(
-        repo_id.to_string(),
-        RepoType::Model,
-        revision.unwrap_or("main").to_string(),
-    );
+    let repo = Repo::with_revision(repo_id.to_string(), RepoType::Model, revision.unwrap_or("main").to_string());
     let cached = cache.repo(repo).get(CONFIG_JSON);
     let Some(config) = cached else {
         return Err(ModelError::Resolve {
@@ -45,13 +37,10 @@ fn resolve_in(cache: &Cache, repo_id: &str, revision: Option<&str>) -> Result<Pa
             ),
         });
     };
-    config
-        .parent()
-        .map(PathBuf::from)
-        .ok_or_else(|| ModelError::Resolve {
-            spec: repo_id.to_string(),
-            reason: format!("cached {} has no parent directory", config.display()),
-        })
+    config.parent().map(PathBuf::from).ok_or_else(|| ModelError::Resolve {
+        spec: repo_id.to_string(),
+        reason: format!("cached {} has no parent directory", config.display()),
+    })
 }
 
 #[cfg(test)]
@@ -67,16 +56,8 @@ mod tests {
         std::fs::create_dir_all(repo.join("refs")).unwrap();
         std::fs::write(repo.join("refs").join("main"), "abc123").unwrap();
         std::fs::write(snap.join("config.json"), "{}").unwrap();
-        assert_eq!(
-            resolve_hub_repo_in(tmp.path(), "org/tiny", None).unwrap(),
-            snap
-        );
-        let e = resolve_hub_repo_in(tmp.path(), "org/other", None)
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.contains("org/other") && e.contains("huggingface-cli download"),
-            "{e}"
-        );
+        assert_eq!(resolve_hub_repo_in(tmp.path(), "org/tiny", None).unwrap(), snap);
+        let e = resolve_hub_repo_in(tmp.path(), "org/other", None).unwrap_err().to_string();
+        assert!(e.contains("org/other") && e.contains("huggingface-cli download"), "{e}");
     }
 }

@@ -56,27 +56,15 @@ impl ModelSpec {
     /// taken as a directory (and loading will say which file is missing).
     pub fn parse(s: &str) -> Self {
         let path = Path::new(s);
-        if path
-            .extension()
-            .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
-        {
-            return Self::Gguf {
-                file: path.to_path_buf(),
-                tokenizer_dir: None,
-            };
+        if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf")) {
+            return Self::Gguf { file: path.to_path_buf(), tokenizer_dir: None };
         }
         if path.exists() || !looks_like_repo_id(s) {
             return Self::HfDir(path.to_path_buf());
         }
         match s.split_once('@') {
-            Some((id, rev)) => Self::HubRepo {
-                repo_id: id.to_string(),
-                revision: Some(rev.to_string()),
-            },
-            None => Self::HubRepo {
-                repo_id: s.to_string(),
-                revision: None,
-            },
+            Some((id, rev)) => Self::HubRepo { repo_id: id.to_string(), revision: Some(rev.to_string()) },
+            None => Self::HubRepo { repo_id: s.to_string(), revision: None },
         }
     }
 }
@@ -96,10 +84,7 @@ fn looks_like_repo_id(s: &str) -> bool {
         return false;
     };
     let ok = |p: &str| {
-        !p.is_empty()
-            && !p.starts_with('.')
-            && p.chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        !p.is_empty() && !p.starts_with('.') && p.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
     };
     ok(org) && ok(name)
 }
@@ -134,10 +119,7 @@ impl std::fmt::Debug for LoadedModel {
 pub fn load_model(spec: &ModelSpec, device: &Device, dtype: DType) -> Result<LoadedModel> {
     match spec {
         ModelSpec::HfDir(dir) => load_hf_dir(dir, device, dtype),
-        ModelSpec::Gguf {
-            file,
-            tokenizer_dir,
-        } => load_gguf(file, tokenizer_dir.as_deref(), device, dtype),
+        ModelSpec::Gguf { file, tokenizer_dir } => load_gguf(file, tokenizer_dir.as_deref(), device, dtype),
         ModelSpec::HubRepo { repo_id, revision } => {
             let dir = resolve_hub_repo(repo_id, revision.as_deref())?;
             load_hf_dir(&dir, device, dtype)
@@ -163,21 +145,15 @@ pub(crate) fn build_from_source(
 ) -> Result<(VarMap, Transformer)> {
     let varmap = VarMap::new();
     {
-        let mut data = varmap
-            .data()
-            .lock()
-            .map_err(|_| ModelError::InvalidConfig("variable map lock poisoned".into()))?;
+        let mut data =
+            varmap.data().lock().map_err(|_| ModelError::InvalidConfig("variable map lock poisoned".into()))?;
         for spec in Transformer::parameter_specs(cfg) {
             let t = source.tensor(&spec.name, &spec.shape)?;
             if t.dims() != spec.shape.as_slice() {
                 return Err(ModelError::Tensor {
                     path: source.file_of(&spec.name),
                     tensor: spec.name.clone(),
-                    reason: format!(
-                        "shape {:?}, but config.json implies {:?}",
-                        t.dims(),
-                        spec.shape
-                    ),
+                    reason: format!("shape {:?}, but config.json implies {:?}", t.dims(), spec.shape),
                 });
             }
             let t = t.to_dtype(dtype)?.to_device(device)?;
@@ -197,22 +173,11 @@ mod tests {
     fn parses_specs() {
         assert_eq!(
             ModelSpec::parse("HuggingFaceTB/SmolLM2-135M-Instruct"),
-            ModelSpec::HubRepo {
-                repo_id: "HuggingFaceTB/SmolLM2-135M-Instruct".into(),
-                revision: None
-            }
+            ModelSpec::HubRepo { repo_id: "HuggingFaceTB/SmolLM2-135M-Instruct".into(), revision: None }
         );
-        assert!(
-            matches!(ModelSpec::parse("a/b@v1"), ModelSpec::HubRepo { revision: Some(r), .. } if r == "v1")
-        );
-        assert!(matches!(
-            ModelSpec::parse("/x/model.Q4_1.gguf"),
-            ModelSpec::Gguf { .. }
-        ));
-        assert!(matches!(
-            ModelSpec::parse("./runs/ckpt"),
-            ModelSpec::HfDir(_)
-        ));
+        assert!(matches!(ModelSpec::parse("a/b@v1"), ModelSpec::HubRepo { revision: Some(r), .. } if r == "v1"));
+        assert!(matches!(ModelSpec::parse("/x/model.Q4_1.gguf"), ModelSpec::Gguf { .. }));
+        assert!(matches!(ModelSpec::parse("./runs/ckpt"), ModelSpec::HfDir(_)));
         assert!(matches!(ModelSpec::parse("/abs/dir"), ModelSpec::HfDir(_)));
     }
 }

@@ -30,12 +30,7 @@ impl LoadedModel {
 
 /// Writes `model`'s parameters, `config` and `tokenizer` as a Hugging Face directory at `dir`,
 /// atomically (see the module docs). Parameters are saved in their current dtype.
-pub fn save_pretrained(
-    dir: &Path,
-    config: &ModelConfig,
-    model: &Transformer,
-    tokenizer: &AhaTokenizer,
-) -> Result<()> {
+pub fn save_pretrained(dir: &Path, config: &ModelConfig, model: &Transformer, tokenizer: &AhaTokenizer) -> Result<()> {
     let tensors: Vec<(String, Tensor)> = model.named_parameters();
     save_parts(dir, config, &tensors, tokenizer)
 }
@@ -53,8 +48,7 @@ pub fn save_parts(
         move |source| ModelError::Io { path, source }
     };
     std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
-    let written =
-        write_contents(&tmp, config, tensors, tokenizer).and_then(|()| sync_dir_files(&tmp));
+    let written = write_contents(&tmp, config, tensors, tokenizer).and_then(|()| sync_dir_files(&tmp));
     if let Err(e) = written {
         let _ = std::fs::remove_dir_all(&tmp);
         return Err(e);
@@ -69,9 +63,7 @@ pub fn save_parts(
         std::fs::remove_dir_all(&old).map_err(io(&old))?;
     }
     if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
-        File::open(parent)
-            .and_then(|f| f.sync_all())
-            .map_err(io(parent))?;
+        File::open(parent).and_then(|f| f.sync_all()).map_err(io(parent))?;
     }
     Ok(())
 }
@@ -80,10 +72,7 @@ pub fn save_parts(
 fn sibling(dir: &Path, tag: &str) -> Result<PathBuf> {
     let name = dir.file_name().ok_or_else(|| ModelError::Io {
         path: dir.to_path_buf(),
-        source: std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            "output path has no final component",
-        ),
+        source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "output path has no final component"),
     })?;
     let hidden = format!(".{}.{tag}-{}", name.to_string_lossy(), std::process::id());
     Ok(dir.with_file_name(hidden))
@@ -95,18 +84,12 @@ fn write_contents(
     tensors: &[(String, Tensor)],
     tokenizer: &AhaTokenizer,
 ) -> Result<()> {
-    let dtype = tensors
-        .first()
-        .map(|(_, t)| t.dtype())
-        .unwrap_or(DType::F32);
+    let dtype = tensors.first().map(|(_, t)| t.dtype()).unwrap_or(DType::F32);
     write_safetensors(&dir.join(SAFETENSORS_FILE), tensors)?;
     let mut cfg = config.to_hf_json();
     cfg["torch_dtype"] = json!(torch_dtype_name(dtype));
     write_json(&dir.join(CONFIG_JSON), &cfg)?;
-    write_json(
-        &dir.join(GENERATION_CONFIG_JSON),
-        &generation_config(config, tokenizer),
-    )?;
+    write_json(&dir.join(GENERATION_CONFIG_JSON), &generation_config(config, tokenizer))?;
     tokenizer.save(dir)
 }
 
@@ -144,29 +127,18 @@ fn generation_config(config: &ModelConfig, tokenizer: &AhaTokenizer) -> Json {
 }
 
 fn write_json(path: &Path, v: &Json) -> Result<()> {
-    let text = serde_json::to_string_pretty(v).map_err(|source| ModelError::Json {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let text =
+        serde_json::to_string_pretty(v).map_err(|source| ModelError::Json { path: path.to_path_buf(), source })?;
     write_file(path, text.as_bytes())
 }
 
 /// Writes tensors with the `{"format": "pt"}` metadata `transformers` requires.
 fn write_safetensors(path: &Path, tensors: &[(String, Tensor)]) -> Result<()> {
-    let contiguous = tensors
-        .iter()
-        .map(|(n, t)| Ok((n.clone(), t.contiguous()?)))
-        .collect::<Result<Vec<(String, Tensor)>>>()?;
+    let contiguous =
+        tensors.iter().map(|(n, t)| Ok((n.clone(), t.contiguous()?))).collect::<Result<Vec<(String, Tensor)>>>()?;
     let metadata: HashMap<String, String> = [("format".to_string(), "pt".to_string())].into();
-    safetensors::serialize_to_file(
-        contiguous.iter().map(|(n, t)| (n.as_str(), t)),
-        Some(metadata),
-        path,
-    )
-    .map_err(|e| ModelError::WeightsFile {
-        path: path.to_path_buf(),
-        reason: format!("cannot write: {e}"),
-    })
+    safetensors::serialize_to_file(contiguous.iter().map(|(n, t)| (n.as_str(), t)), Some(metadata), path)
+        .map_err(|e| ModelError::WeightsFile { path: path.to_path_buf(), reason: format!("cannot write: {e}") })
 }
 
 /// fsyncs every file of `dir`, then `dir` itself.
@@ -177,9 +149,7 @@ fn sync_dir_files(dir: &Path) -> Result<()> {
     };
     for entry in std::fs::read_dir(dir).map_err(io(dir))? {
         let path = entry.map_err(io(dir))?.path();
-        File::open(&path)
-            .and_then(|f| f.sync_all())
-            .map_err(io(&path))?;
+        File::open(&path).and_then(|f| f.sync_all()).map_err(io(&path))?;
     }
     File::open(dir).and_then(|f| f.sync_all()).map_err(io(dir))
 }

@@ -8,9 +8,7 @@ use candle_core::Tensor;
 
 /// The committed fixtures of this crate (`tests/fixtures`).
 pub fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests")
-        .join("fixtures")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests").join("fixtures")
 }
 
 /// A fetched third-party fixture under `fixtures-cache/` (or `$AHA_FIXTURES`). Missing: the test
@@ -23,10 +21,7 @@ pub fn fetched(rel: &str) -> Option<PathBuf> {
     if path.exists() {
         return Some(path);
     }
-    let msg = format!(
-        "fixture {} missing: run scripts/fetch-fixtures.sh",
-        path.display()
-    );
+    let msg = format!("fixture {} missing: run scripts/fetch-fixtures.sh", path.display());
     if std::env::var_os("CI").is_some() {
         panic!("{msg}");
     }
@@ -39,8 +34,5 @@ pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
     assert_eq!(a.dims(), b.dims(), "shape mismatch");
     let a = a.flatten_all().unwrap().to_vec1::<f32>().unwrap();
     let b = b.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-    a.iter()
-        .zip(&b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
+    a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
 }

@@ -31,24 +31,11 @@ pub struct TestOutcome {
 
 /// Runs `solution` against `tests` (Python source; with `entry_point`, `check(entry_point)` is
 /// appended, as in HumanEval).
-pub fn run_tests(
-    solution: &str,
-    tests: &str,
-    entry_point: Option<&str>,
-    limits: &Limits,
-) -> TestOutcome {
+pub fn run_tests(solution: &str, tests: &str, entry_point: Option<&str>, limits: &Limits) -> TestOutcome {
     let nonce = match fresh_nonce() {
         Ok(n) => n,
         Err(e) => {
-            let mut run = run_python(
-                "",
-                &[],
-                b"",
-                &Limits {
-                    wall: std::time::Duration::ZERO,
-                    ..limits.clone()
-                },
-            );
+            let mut run = run_python("", &[], b"", &Limits { wall: std::time::Duration::ZERO, ..limits.clone() });
             run.status = Status::Refused;
             run.refused = Some(format!("no randomness for the nonce: {e}"));
             return TestOutcome { passed: false, run };
@@ -56,15 +43,7 @@ pub fn run_tests(
     };
     let entry = entry_point.unwrap_or("");
     if !entry.chars().all(|c| c.is_alphanumeric() || c == '_') {
-        let mut run = run_python(
-            "",
-            &[],
-            b"",
-            &Limits {
-                wall: std::time::Duration::ZERO,
-                ..limits.clone()
-            },
-        );
+        let mut run = run_python("", &[], b"", &Limits { wall: std::time::Duration::ZERO, ..limits.clone() });
         run.status = Status::Refused;
         run.refused = Some("entry point is not an identifier".into());
         return TestOutcome { passed: false, run };
@@ -72,15 +51,9 @@ pub fn run_tests(
     let header = format!("import os as _o\n_o.environ['AHA_ENTRY_POINT'] = {entry:?}\n");
     let main = format!("{header}{HARNESS}");
     let stdin = format!("{nonce}\n");
-    let run = run_python(
-        &main,
-        &[("solution.py", solution), ("tests.py", tests)],
-        stdin.as_bytes(),
-        limits,
-    );
+    let run = run_python(&main, &[("solution.py", solution), ("tests.py", tests)], stdin.as_bytes(), limits);
     let expected = format!("{nonce} PASS");
-    let passed =
-        run.status == Status::Ok && run.stdout.trim_end().lines().last() == Some(expected.as_str());
+    let passed = run.status == Status::Ok && run.stdout.trim_end().lines().last() == Some(expected.as_str());
     TestOutcome { passed, run }
 }
 

@@ -2,16 +2,13 @@
 //! the pre-exec set-up of the child, and the supervision loop that kills every process of the run.
 
 use super::sandbox::{
-    capped_reader, classify, live_processes_of, python, run_uid, stdin_writer, Isolation, Limits,
-    RunOutput,
+    capped_reader, classify, live_processes_of, python, run_uid, stdin_writer, Isolation, Limits, RunOutput,
 };
 use landlock::{
-    Access, AccessFs, CompatLevel, Compatible, PathBeneath, PathFd, Ruleset, RulesetAttr,
-    RulesetCreatedAttr, ABI,
+    Access, AccessFs, CompatLevel, Compatible, PathBeneath, PathFd, Ruleset, RulesetAttr, RulesetCreatedAttr, ABI,
 };
 use seccompiler::{
-    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
-    SeccompRule, TargetArch,
+    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter, SeccompRule, TargetArch,
 };
 use std::collections::BTreeMap;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -41,19 +38,11 @@ fn choose_mode(isolation: Isolation) -> Result<Mode, String> {
         (Isolation::UserNamespace, true) => {
             Err("user-namespace isolation as root would leave RLIMIT_NPROC unenforced".into())
         }
-        (Isolation::Auto | Isolation::UserNamespace, false) => Ok(Mode::UserNs {
-            uid: euid,
-            gid: egid,
-        }),
+        (Isolation::Auto | Isolation::UserNamespace, false) => Ok(Mode::UserNs { uid: euid, gid: egid }),
     }
 }
 
-pub(crate) fn run(
-    source: &str,
-    extra: &[(&str, &str)],
-    stdin: &[u8],
-    limits: &Limits,
-) -> RunOutput {
+pub(crate) fn run(source: &str, extra: &[(&str, &str)], stdin: &[u8], limits: &Limits) -> RunOutput {
     let mode = match choose_mode(limits.isolation) {
         Ok(m) => m,
         Err(why) => return RunOutput::refused(format!("{why}; refusing to run unconfined")),
@@ -120,14 +109,7 @@ impl Confinement {
             Mode::UserNs { uid, gid } => (format!("{uid} {uid} 1\n"), format!("{gid} {gid} 1\n")),
             Mode::RunUid(_) => (String::new(), String::new()),
         };
-        Confinement {
-            mode,
-            ruleset_fd,
-            filter,
-            limits,
-            uid_map: uid_map.into_bytes(),
-            gid_map: gid_map.into_bytes(),
-        }
+        Confinement { mode, ruleset_fd, filter, limits, uid_map: uid_map.into_bytes(), gid_map: gid_map.into_bytes() }
     }
 
     /// Runs in the child between fork and exec.
@@ -161,14 +143,9 @@ impl Confinement {
             // If the supervisor dies, the run dies (set after the identity change, which clears it).
             check(libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) as libc::c_long)?;
             check(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) as libc::c_long)?;
-            check(libc::syscall(
-                libc::SYS_landlock_restrict_self,
-                self.ruleset_fd,
-                0u32,
-            ))?;
+            check(libc::syscall(libc::SYS_landlock_restrict_self, self.ruleset_fd, 0u32))?;
         }
-        seccompiler::apply_filter(&self.filter)
-            .map_err(|_| std::io::Error::from_raw_os_error(libc::EPERM))
+        seccompiler::apply_filter(&self.filter).map_err(|_| std::io::Error::from_raw_os_error(libc::EPERM))
     }
 
     /// Sets every rlimit (after a new user namespace, so `RLIMIT_NPROC` counts this run only).
@@ -231,32 +208,17 @@ fn become_pid_namespace_init() -> std::io::Result<()> {
             libc::signal(sig, libc::SIG_DFL);
             libc::kill(libc::getpid(), sig);
         }
-        libc::_exit(if libc::WIFEXITED(status) {
-            libc::WEXITSTATUS(status)
-        } else {
-            127
-        });
+        libc::_exit(if libc::WIFEXITED(status) { libc::WEXITSTATUS(status) } else { 127 });
     }
 }
 
-unsafe fn set_limit(
-    resource: libc::__rlimit_resource_t,
-    soft: u64,
-    hard: u64,
-) -> std::io::Result<()> {
-    let lim = libc::rlimit {
-        rlim_cur: soft,
-        rlim_max: hard,
-    };
+unsafe fn set_limit(resource: libc::__rlimit_resource_t, soft: u64, hard: u64) -> std::io::Result<()> {
+    let lim = libc::rlimit { rlim_cur: soft, rlim_max: hard };
     // SAFETY: `lim` is a valid rlimit for the duration of the call.
     check(unsafe { libc::setrlimit(resource, &lim) } as libc::c_long)
 }
 
-fn workdir(
-    owner: Option<u32>,
-    source: &str,
-    extra: &[(&str, &str)],
-) -> std::io::Result<tempfile::TempDir> {
+fn workdir(owner: Option<u32>, source: &str, extra: &[(&str, &str)]) -> std::io::Result<tempfile::TempDir> {
     let dir = tempfile::Builder::new().prefix("aha-sandbox-").tempdir()?;
     std::fs::write(dir.path().join("main.py"), source)?;
     for (name, text) in extra {
@@ -275,14 +237,7 @@ fn workdir(
 /// The kernel's Landlock ABI version (0 when unsupported).
 fn landlock_abi() -> i32 {
     // SAFETY: the documented version query: null attributes, size 0, the VERSION flag.
-    let v = unsafe {
-        libc::syscall(
-            libc::SYS_landlock_create_ruleset,
-            std::ptr::null::<u8>(),
-            0usize,
-            1u32,
-        )
-    };
+    let v = unsafe { libc::syscall(libc::SYS_landlock_create_ruleset, std::ptr::null::<u8>(), 0usize, 1u32) };
     v.max(0) as i32
 }
 
@@ -301,23 +256,16 @@ fn landlock_ruleset(workdir: &Path) -> Result<OwnedFd, String> {
         .map_err(|e| err(&e))?
         .create()
         .map_err(|e| err(&e))?
-        .add_rule(PathBeneath::new(
-            PathFd::new("/").map_err(|e| err(&e))?,
-            read,
-        ))
+        .add_rule(PathBeneath::new(PathFd::new("/").map_err(|e| err(&e))?, read))
         .map_err(|e| err(&e))?
-        .add_rule(PathBeneath::new(
-            PathFd::new(workdir).map_err(|e| err(&e))?,
-            AccessFs::from_all(abi),
-        ))
+        .add_rule(PathBeneath::new(PathFd::new(workdir).map_err(|e| err(&e))?, AccessFs::from_all(abi)))
         .map_err(|e| err(&e))?
         .add_rule(PathBeneath::new(
             PathFd::new("/dev/null").map_err(|e| err(&e))?,
             AccessFs::ReadFile | AccessFs::WriteFile,
         ))
         .map_err(|e| err(&e))?;
-    Option::<OwnedFd>::from(created)
-        .ok_or_else(|| "landlock is not supported by this kernel".to_string())
+    Option::<OwnedFd>::from(created).ok_or_else(|| "landlock is not supported by this kernel".to_string())
 }
 
 fn seccomp_filter() -> Result<BpfProgram, String> {
@@ -327,18 +275,10 @@ fn seccomp_filter() -> Result<BpfProgram, String> {
         "riscv64" => TargetArch::riscv64,
         other => return Err(format!("unsupported architecture {other}")),
     };
-    let not_unix = SeccompCondition::new(
-        0,
-        SeccompCmpArgLen::Dword,
-        SeccompCmpOp::Ne,
-        libc::AF_UNIX as u64,
-    )
-    .map_err(|e| e.to_string())?;
+    let not_unix = SeccompCondition::new(0, SeccompCmpArgLen::Dword, SeccompCmpOp::Ne, libc::AF_UNIX as u64)
+        .map_err(|e| e.to_string())?;
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
-    rules.insert(
-        libc::SYS_socket,
-        vec![SeccompRule::new(vec![not_unix]).map_err(|e| e.to_string())?],
-    );
+    rules.insert(libc::SYS_socket, vec![SeccompRule::new(vec![not_unix]).map_err(|e| e.to_string())?]);
     for sys in [
         libc::SYS_ptrace,
         libc::SYS_mount,
@@ -354,16 +294,9 @@ fn seccomp_filter() -> Result<BpfProgram, String> {
     ] {
         rules.insert(sys, vec![]);
     }
-    let filter = SeccompFilter::new(
-        rules,
-        SeccompAction::Allow,
-        SeccompAction::Errno(libc::EACCES as u32),
-        arch,
-    )
-    .map_err(|e| e.to_string())?;
-    filter
-        .try_into()
-        .map_err(|e: seccompiler::BackendError| e.to_string())
+    let filter = SeccompFilter::new(rules, SeccompAction::Allow, SeccompAction::Errno(libc::EACCES as u32), arch)
+        .map_err(|e| e.to_string())?;
+    filter.try_into().map_err(|e: seccompiler::BackendError| e.to_string())
 }
 
 /// Spawns, feeds stdin, reads capped output, enforces the wall clock, kills everything.
@@ -376,14 +309,8 @@ fn supervise(mut cmd: Command, stdin: &[u8], limits: &Limits, uid: Option<u32>) 
     let pid = child.id() as libc::pid_t;
     let over = Arc::new(AtomicBool::new(false));
     let writer = child.stdin.take().map(|p| stdin_writer(p, stdin.to_vec()));
-    let out = child
-        .stdout
-        .take()
-        .map(|p| capped_reader(p, limits.output_bytes, over.clone()));
-    let err = child
-        .stderr
-        .take()
-        .map(|p| capped_reader(p, limits.output_bytes, over.clone()));
+    let out = child.stdout.take().map(|p| capped_reader(p, limits.output_bytes, over.clone()));
+    let err = child.stderr.take().map(|p| capped_reader(p, limits.output_bytes, over.clone()));
     let (status, usage, timed_out) = wait_with_deadline(pid, start + limits.wall, &over, uid);
     let (exit_code, signal) = decode(status);
     let stdout = out.and_then(|h| h.join().ok()).unwrap_or_default();

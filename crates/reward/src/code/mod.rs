@@ -26,12 +26,7 @@ impl CodeReward {
     pub fn new(timeout_s: f64, memory_mb: u64) -> Self {
         let wall = std::time::Duration::from_secs_f64(timeout_s.max(0.1));
         CodeReward {
-            limits: Limits {
-                wall,
-                cpu_s: wall.as_secs().max(1),
-                memory_bytes: memory_mb << 20,
-                ..Limits::default()
-            },
+            limits: Limits { wall, cpu_s: wall.as_secs().max(1), memory_bytes: memory_mb << 20, ..Limits::default() },
         }
     }
 }
@@ -48,10 +43,7 @@ impl Reward for CodeReward {
         let program = last_code_block(answer).unwrap_or(answer);
         let outcome = harness::run_tests(program, tests, entry, &self.limits);
         if outcome.run.status == Status::Refused {
-            return Score::unscorable(format!(
-                "sandbox refused: {}",
-                outcome.run.refused.unwrap_or_default()
-            ));
+            return Score::unscorable(format!("sandbox refused: {}", outcome.run.refused.unwrap_or_default()));
         }
         Score::from_bool(outcome.passed)
     }

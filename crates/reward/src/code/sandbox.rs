@@ -157,21 +157,12 @@ pub fn python() -> PathBuf {
         return system.to_path_buf();
     }
     std::env::var_os("PATH")
-        .and_then(|p| {
-            std::env::split_paths(&p)
-                .map(|d| d.join("python3"))
-                .find(|p| p.exists())
-        })
+        .and_then(|p| std::env::split_paths(&p).map(|d| d.join("python3")).find(|p| p.exists()))
         .unwrap_or_else(|| PathBuf::from("python3"))
 }
 
 /// Runs `main.py` = `source` (plus `extra_files` beside it) with `stdin`, under `limits`.
-pub fn run_python(
-    source: &str,
-    extra_files: &[(&str, &str)],
-    stdin: &[u8],
-    limits: &Limits,
-) -> RunOutput {
+pub fn run_python(source: &str, extra_files: &[(&str, &str)], stdin: &[u8], limits: &Limits) -> RunOutput {
     #[cfg(target_os = "linux")]
     {
         super::linux::run(source, extra_files, stdin, limits)
@@ -192,9 +183,8 @@ pub fn live_processes_of(uid: u32) -> Vec<u32> {
     entries
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
         .filter(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/status")).is_ok_and(|s| {
-                s.contains(&uid_line) && !s.contains("State:\tZ") && !s.contains("State:\tX")
-            })
+            std::fs::read_to_string(format!("/proc/{pid}/status"))
+                .is_ok_and(|s| s.contains(&uid_line) && !s.contains("State:\tZ") && !s.contains("State:\tX"))
         })
         .collect()
 }
@@ -232,10 +222,7 @@ pub(crate) fn capped_reader<R: Read + Send + 'static>(
     })
 }
 
-pub(crate) fn stdin_writer<W: Write + Send + 'static>(
-    mut pipe: W,
-    data: Vec<u8>,
-) -> std::thread::JoinHandle<()> {
+pub(crate) fn stdin_writer<W: Write + Send + 'static>(mut pipe: W, data: Vec<u8>) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         let _ = pipe.write_all(&data);
     })

@@ -58,15 +58,12 @@ impl Cmp<'_> {
             (other, Node::Rel(parts, ops)) => self.pred_relation(other, parts, ops),
             (Node::List(a) | Node::Set(a), Node::List(b) | Node::Set(b)) => self.set_equal(a, b),
             (Node::Union(a), Node::Union(b)) => self.set_equal(a, b),
-            (Node::Tuple(a), Node::Tuple(b) | Node::List(b)) | (Node::List(a), Node::Tuple(b)) => {
-                self.seq_equal(a, b)
-            }
+            (Node::Tuple(a), Node::Tuple(b) | Node::List(b)) | (Node::List(a), Node::Tuple(b)) => self.seq_equal(a, b),
             (Node::Ratio(a), Node::Ratio(b)) => self.seq_equal(a, b),
-            (Node::Matrix(a), Node::Matrix(b)) if same_shape(a, b) => {
-                self.seq_equal(&a.concat(), &b.concat())
+            (Node::Matrix(a), Node::Matrix(b)) if same_shape(a, b) => self.seq_equal(&a.concat(), &b.concat()),
+            (Node::Interval(..), Node::Interval(..) | Node::Tuple(_)) | (Node::Tuple(_), Node::Interval(..)) => {
+                self.interval_equal(g, p)
             }
-            (Node::Interval(..), Node::Interval(..) | Node::Tuple(_))
-            | (Node::Tuple(_), Node::Interval(..)) => self.interval_equal(g, p),
             (Node::Percent(a), Node::Percent(b)) => self.equal_simplified(a, b),
             (Node::Percent(a), b) | (b, Node::Percent(a)) => self.percent_equal(a, b),
             (Node::Text(_), _) | (_, Node::Text(_)) => Ok(text_equal(g, p)),
@@ -136,9 +133,7 @@ impl Cmp<'_> {
             return Ok(false);
         }
         if g.op == RelOp::In || is_collection(&g.lhs) || is_collection(&g.rhs) {
-            return Ok(
-                self.equal_simplified(&g.lhs, &p.lhs)? && self.equal_simplified(&g.rhs, &p.rhs)?
-            );
+            return Ok(self.equal_simplified(&g.lhs, &p.lhs)? && self.equal_simplified(&g.rhs, &p.rhs)?);
         }
         let dg = Node::Add(vec![g.lhs.clone(), Node::Neg(Box::new(g.rhs.clone()))]);
         let dp = Node::Add(vec![p.lhs.clone(), Node::Neg(Box::new(p.rhs.clone()))]);
@@ -178,11 +173,7 @@ impl Cmp<'_> {
             for x in xs {
                 let mut hit = false;
                 for y in ys {
-                    let eq = if gold_first {
-                        self.equal_simplified(x, y)?
-                    } else {
-                        self.equal_simplified(y, x)?
-                    };
+                    let eq = if gold_first { self.equal_simplified(x, y)? } else { self.equal_simplified(y, x)? };
                     if eq {
                         hit = true;
                         break;
@@ -211,9 +202,7 @@ impl Cmp<'_> {
     fn interval_equal(&mut self, g: &Node, p: &Node) -> Res {
         let parts = |n: &Node| match n {
             Node::Interval(lo, hi, lc, hc) => Some(((**lo).clone(), (**hi).clone(), *lc, *hc)),
-            Node::Tuple(items) if items.len() == 2 => {
-                Some((items[0].clone(), items[1].clone(), false, false))
-            }
+            Node::Tuple(items) if items.len() == 2 => Some((items[0].clone(), items[1].clone(), false, false)),
             _ => None,
         };
         let (Some(a), Some(b)) = (parts(g), parts(p)) else {
@@ -234,21 +223,14 @@ impl Cmp<'_> {
     }
 
     fn scalar_equal(&mut self, g: &Node, p: &Node) -> Res {
-        let tol = if has_decimal(g) || has_decimal(p) {
-            Tol::decimal(self.opts.precision)
-        } else {
-            Tol::EXACTISH
-        };
+        let tol = if has_decimal(g) || has_decimal(p) { Tol::decimal(self.opts.precision) } else { Tol::EXACTISH };
         let mut symbols = BTreeSet::new();
         collect_symbols(g, &mut symbols);
         collect_symbols(p, &mut symbols);
         if symbols.is_empty() {
             return self.constant_equal(g, p, tol);
         }
-        let sampled = Tol {
-            abs: tol.abs,
-            rel: 1e-8,
-        };
+        let sampled = Tol { abs: tol.abs, rel: 1e-8 };
         let mut checked = 0;
         for env in self.envs(&[g, p]) {
             let (Some(x), Some(y)) = (self.float(g, &env)?, self.float(p, &env)?) else {
@@ -282,11 +264,7 @@ impl Cmp<'_> {
     }
 
     /// Evaluates; `Ok(None)` when the expression has no value (domain error, unsupported).
-    fn value(
-        &mut self,
-        node: &Node,
-        env: &BTreeMap<String, f64>,
-    ) -> Result<Option<Val>, Undecided> {
+    fn value(&mut self, node: &Node, env: &BTreeMap<String, f64>) -> Result<Option<Val>, Undecided> {
         match eval(node, env, &mut self.budget) {
             Ok(v) => Ok(Some(v)),
             Err(EvalError::Budget(why)) => Err(Undecided(why)),
@@ -294,11 +272,7 @@ impl Cmp<'_> {
         }
     }
 
-    fn float(
-        &mut self,
-        node: &Node,
-        env: &BTreeMap<String, f64>,
-    ) -> Result<Option<f64>, Undecided> {
+    fn float(&mut self, node: &Node, env: &BTreeMap<String, f64>) -> Result<Option<f64>, Undecided> {
         Ok(self.value(node, env)?.as_ref().and_then(as_f64))
     }
 
@@ -307,14 +281,7 @@ impl Cmp<'_> {
         for n in nodes {
             collect_symbols(n, &mut symbols);
         }
-        (0..SAMPLES)
-            .map(|k| {
-                symbols
-                    .iter()
-                    .map(|s| (s.clone(), sample_value(s, k)))
-                    .collect()
-            })
-            .collect()
+        (0..SAMPLES).map(|k| symbols.iter().map(|s| (s.clone(), sample_value(s, k))).collect()).collect()
     }
 }
 
@@ -324,12 +291,8 @@ fn int(n: i64) -> Node {
 
 /// A fixed pseudo-random value in [0.3, 2.3) per symbol and sample index.
 fn sample_value(name: &str, k: usize) -> f64 {
-    let h = name
-        .bytes()
-        .chain([k as u8])
-        .fold(0xcbf29ce484222325u64, |h, b| {
-            (h ^ b as u64).wrapping_mul(0x100000001b3)
-        });
+    let h =
+        name.bytes().chain([k as u8]).fold(0xcbf29ce484222325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100000001b3));
     0.3 + (h % 10_007) as f64 / 5003.5
 }
 
@@ -342,17 +305,11 @@ struct Tol {
 
 impl Tol {
     /// No decimal literal involved: floating-point noise only.
-    const EXACTISH: Tol = Tol {
-        abs: 0.0,
-        rel: 1e-9,
-    };
+    const EXACTISH: Tol = Tol { abs: 0.0, rel: 1e-9 };
 
     /// A decimal literal involved: `precision` decimal places.
     fn decimal(precision: u32) -> Tol {
-        Tol {
-            abs: 10f64.powi(-(precision as i32)),
-            rel: 1e-12,
-        }
+        Tol { abs: 10f64.powi(-(precision as i32)), rel: 1e-12 }
     }
 
     fn close(self, x: f64, y: f64) -> bool {
@@ -376,15 +333,7 @@ fn same_shape(a: &[Vec<Node>], b: &[Vec<Node>]) -> bool {
 }
 
 fn is_collection(n: &Node) -> bool {
-    matches!(
-        n,
-        Node::List(_)
-            | Node::Set(_)
-            | Node::Tuple(_)
-            | Node::Interval(..)
-            | Node::Union(_)
-            | Node::Ratio(_)
-    )
+    matches!(n, Node::List(_) | Node::Set(_) | Node::Tuple(_) | Node::Interval(..) | Node::Union(_) | Node::Ratio(_))
 }
 
 fn infinity_sign(n: &Node) -> Option<bool> {
@@ -423,9 +372,7 @@ pub fn visit(n: &Node, f: &mut dyn FnMut(&Node)) {
         | Node::Union(v)
         | Node::Ratio(v)
         | Node::Rel(v, _) => v.iter().for_each(|c| visit(c, f)),
-        Node::Neg(a) | Node::Func(_, a) | Node::Fact(a) | Node::Percent(a) | Node::Abs(a) => {
-            visit(a, f)
-        }
+        Node::Neg(a) | Node::Func(_, a) | Node::Fact(a) | Node::Percent(a) | Node::Abs(a) => visit(a, f),
         Node::Div(a, b) | Node::Pow(a, b) | Node::Pm(a, b) | Node::Interval(a, b, _, _) => {
             visit(a, f);
             visit(b, f);
@@ -460,26 +407,10 @@ fn links(parts: &[Node], ops: &[RelOp]) -> Vec<Link> {
         .map(|(i, op)| {
             let (a, b) = (parts[i].clone(), parts[i + 1].clone());
             match op {
-                RelOp::Gt => Link {
-                    op: RelOp::Lt,
-                    lhs: b,
-                    rhs: a,
-                },
-                RelOp::Ge => Link {
-                    op: RelOp::Le,
-                    lhs: b,
-                    rhs: a,
-                },
-                RelOp::Approx => Link {
-                    op: RelOp::Eq,
-                    lhs: a,
-                    rhs: b,
-                },
-                _ => Link {
-                    op: *op,
-                    lhs: a,
-                    rhs: b,
-                },
+                RelOp::Gt => Link { op: RelOp::Lt, lhs: b, rhs: a },
+                RelOp::Ge => Link { op: RelOp::Le, lhs: b, rhs: a },
+                RelOp::Approx => Link { op: RelOp::Eq, lhs: a, rhs: b },
+                _ => Link { op: *op, lhs: a, rhs: b },
             }
         })
         .collect()
@@ -521,11 +452,7 @@ fn relation_interval(parts: &[Node], ops: &[RelOp]) -> Option<Node> {
 
 fn word_form(n: &Node) -> Option<String> {
     match n {
-        Node::Text(s) => Some(
-            s.chars()
-                .filter(|c| !c.is_whitespace() && *c != '(' && *c != ')')
-                .collect(),
-        ),
+        Node::Text(s) => Some(s.chars().filter(|c| !c.is_whitespace() && *c != '(' && *c != ')').collect()),
         Node::Sym(s) => Some(s.clone()),
         Node::Mul(items) => items.iter().map(word_form).collect(),
         _ => None,

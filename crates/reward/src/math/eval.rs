@@ -65,26 +65,15 @@ pub fn eval(node: &Node, env: &BTreeMap<String, f64>, budget: &mut Budget) -> E 
         Node::Pow(a, b) => pow(eval(a, env, budget)?, eval(b, env, budget)?)?,
         Node::Func(name, arg) => func(name, eval(arg, env, budget)?)?,
         Node::Fact(a) => factorial(eval(a, env, budget)?, budget)?,
-        Node::Percent(a) => div(
-            eval(a, env, budget)?,
-            Val::R(BigRational::from_integer(100.into())),
-        )?,
+        Node::Percent(a) => div(eval(a, env, budget)?, Val::R(BigRational::from_integer(100.into())))?,
         Node::Abs(a) => abs(eval(a, env, budget)?)?,
         Node::Matrix(rows) => Val::M(
             rows.iter()
-                .map(|r| {
-                    r.iter()
-                        .map(|x| eval(x, env, budget))
-                        .collect::<Result<_, _>>()
-                })
+                .map(|r| r.iter().map(|x| eval(x, env, budget)).collect::<Result<_, _>>())
                 .collect::<Result<_, _>>()?,
         ),
         Node::Tuple(items) if items.len() == 1 => eval(&items[0], env, budget)?,
-        other => {
-            return Err(EvalError::Unsupported(
-                format!("{other:?}").chars().take(40).collect(),
-            ))
-        }
+        other => return Err(EvalError::Unsupported(format!("{other:?}").chars().take(40).collect())),
     };
     check(v)
 }
@@ -125,12 +114,7 @@ fn symbol(name: &str, env: &BTreeMap<String, f64>) -> E {
     Err(EvalError::Unsupported(format!("free symbol {name}")))
 }
 
-fn fold(
-    items: &[Node],
-    env: &BTreeMap<String, f64>,
-    budget: &mut Budget,
-    op: fn(Val, Val) -> E,
-) -> E {
+fn fold(items: &[Node], env: &BTreeMap<String, f64>, budget: &mut Budget, op: fn(Val, Val) -> E) -> E {
     let mut it = items.iter();
     let mut acc = match it.next() {
         Some(first) => eval(first, env, budget)?,
@@ -142,12 +126,7 @@ fn fold(
     Ok(acc)
 }
 
-fn scalar2(
-    a: Val,
-    b: Val,
-    exact: fn(BigRational, BigRational) -> E,
-    float: fn(f64, f64) -> f64,
-) -> E {
+fn scalar2(a: Val, b: Val, exact: fn(BigRational, BigRational) -> E, float: fn(f64, f64) -> f64) -> E {
     match (a, b) {
         (Val::R(x), Val::R(y)) => exact(x, y),
         (x, y) => match (as_f64(&x), as_f64(&y)) {
@@ -171,12 +150,7 @@ fn zip_mat(x: Vec<Vec<Val>>, y: Vec<Vec<Val>>) -> E {
     let rows = x
         .into_iter()
         .zip(y)
-        .map(|(r, s)| {
-            r.into_iter()
-                .zip(s)
-                .map(|(a, b)| add(a, b))
-                .collect::<Result<Vec<_>, _>>()
-        })
+        .map(|(r, s)| r.into_iter().zip(s).map(|(a, b)| add(a, b)).collect::<Result<Vec<_>, _>>())
         .collect::<Result<Vec<_>, _>>()?;
     Ok(Val::M(rows))
 }
@@ -187,11 +161,7 @@ fn mul(a: Val, b: Val) -> E {
         (Val::M(m), s) | (s, Val::M(m)) => {
             let rows = m
                 .into_iter()
-                .map(|r| {
-                    r.into_iter()
-                        .map(|v| mul(v, s.clone()))
-                        .collect::<Result<Vec<_>, _>>()
-                })
+                .map(|r| r.into_iter().map(|v| mul(v, s.clone())).collect::<Result<Vec<_>, _>>())
                 .collect::<Result<Vec<_>, _>>()?;
             Ok(Val::M(rows))
         }
@@ -282,9 +252,7 @@ fn exact_pow(b: &BigRational, e: &BigRational) -> Option<E> {
     }
     let rn = b.numer().nth_root(q);
     let rd = b.denom().nth_root(q);
-    if num_traits::pow(rn.clone(), q as usize) != *b.numer()
-        || num_traits::pow(rd.clone(), q as usize) != *b.denom()
-    {
+    if num_traits::pow(rn.clone(), q as usize) != *b.numer() || num_traits::pow(rd.clone(), q as usize) != *b.denom() {
         return None;
     }
     let root = BigRational::new(rn, rd);
@@ -327,9 +295,7 @@ fn func(name: &str, arg: Val) -> E {
 /// An unknown function (`f`, `W`, `\sum…`) is a fixed pseudo-random smooth function of its name,
 /// so `f(x)` equals `f(x)` but not `f(y)` or `g(x)`.
 fn unknown_function(name: &str, x: f64) -> f64 {
-    let h = name.bytes().fold(1469598103934665603u64, |h, b| {
-        (h ^ b as u64).wrapping_mul(1099511628211)
-    });
+    let h = name.bytes().fold(1469598103934665603u64, |h, b| (h ^ b as u64).wrapping_mul(1099511628211));
     let a = 0.5 + (h % 1000) as f64 / 997.0;
     let c = ((h >> 20) % 1000) as f64 / 311.0;
     (a * x + c).sin() * 3.0 + a

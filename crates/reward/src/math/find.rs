@@ -16,26 +16,18 @@ pub fn candidates(text: &str) -> Vec<String> {
     let text = &collapse_double_backslash(text);
     let boxes = boxed_spans(text);
     let lower = text.to_ascii_lowercase();
-    let anchor = ["final answer is", "answer is"]
-        .iter()
-        .find_map(|a| lower.rfind(a).map(|p| p + a.len()));
+    let anchor = ["final answer is", "answer is"].iter().find_map(|a| lower.rfind(a).map(|p| p + a.len()));
     let mut out = Vec::new();
     // An anchor phrase after the last box ("The final answer is $x$") wins over earlier boxes.
     if let Some(at) = anchor.filter(|at| boxes.last().is_none_or(|b| b.end <= *at)) {
         // After the anchor, only its sentence counts (later text is commentary).
         let tail = &text[at..];
-        let end = [". ", ".\n", "\n"]
-            .iter()
-            .filter_map(|e| tail.find(e))
-            .min()
-            .unwrap_or(tail.len());
+        let end = [". ", ".\n", "\n"].iter().filter_map(|e| tail.find(e)).min().unwrap_or(tail.len());
         out.extend(unanchored(&tail[..end]));
     }
     if let Some(last) = boxes.len().checked_sub(1) {
-        let spans: Vec<(usize, usize, usize, usize)> = boxes
-            .iter()
-            .map(|b| (b.start, b.end, b.content_start, b.content_end))
-            .collect();
+        let spans: Vec<(usize, usize, usize, usize)> =
+            boxes.iter().map(|b| (b.start, b.end, b.content_start, b.content_end)).collect();
         out.push(join_back(text, &spans, last));
         return out;
     }
@@ -51,10 +43,7 @@ fn unanchored(text: &str) -> Vec<String> {
     blocked.sort_unstable();
     let numbers = plain_numbers(text, &blocked);
     let mut out = Vec::new();
-    let plain_number = text
-        .trim()
-        .chars()
-        .all(|c| c.is_ascii_digit() || ",.-".contains(c));
+    let plain_number = text.trim().chars().all(|c| c.is_ascii_digit() || ",.-".contains(c));
     if spans.is_empty() && !has_delimiters(text) && !is_prose(text) && !plain_number {
         out.push(text.trim().to_string());
     }
@@ -126,11 +115,7 @@ fn join_back(text: &str, spans: &[(usize, usize, usize, usize)], last: usize) ->
     while first > 0 && is_separator_gap(&text[spans[first - 1].1..spans[first].0]) {
         first -= 1;
     }
-    spans[first..=last]
-        .iter()
-        .map(|s| text[s.2..s.3].trim())
-        .collect::<Vec<_>>()
-        .join(", ")
+    spans[first..=last].iter().map(|s| text[s.2..s.3].trim()).collect::<Vec<_>>().join(", ")
 }
 
 fn is_separator_gap(gap: &str) -> bool {
@@ -219,8 +204,8 @@ fn plain_numbers(text: &str, spans: &[(usize, usize, usize, usize)]) -> Vec<(usi
             i = spans[span_idx].1;
             continue;
         }
-        let starts = bytes[i].is_ascii_digit()
-            || (bytes[i] == b'.' && bytes.get(i + 1).is_some_and(u8::is_ascii_digit));
+        let starts =
+            bytes[i].is_ascii_digit() || (bytes[i] == b'.' && bytes.get(i + 1).is_some_and(u8::is_ascii_digit));
         let glued = i > 0 && (bytes[i - 1].is_ascii_alphanumeric() || bytes[i - 1] == b'_');
         if starts && !glued {
             let (end, n) = scan_number(bytes, i);
@@ -272,10 +257,7 @@ fn scan_number(bytes: &[u8], i: usize) -> (usize, String) {
     if !thousands && bytes.get(end) == Some(&b'/') {
         let den_end = digits_at(end + 1);
         if den_end > end + 1 {
-            return (
-                den_end,
-                String::from_utf8_lossy(&bytes[i..den_end]).to_string(),
-            );
+            return (den_end, String::from_utf8_lossy(&bytes[i..den_end]).to_string());
         }
     }
     (end, int)

@@ -82,8 +82,8 @@ pub enum Tok {
 pub struct LexError(pub String);
 
 const FUNCS: &[&str] = &[
-    "sin", "cos", "tan", "sec", "csc", "cot", "arcsin", "arccos", "arctan", "sinh", "cosh", "tanh",
-    "ln", "log", "exp", "lg",
+    "sin", "cos", "tan", "sec", "csc", "cot", "arcsin", "arccos", "arctan", "sinh", "cosh", "tanh", "ln", "log", "exp",
+    "lg",
 ];
 const IGNORED: &[&str] = &[
     "left",
@@ -138,12 +138,7 @@ const TEXTLIKE: &[&str] = &[
 /// Tokenizes `src` (already normalised by [`super::normalize`]).
 pub fn lex(src: &str) -> Result<Vec<Tok>, LexError> {
     let chars: Vec<char> = src.chars().collect();
-    let mut lx = Lexer {
-        c: &chars,
-        i: 0,
-        out: Vec::new(),
-        depth: 0,
-    };
+    let mut lx = Lexer { c: &chars, i: 0, out: Vec::new(), depth: 0 };
     lx.run()?;
     Ok(lx.out)
 }
@@ -165,9 +160,7 @@ impl Lexer<'_> {
             self.i += 1;
             match ch {
                 ' ' | '\t' | '\n' | '\r' | '~' | '$' => {}
-                '0'..='9' | '.'
-                    if ch != '.' || self.peek(0).is_some_and(|d| d.is_ascii_digit()) =>
-                {
+                '0'..='9' | '.' if ch != '.' || self.peek(0).is_some_and(|d| d.is_ascii_digit()) => {
                     self.i -= 1;
                     self.number();
                 }

@@ -51,12 +51,7 @@ pub struct MathOptions {
 
 impl Default for MathOptions {
     fn default() -> Self {
-        MathOptions {
-            precision: 6,
-            allow_set_relation_comp: false,
-            max_answer_chars: 2000,
-            ops_budget: 200_000,
-        }
+        MathOptions { precision: 6, allow_set_relation_comp: false, max_answer_chars: 2000, ops_budget: 200_000 }
     }
 }
 
@@ -104,12 +99,7 @@ pub fn math_equal_with(gold: &str, pred: &str, opts: &MathOptions) -> Verdict {
     if g.1 == p.1 {
         return Verdict::Equal;
     }
-    let mut cmp = Cmp {
-        opts,
-        budget: Budget {
-            ops: opts.ops_budget,
-        },
-    };
+    let mut cmp = Cmp { opts, budget: Budget { ops: opts.ops_budget } };
     match cmp.equal(&g.0, &p.0) {
         Ok(true) => Verdict::Equal,
         Ok(false) => Verdict::NotEqual,
@@ -126,9 +116,7 @@ pub fn parse_answer(text: &str, opts: &MathOptions) -> Result<Vec<(Node, String)
             continue;
         }
         let norm = normalize::normalize(&cand);
-        let parsed = lexer::lex(&norm)
-            .map_err(|e| e.0)
-            .and_then(|t| parser::parse(t).map_err(|e| e.0));
+        let parsed = lexer::lex(&norm).map_err(|e| e.0).and_then(|t| parser::parse(t).map_err(|e| e.0));
         match parsed {
             Ok(node) => return Ok(vec![(node, norm.split_whitespace().collect())]),
             Err(e) => last_err = e,
@@ -147,12 +135,7 @@ pub struct MathReward {
 impl MathReward {
     /// A math reward with the given decimal precision.
     pub fn new(precision: u32) -> Self {
-        MathReward {
-            opts: MathOptions {
-                precision,
-                ..MathOptions::default()
-            },
-        }
+        MathReward { opts: MathOptions { precision, ..MathOptions::default() } }
     }
 }
 
@@ -216,10 +199,7 @@ mod tests {
 
     #[test]
     fn bounds_give_undecided_not_hangs() {
-        assert!(matches!(
-            math_equal("1", "9^{9^{9}}"),
-            Verdict::Undecided(_) | Verdict::NotEqual
-        ));
+        assert!(matches!(math_equal("1", "9^{9^{9}}"), Verdict::Undecided(_) | Verdict::NotEqual));
         assert!(matches!(math_equal("1", "(10^6)!"), Verdict::Undecided(_)));
         assert!(matches!(math_equal("(10^6)!", "1"), Verdict::Undecided(_)));
         assert!(matches!(math_equal("((", "1"), Verdict::BadGold(_)));

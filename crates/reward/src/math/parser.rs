@@ -62,11 +62,7 @@ type R = Result<Node, ParseError>;
 
 /// Parses a whole token stream.
 pub fn parse(tokens: Vec<Tok>) -> R {
-    let mut p = Parser {
-        t: tokens,
-        pos: 0,
-        depth: 0,
-    };
+    let mut p = Parser { t: tokens, pos: 0, depth: 0 };
     if p.t.is_empty() {
         return Err(ParseError("empty".into()));
     }
@@ -133,10 +129,7 @@ impl Parser {
     }
 
     fn at_list_end(&self) -> bool {
-        matches!(
-            self.peek(),
-            None | Some(Tok::RParen | Tok::RBrack | Tok::RBrace | Tok::RSet | Tok::End(_))
-        )
+        matches!(self.peek(), None | Some(Tok::RParen | Tok::RBrack | Tok::RBrace | Tok::RSet | Tok::End(_)))
     }
 
     fn list(&mut self) -> R {
@@ -161,11 +154,7 @@ impl Parser {
             self.pos += 1;
             parts.push(self.union()?);
         }
-        Ok(if ops.is_empty() {
-            parts.remove(0)
-        } else {
-            Node::Rel(parts, ops)
-        })
+        Ok(if ops.is_empty() { parts.remove(0) } else { Node::Rel(parts, ops) })
     }
 
     fn union(&mut self) -> R {
@@ -221,10 +210,7 @@ impl Parser {
             }
             Some(Tok::Pm | Tok::Mp) => {
                 self.pos += 1;
-                Node::Pm(
-                    Box::new(Node::Num(BigRational::from_integer(0.into()), false)),
-                    Box::new(self.unary()?),
-                )
+                Node::Pm(Box::new(Node::Num(BigRational::from_integer(0.into()), false)), Box::new(self.unary()?))
             }
             _ => self.term()?,
         };
@@ -399,16 +385,8 @@ impl Parser {
             self.pos += 1;
             name = format!("{name}_{}", base.trim());
         }
-        let power = if self.eat(&Tok::Caret) {
-            Some(self.arg()?)
-        } else {
-            None
-        };
-        let arg = if self.eat(&Tok::LParen) {
-            self.bracketed(true)?
-        } else {
-            self.power()?
-        };
+        let power = if self.eat(&Tok::Caret) { Some(self.arg()?) } else { None };
+        let arg = if self.eat(&Tok::LParen) { self.bracketed(true)? } else { self.power()? };
         let f = Node::Func(name, Box::new(arg));
         Ok(match power {
             Some(p) => Node::Pow(Box::new(f), Box::new(p)),
@@ -428,19 +406,13 @@ impl Parser {
         };
         let radicand = self.arg()?;
         let one = Node::Num(BigRational::from_integer(1.into()), false);
-        Ok(Node::Pow(
-            Box::new(radicand),
-            Box::new(Node::Div(Box::new(one), Box::new(index))),
-        ))
+        Ok(Node::Pow(Box::new(radicand), Box::new(Node::Div(Box::new(one), Box::new(index)))))
     }
 
     fn items_until_close(&mut self) -> Result<Vec<Node>, ParseError> {
         let mut items = Vec::new();
         loop {
-            if matches!(
-                self.peek(),
-                Some(Tok::RParen | Tok::RBrack | Tok::RSet) | None
-            ) {
+            if matches!(self.peek(), Some(Tok::RParen | Tok::RBrack | Tok::RSet) | None) {
                 return Ok(items);
             }
             items.push(self.rel()?);
@@ -468,12 +440,7 @@ impl Parser {
             (2, lo_open, hi_open) => {
                 let hi = items.remove(1);
                 let lo = items.remove(0);
-                Ok(Node::Interval(
-                    Box::new(lo),
-                    Box::new(hi),
-                    !lo_open,
-                    !hi_open,
-                ))
+                Ok(Node::Interval(Box::new(lo), Box::new(hi), !lo_open, !hi_open))
             }
             (_, true, true) => Ok(Node::Tuple(items)),
             (_, false, false) => Ok(Node::List(items)),
@@ -551,10 +518,7 @@ fn drop_units(factors: Vec<Node>) -> Node {
 }
 
 fn with_subscript(p: Node, sub: &str) -> Node {
-    let sub: String = sub
-        .chars()
-        .filter(|c| !c.is_whitespace() && *c != '{' && *c != '}')
-        .collect();
+    let sub: String = sub.chars().filter(|c| !c.is_whitespace() && *c != '{' && *c != '}').collect();
     match p {
         Node::Sym(name) => Node::Sym(format!("{name}_{sub}")),
         Node::Num(v, _) => Node::Text(format!("{v}_{sub}")),
@@ -565,9 +529,7 @@ fn with_subscript(p: Node, sub: &str) -> Node {
 /// An exact number from its written digits (`12`, `0.5`).
 pub fn num(s: &str) -> R {
     let (int, frac) = s.split_once('.').unwrap_or((s, ""));
-    let digits: BigInt = format!("{int}{frac}")
-        .parse()
-        .map_err(|_| ParseError(format!("bad number {s}")))?;
+    let digits: BigInt = format!("{int}{frac}").parse().map_err(|_| ParseError(format!("bad number {s}")))?;
     let scale = BigInt::from(10u32).pow(frac.len() as u32);
     Ok(Node::Num(BigRational::new(digits, scale), !frac.is_empty()))
 }

@@ -16,9 +16,7 @@ pub fn simplify(n: &Node) -> Node {
             for item in items {
                 let s = simplify(item);
                 let s = match s {
-                    Node::Rel(ref parts, ref ops)
-                        if ops.iter().all(|o| *o == RelOp::Eq) && var_like(&parts[0]) =>
-                    {
+                    Node::Rel(ref parts, ref ops) if ops.iter().all(|o| *o == RelOp::Eq) && var_like(&parts[0]) => {
                         parts[parts.len() - 1].clone()
                     }
                     other => other,

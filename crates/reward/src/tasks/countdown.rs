@@ -68,10 +68,7 @@ pub fn check(expr: &str, numbers: &[i64], target: i64) -> Result<bool, Invalid> 
     if used != given {
         return Err(Invalid::WrongNumbers);
     }
-    let mut parser = Parser {
-        tokens: &tokens,
-        pos: 0,
-    };
+    let mut parser = Parser { tokens: &tokens, pos: 0 };
     let value = parser.expr(0)?;
     if parser.pos != tokens.len() {
         return Err(Invalid::Syntax("trailing tokens".into()));
@@ -80,11 +77,7 @@ pub fn check(expr: &str, numbers: &[i64], target: i64) -> Result<bool, Invalid> 
 }
 
 fn strip_target(expr: &str, target: i64) -> &str {
-    let expr = expr
-        .trim()
-        .trim_start_matches('$')
-        .trim_end_matches('$')
-        .trim();
+    let expr = expr.trim().trim_start_matches('$').trim_end_matches('$').trim();
     match expr.rsplit_once('=') {
         Some((lhs, rhs)) if rhs.trim() == target.to_string() => lhs.trim(),
         _ => expr,
@@ -205,15 +198,9 @@ mod tests {
         assert_eq!(check("8 / 3 * 3", &[8, 3, 3], 8), Ok(true));
         assert_eq!(check("(6 - 4) * 7 = 14", &[4, 6, 7], 14), Ok(true));
         assert_eq!(check("6 * 7", &[4, 6, 7], 42), Err(Invalid::WrongNumbers));
-        assert_eq!(
-            check("6 * 7 * 4 / 4", &[4, 6, 7], 42),
-            Err(Invalid::WrongNumbers)
-        );
+        assert_eq!(check("6 * 7 * 4 / 4", &[4, 6, 7], 42), Err(Invalid::WrongNumbers));
         assert_eq!(check("67 - 4", &[4, 6, 7], 63), Err(Invalid::WrongNumbers));
-        assert_eq!(
-            check("4 / (7 - 7)", &[4, 7, 7], 1),
-            Err(Invalid::DivisionByZero)
-        );
+        assert_eq!(check("4 / (7 - 7)", &[4, 7, 7], 1), Err(Invalid::DivisionByZero));
         assert_eq!(check("-4 + 6 + 7", &[4, 6, 7], 9), Ok(true));
         assert!(check("4 + + 6", &[4, 6], 10).is_err());
         assert!(check("2 ** 3", &[2, 3], 8).is_err());
@@ -226,9 +213,6 @@ mod tests {
             .with_field("target", serde_json::json!(83));
         assert_eq!(CountdownReward.score(&s), Score::Value(1.0));
         let bad = Sample::new("x", "");
-        assert!(matches!(
-            CountdownReward.score(&bad),
-            Score::Unscorable { .. }
-        ));
+        assert!(matches!(CountdownReward.score(&bad), Score::Unscorable { .. }));
     }
 }

@@ -60,11 +60,7 @@ impl Reward for NumericReward {
 
 /// Parses `-1,234.5`, `$3`, `45%` (as 45), `.5` exactly; `None` for anything else.
 pub fn parse_decimal(text: &str) -> Option<BigRational> {
-    let t = text
-        .trim()
-        .trim_start_matches('$')
-        .trim_end_matches('%')
-        .trim();
+    let t = text.trim().trim_start_matches('$').trim_end_matches('%').trim();
     let (neg, t) = match t.strip_prefix('-') {
         Some(rest) => (true, rest),
         None => (false, t.strip_prefix('+').unwrap_or(t)),
@@ -94,28 +90,11 @@ mod tests {
     #[test]
     fn numeric_and_exact() {
         let r = NumericReward { tolerance: 0.0 };
-        assert_eq!(
-            r.score(&Sample::new(wrap("1,234.50"), "1234.5")),
-            Score::Value(1.0)
-        );
-        assert_eq!(
-            r.score(&Sample::new(wrap("1234.51"), "1234.5")),
-            Score::Value(0.0)
-        );
-        assert!(matches!(
-            r.score(&Sample::new(wrap("1"), "one")),
-            Score::Unscorable { .. }
-        ));
-        let e = ExactMatchReward {
-            case_sensitive: false,
-        };
-        assert_eq!(
-            e.score(&Sample::new(wrap(" Paris. "), "paris")),
-            Score::Value(1.0)
-        );
-        assert_eq!(
-            e.score(&Sample::new(wrap("Lyon"), "paris")),
-            Score::Value(0.0)
-        );
+        assert_eq!(r.score(&Sample::new(wrap("1,234.50"), "1234.5")), Score::Value(1.0));
+        assert_eq!(r.score(&Sample::new(wrap("1234.51"), "1234.5")), Score::Value(0.0));
+        assert!(matches!(r.score(&Sample::new(wrap("1"), "one")), Score::Unscorable { .. }));
+        let e = ExactMatchReward { case_sensitive: false };
+        assert_eq!(e.score(&Sample::new(wrap(" Paris. "), "paris")), Score::Value(1.0));
+        assert_eq!(e.score(&Sample::new(wrap("Lyon"), "paris")), Score::Value(0.0));
     }
 }

@@ -38,14 +38,10 @@ impl CpuInfo {
                 .map(|(_, v)| v.trim().to_string())
         };
         let model = field("model name").unwrap_or_else(|| "unknown CPU".into());
-        let ghz = field("cpu MHz")
-            .and_then(|m| m.parse::<f64>().ok())
-            .map_or(1.0, |m| m / 1000.0);
+        let ghz = field("cpu MHz").and_then(|m| m.parse::<f64>().ok()).map_or(1.0, |m| m / 1000.0);
         let flags = field("flags").unwrap_or_default();
         let has = |f: &str| flags.split_whitespace().any(|x| x == f);
-        let zen4 = model.contains("EPYC")
-            && has("avx512f")
-            && field("cpu family").as_deref() == Some("25");
+        let zen4 = model.contains("EPYC") && has("avx512f") && field("cpu family").as_deref() == Some("25");
         let (isa, flops_per_cycle) = if has("avx512f") && !zen4 {
             ("AVX-512 FMA, 2 pipes", 64.0)
         } else if has("avx2") && has("fma") {
@@ -55,13 +51,7 @@ impl CpuInfo {
         } else {
             ("SSE", 8.0)
         };
-        Self {
-            model,
-            cores: physical_cores(text),
-            ghz,
-            flops_per_cycle,
-            isa,
-        }
+        Self { model, cores: physical_cores(text), ghz, flops_per_cycle, isa }
     }
 
     /// Theoretical fp32 peak in GFLOP/s.
@@ -126,8 +116,7 @@ mod tests {
 
     #[test]
     fn avx2_without_topology_counts_processors() {
-        let info =
-            CpuInfo::parse("processor : 0\ncpu MHz : 3000\nflags : avx avx2 fma\nprocessor : 1\n");
+        let info = CpuInfo::parse("processor : 0\ncpu MHz : 3000\nflags : avx avx2 fma\nprocessor : 1\n");
         assert_eq!((info.cores, info.flops_per_cycle), (2, 32.0));
     }
 }
