@@ -58,6 +58,15 @@ pub struct Skipped(pub Vec<(usize, String)>);
 /// Reads a JSONL prompt file. Malformed rows are skipped and reported, not fatal; a file with
 /// no usable row is an error naming the file.
 pub fn read_jsonl(path: &Path, cols: &ColumnMap) -> Result<(Vec<PromptRow>, Skipped)> {
+    read_jsonl_rows(path, |line| parse_row(line, cols))
+}
+
+/// Reads JSONL with `parse` per non-empty line: rows that fail are skipped with their 1-based
+/// line number and reason; a file with no usable row is an error naming the file.
+pub fn read_jsonl_rows<T>(
+    path: &Path,
+    mut parse: impl FnMut(&str) -> std::result::Result<T, String>,
+) -> Result<(Vec<T>, Skipped)> {
     let file = std::fs::File::open(path).map_err(io_err(path))?;
     let mut rows = Vec::new();
     let mut skipped = Skipped::default();
@@ -66,7 +75,7 @@ pub fn read_jsonl(path: &Path, cols: &ColumnMap) -> Result<(Vec<PromptRow>, Skip
         if line.trim().is_empty() {
             continue;
         }
-        match parse_row(&line, cols) {
+        match parse(&line) {
             Ok(r) => rows.push(r),
             Err(reason) => skipped.0.push((i + 1, reason)),
         }

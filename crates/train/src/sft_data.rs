@@ -8,7 +8,6 @@
 //! token is trained on). A prompt/completion row templates the prompt like GRPO prompts and
 //! appends the tokenizer's first EOS id to the completion.
 
-use std::io::BufRead;
 use std::path::Path;
 
 use aha_model::{AhaTokenizer, ChatMessage};
@@ -16,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::data::Skipped;
-use crate::error::{io_err, Result, TrainError};
+use crate::error::{Result, TrainError};
 use crate::sft::SftExample;
 use crate::template::PromptTemplate;
 
@@ -54,28 +53,7 @@ pub enum SftRow {
 
 /// Reads an SFT JSONL file; malformed rows are skipped and reported with their line numbers.
 pub fn read_sft_jsonl(path: &Path, cols: &SftColumns) -> Result<(Vec<SftRow>, Skipped)> {
-    let file = std::fs::File::open(path).map_err(io_err(path))?;
-    let mut rows = Vec::new();
-    let mut skipped = Skipped::default();
-    for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
-        let line = line.map_err(io_err(path))?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        match parse_sft_row(&line, cols) {
-            Ok(r) => rows.push(r),
-            Err(reason) => skipped.0.push((i + 1, reason)),
-        }
-    }
-    if rows.is_empty() {
-        return Err(TrainError::Other(format!(
-            "{}: no usable rows ({} skipped; first: {:?})",
-            path.display(),
-            skipped.0.len(),
-            skipped.0.first()
-        )));
-    }
-    Ok((rows, skipped))
+    crate::data::read_jsonl_rows(path, |line| parse_sft_row(line, cols))
 }
 
 fn parse_sft_row(line: &str, cols: &SftColumns) -> std::result::Result<SftRow, String> {

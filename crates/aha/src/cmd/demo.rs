@@ -37,14 +37,18 @@ pub struct Args {
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// GRPO steps (the default fits the 10-minute budget on 2 cores).
-    #[arg(long, default_value_t = 60)]
+    #[arg(long, default_value_t = 100)]
     pub grpo_steps: usize,
     /// Cold-start SFT steps.
-    #[arg(long, default_value_t = 200)]
+    #[arg(long, default_value_t = 800)]
     pub sft_steps: usize,
     /// Fraction of cold-start traces in which the teacher slips by ±1 in one step.
     #[arg(long, default_value_t = 0.5)]
     pub slip_rate: f64,
+    /// GRPO learning rate (AdamW moves every weight by about this much per step, so RL needs a
+    /// much smaller rate than SFT's 3e-3).
+    #[arg(long, default_value_t = 5e-5)]
+    pub grpo_lr: f64,
     /// Largest operand of the arithmetic problems.
     #[arg(long, default_value_t = 3)]
     pub max_value: i64,
@@ -98,7 +102,7 @@ impl Plan {
                 loss: GrpoLossConfig::default(),
                 ..GrpoSettings::default()
             },
-            grpo_optim: OptimConfig { learning_rate: 5e-4, ..OptimConfig::default() },
+            grpo_optim: OptimConfig { learning_rate: args.grpo_lr, ..OptimConfig::default() },
             eval: EvalSettings {
                 k: 4,
                 temperature: 1.0,
