@@ -47,7 +47,7 @@ pub struct Args {
     pub slip_rate: f64,
     /// GRPO learning rate (AdamW moves every weight by about this much per step, so RL needs a
     /// much smaller rate than SFT's 3e-3).
-    #[arg(long, default_value_t = 5e-5)]
+    #[arg(long, default_value_t = 1e-4)]
     pub grpo_lr: f64,
     /// Largest operand of the arithmetic problems.
     #[arg(long, default_value_t = 3)]
