@@ -27,7 +27,7 @@ const MAX_CONSECUTIVE_SKIPS: usize = 5;
 /// Arguments of `aha sft`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// The TOML config (see `examples/sft-chat.toml`).
+    /// The TOML config (see `examples/sft-arithmetic.toml`).
     #[arg(long)]
     pub config: PathBuf,
     /// Continue from the run directory's latest checkpoint.
