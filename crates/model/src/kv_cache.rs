@@ -77,6 +77,12 @@ impl KvCache {
         Ok((self.keys[layer].narrow(2, 0, total)?, self.values[layer].narrow(2, 0, total)?))
     }
 
+    /// Layer `layer`'s whole key and value buffers (`[batch, kv_heads, max_len, head_dim]`) and
+    /// the slot mask (`[batch, max_len]`), for kernels that index slots themselves.
+    pub(crate) fn buffers(&self, layer: usize) -> (&Tensor, &Tensor, &Tensor) {
+        (&self.keys[layer], &self.values[layer], &self.valid)
+    }
+
     /// The validity mask of the first `total` slots, `[batch, total]`.
     pub(crate) fn valid_prefix(&self, total: usize) -> Result<Tensor> {
         Ok(self.valid.narrow(1, 0, total)?)

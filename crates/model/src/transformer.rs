@@ -12,6 +12,7 @@ use candle_nn::{Init, VarBuilder};
 
 use crate::config::{Arch, Llama3RopeScaling, ModelConfig};
 use crate::error::Result;
+use crate::fast;
 use crate::kv_cache::KvCache;
 
 /// Additive attention bias for disallowed positions (scores are f32 when it is applied).
@@ -68,6 +69,10 @@ impl RmsNorm {
 
     /// `x`: `[..., dim]` → same shape. Computed in f32 (f64 stays f64), returned in `x`'s dtype.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if fast::eligible(x) && fast::eligible(&self.weight) {
+            // Inference: candle's fused kernel (same f32 arithmetic, no backward).
+            return Ok(candle_nn::ops::rms_norm(&x.contiguous()?, &self.weight, self.eps as f32)?);
+        }
         let dtype = x.dtype();
         let x = x.to_dtype(upcast(dtype))?;
         let mean_sq = x.sqr()?.mean_keepdim(D::Minus1)?;
@@ -98,12 +103,16 @@ impl Linear {
         let mut dims = x.dims().to_vec();
         let inp = dims.pop().unwrap_or(1);
         let rows: usize = dims.iter().product();
-        let y = x.reshape((rows, inp))?.matmul(&self.weight.t()?)?;
+        let x2 = x.reshape((rows, inp))?;
+        dims.push(self.weight.dim(0)?);
+        if let Some(y) = fast::linear(&x2, &self.weight, self.bias.as_ref())? {
+            return Ok(y.reshape(dims)?);
+        }
+        let y = x2.matmul(&self.weight.t()?)?;
         let y = match &self.bias {
             Some(b) => y.broadcast_add(b)?,
             None => y,
         };
-        dims.push(self.weight.dim(0)?);
         Ok(y.reshape(dims)?)
     }
 }
@@ -244,6 +253,21 @@ impl Attention {
         Ok(out.reshape((b, t, nh * hd))?)
     }
 
+    /// One new token per row against the cache (after `append`): the fused CPU kernel, or
+    /// `None` when it does not apply.
+    fn attend_one(&self, q: &Tensor, cache: &KvCache, layer: usize) -> Result<Option<Tensor>> {
+        let (keys, values, valid) = cache.buffers(layer);
+        let shape = fast::AttnShape {
+            batch: q.dim(0)?,
+            heads: self.n_heads,
+            kv_heads: self.n_kv,
+            head_dim: self.head_dim,
+            max_len: cache.max_len(),
+            total: cache.len() + 1,
+        };
+        fast::decode_attention(q, keys, values, valid, shape)
+    }
+
     fn forward(&self, x: &Tensor, rope: &(Tensor, Tensor), bias: &Tensor) -> Result<Tensor> {
         let (q, k, v) = self.qkv(x, rope)?;
         self.o_proj.forward(&self.attend(&q, &k, &v, bias)?)
@@ -259,6 +283,11 @@ impl Attention {
     ) -> Result<Tensor> {
         let (q, k, v) = self.qkv(x, rope)?;
         let (k, v) = cache.append(layer, &k, &v)?;
+        if q.dim(2)? == 1 {
+            if let Some(out) = self.attend_one(&q, cache, layer)? {
+                return self.o_proj.forward(&out);
+            }
+        }
         self.o_proj.forward(&self.attend(&q, &k, &v, bias)?)
     }
 }
@@ -499,8 +528,12 @@ impl Transformer {
         let mut dims = hidden.dims().to_vec();
         let h = dims.pop().unwrap_or(1);
         let rows: usize = dims.iter().product();
-        let logits = hidden.reshape((rows, h))?.matmul(&self.lm_head.t()?)?;
+        let x2 = hidden.reshape((rows, h))?;
         dims.push(self.cfg.vocab_size);
+        if let Some(y) = fast::linear(&x2, &self.lm_head, None)? {
+            return Ok(y.reshape(dims)?);
+        }
+        let logits = x2.matmul(&self.lm_head.t()?)?;
         Ok(logits.reshape(dims)?)
     }
 
