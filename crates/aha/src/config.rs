@@ -14,12 +14,13 @@ use aha_train::config::OptimConfig;
 use aha_train::data::DataConfig;
 use aha_train::eval::EvalSettings;
 use aha_train::grpo::GrpoSettings;
+use aha_train::rm::ModelRewardSpec;
 use aha_train::run::RunOptions;
 use aha_train::sft_data::SftColumns;
 use aha_train::template::PromptTemplate;
 use anyhow::{bail, Context, Result};
-use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
+use serde::de::{DeserializeOwned, Error as _};
+use serde::{Deserialize, Deserializer, Serialize};
 
 /// A named set of hyper-parameters applied under the file's own values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -102,8 +103,8 @@ pub struct GrpoConfig {
     /// AdamW and schedule.
     #[serde(default)]
     pub optim: OptimConfig,
-    /// Rewards by name and weight (`[[rewards]]`).
-    pub rewards: Vec<RewardSpec>,
+    /// Rewards by name and weight (`[[rewards]]`): rule-based, or reward models (`kind = "model"`).
+    pub rewards: Vec<RewardEntry>,
     /// Reward panics tolerated over the run before it aborts. Default 16.
     #[serde(default = "default_max_panics")]
     pub max_reward_panics: usize,
@@ -117,6 +118,42 @@ pub struct GrpoConfig {
 
 fn default_max_panics() -> usize {
     16
+}
+
+/// One `[[rewards]]` table: a rule-based reward of the tensor-free `aha-reward` registry, or
+/// a trained reward model (`kind = "model"`), which GRPO scores itself in its active steps.
+/// The split is made here, on the `kind` key, so the registry's strict parsing never sees a
+/// model reward.
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+pub enum RewardEntry {
+    /// Built by the registry.
+    Rule(RewardSpec),
+    /// A reward model.
+    Model(ModelRewardSpec),
+}
+
+impl<'de> Deserialize<'de> for RewardEntry {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let table = toml::Table::deserialize(d)?;
+        let is_model = table.get("kind").and_then(toml::Value::as_str) == Some("model");
+        let value = toml::Value::Table(table);
+        if is_model {
+            value.try_into().map(RewardEntry::Model).map_err(D::Error::custom)
+        } else {
+            value.try_into().map(RewardEntry::Rule).map_err(D::Error::custom)
+        }
+    }
+}
+
+impl RewardEntry {
+    /// The reward's name in outputs.
+    pub fn name(&self) -> String {
+        match self {
+            RewardEntry::Rule(r) => r.name(),
+            RewardEntry::Model(m) => m.name.clone(),
+        }
+    }
 }
 
 /// SFT data (`[data]` of `aha sft`).
@@ -190,21 +227,31 @@ pub struct SftConfig {
 
 /// Reads, layers and validates an `aha grpo` config.
 pub fn load_grpo(path: &Path) -> Result<GrpoConfig> {
-    let text = read(path)?;
-    let raw: GrpoConfig = parse(path, &text)?;
-    check_reward_fields(path, &text)?;
+    grpo_from_str(path, &read(path)?)
+}
+
+/// Layers and validates an `aha grpo` config held in `text`; errors name `origin` (a file,
+/// or a pipeline recipe's stage).
+pub fn grpo_from_str(origin: &Path, text: &str) -> Result<GrpoConfig> {
+    let raw: GrpoConfig = parse(origin, text)?;
+    check_reward_fields(origin, text)?;
     let cfg = match raw.preset {
-        Some(p) => layered(path, p.layer(), &text)?,
+        Some(p) => layered(origin, p.layer(), text)?,
         None => raw,
     };
-    cfg.validate().with_context(|| format!("{}: invalid config", path.display()))?;
+    cfg.validate().with_context(|| format!("{}: invalid config", origin.display()))?;
     Ok(cfg)
 }
 
 /// Reads and validates an `aha sft` config.
 pub fn load_sft(path: &Path) -> Result<SftConfig> {
-    let cfg: SftConfig = parse(path, &read(path)?)?;
-    cfg.validate().with_context(|| format!("{}: invalid config", path.display()))?;
+    sft_from_str(path, &read(path)?)
+}
+
+/// Validates an `aha sft` config held in `text`; errors name `origin`.
+pub fn sft_from_str(origin: &Path, text: &str) -> Result<SftConfig> {
+    let cfg: SftConfig = parse(origin, text)?;
+    cfg.validate().with_context(|| format!("{}: invalid config", origin.display()))?;
     Ok(cfg)
 }
 
@@ -246,6 +293,9 @@ fn check_reward_fields(path: &Path, text: &str) -> Result<()> {
     };
     for (i, raw) in rewards.iter().enumerate() {
         let Some(raw) = raw.as_table() else { continue };
+        if raw.get("kind").and_then(toml::Value::as_str) == Some("model") {
+            continue; // `ModelRewardSpec` denies unknown fields itself.
+        }
         let spec: RewardSpec = toml::Value::Table(raw.clone()).try_into()?;
         let known = serde_json::to_value(&spec)?;
         if let Some(key) = raw.keys().find(|k| known.get(k.as_str()).is_none()) {
@@ -262,6 +312,7 @@ impl GrpoConfig {
         self.grpo.validate().context("[grpo]")?;
         validate_optim(&self.optim)?;
         self.rewards_config().validate().context("[[rewards]]")?;
+        self.validate_model_rewards().context("[[rewards]] kind = \"model\"")?;
         if let Some(eval) = &self.eval {
             self.validate_eval(eval)?;
         }
@@ -269,7 +320,7 @@ impl GrpoConfig {
     }
 
     fn validate_eval(&self, eval: &EvalConfig) -> Result<()> {
-        let names: Vec<String> = self.rewards.iter().map(RewardSpec::name).collect();
+        let names: Vec<String> = self.rewards_config().rewards.iter().map(RewardSpec::name).collect();
         if !names.contains(&eval.sampling.correct_reward) {
             bail!(
                 "[eval.sampling].correct_reward `{}` is not a configured reward ({names:?})",
@@ -282,12 +333,47 @@ impl GrpoConfig {
         if eval.questions == 0 || eval.sampling.k == 0 {
             bail!("[eval].questions and [eval.sampling].k must be positive");
         }
+        eval.sampling.pass_at_list().context("[eval.sampling].pass_at")?;
         Ok(())
     }
 
     /// The rewards section in the form the registry builds from.
     pub fn rewards_config(&self) -> RewardsConfig {
-        RewardsConfig { rewards: self.rewards.clone(), max_panics: self.max_reward_panics }
+        let rewards = self
+            .rewards
+            .iter()
+            .filter_map(|r| match r {
+                RewardEntry::Rule(spec) => Some(spec.clone()),
+                RewardEntry::Model(_) => None,
+            })
+            .collect();
+        RewardsConfig { rewards, max_panics: self.max_reward_panics }
+    }
+
+    /// The reward models (`kind = "model"`), in config order.
+    pub fn model_rewards(&self) -> Vec<ModelRewardSpec> {
+        self.rewards
+            .iter()
+            .filter_map(|r| match r {
+                RewardEntry::Model(m) => Some(m.clone()),
+                RewardEntry::Rule(_) => None,
+            })
+            .collect()
+    }
+
+    /// Model rewards: valid values, one window each, and names unique among all rewards.
+    fn validate_model_rewards(&self) -> Result<()> {
+        let mut seen = std::collections::BTreeSet::new();
+        for r in &self.rewards {
+            if !seen.insert(r.name()) {
+                bail!("duplicate reward name `{}`", r.name());
+            }
+        }
+        for m in self.model_rewards() {
+            m.validate()?;
+            m.first_active_step(self.grpo.max_steps)?;
+        }
+        Ok(())
     }
 }
 
@@ -400,8 +486,29 @@ name = "accuracy"
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples");
         let g = load_grpo(&root.join("grpo-arithmetic.toml")).unwrap();
         assert_eq!(g.rewards.len(), 2);
+        let rm = load_grpo(&root.join("grpo-rm.toml")).unwrap();
+        let windows: Vec<usize> =
+            rm.model_rewards().iter().map(|m| m.first_active_step(rm.grpo.max_steps).unwrap()).collect();
+        assert_eq!((rm.rewards_config().rewards.len(), windows), (2, vec![11, 11]));
         let s = load_sft(&root.join("sft-arithmetic.toml")).unwrap();
         assert_eq!(s.sft.total_steps(24), 60);
+    }
+
+    #[test]
+    fn model_rewards_are_split_from_the_registry_and_checked() {
+        let model = "[[rewards]]\nkind = \"model\"\nname = \"helpful\"\npath = \"rm\"\nweight = 0.5\nlast_steps = 10\n";
+        let c = load_grpo(&write(&format!("{MINIMAL}{model}")).1).unwrap();
+        assert_eq!(c.rewards_config().rewards.len(), 1);
+        let m = c.model_rewards();
+        assert_eq!((m.len(), m[0].name.as_str(), m[0].weight), (1, "helpful", 0.5));
+        assert_eq!(m[0].first_active_step(c.grpo.max_steps).unwrap(), c.grpo.max_steps - 9);
+        let typo = model.replace("last_steps", "last_step");
+        let err = format!("{:#}", load_grpo(&write(&format!("{MINIMAL}{typo}")).1).unwrap_err());
+        assert!(err.contains("last_step"), "{err}");
+        let both = format!("{MINIMAL}{model}active_from_step = 3\n");
+        assert!(format!("{:#}", load_grpo(&write(&both).1).unwrap_err()).contains("not both"));
+        let clash = model.replace("helpful", "accuracy");
+        assert!(format!("{:#}", load_grpo(&write(&format!("{MINIMAL}{clash}")).1).unwrap_err()).contains("duplicate"));
     }
 
     #[test]

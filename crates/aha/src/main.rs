@@ -4,8 +4,10 @@
 //! `run(args) -> anyhow::Result<()>` function. This file only dispatches.
 
 mod alloc;
+mod threads;
 mod cmd;
 mod config;
+mod pipeline;
 mod runs;
 
 use clap::{Parser, Subcommand};
@@ -42,10 +44,21 @@ enum Command {
     Grpo(cmd::grpo::Args),
     /// Supervised fine-tuning from a TOML config.
     Sft(cmd::sft::Args),
+    /// Evaluate a model the R1 way: k samples per question, pass@1, cons@k, pass@k, lengths.
+    Eval(cmd::eval::Args),
+    /// Rejection sampling, step 1: sample k answers per question and score them (JSONL).
+    Sample(cmd::sample::Args),
+    /// Rejection sampling, step 2: keep the correct, well-formed samples as SFT JSONL, mixed.
+    Filter(cmd::filter::Args),
+    /// Reward models: train (pairwise or pointwise), score JSONL, make synthetic data.
+    Rm(cmd::rm::Args),
+    /// Run a recipe of stages (sft, grpo, sample, rm, eval): the R1 pipeline.
+    Pipeline(cmd::pipeline::Args),
 }
 
 fn main() -> anyhow::Result<()> {
     alloc::init();
+    threads::init();
     let cli = Cli::parse();
     match cli.command {
         Command::Reward(args) => cmd::reward::run(args),
@@ -59,5 +72,10 @@ fn main() -> anyhow::Result<()> {
         Command::Convert(args) => cmd::convert::run(args),
         Command::Grpo(args) => cmd::grpo::run(args),
         Command::Sft(args) => cmd::sft::run(args),
+        Command::Eval(args) => cmd::eval::run(args),
+        Command::Sample(args) => cmd::sample::run(args),
+        Command::Filter(args) => cmd::filter::run(args),
+        Command::Rm(args) => cmd::rm::run(args),
+        Command::Pipeline(args) => cmd::pipeline::run(args),
     }
 }

@@ -96,7 +96,11 @@ fn init_sft_grpo_resume_and_config_errors() {
     assert_eq!(st["config"]["grpo"]["loss"]["beta"], 0.001);
     assert!(ckpt.join("reference.safetensors").exists(), "β > 0 saves the reference");
     assert!(grpo_run.join("aha_config.json").exists());
-    assert!(grpo_run.join("eval_00000002_heldout.json").exists());
+    let held_out = std::fs::read_to_string(grpo_run.join("eval_00000002_heldout.json")).unwrap();
+    let held_out: Value = serde_json::from_str(&held_out).unwrap();
+    for key in ["pass_at_1", "cons_at_k", "pass_at_k", "median_completion_tokens", "format_rate"] {
+        assert!(held_out.get(key).is_some(), "held-out eval lacks {key}: {held_out}");
+    }
 
     // Without --resume an existing run is not overwritten.
     let out = aha(&["grpo", "--config", grpo_toml.to_str().unwrap()]);

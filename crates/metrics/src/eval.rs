@@ -15,6 +15,7 @@
 //! | `mean_completion_tokens` | number | mean completion length in tokens |
 //! | `median_completion_tokens` | number, optional | median completion length in tokens |
 //! | `reflection_per_1k_words` | number, optional | reflection words per 1 000 words |
+//! | `format_rate` | number, optional | fraction of samples that are well formed (`<think>…</think><answer>…</answer>`) |
 //! | `per_task` | object, optional | task name → `{questions, pass_at_1, cons_at_k}` |
 
 use std::collections::BTreeMap;
@@ -52,6 +53,9 @@ pub struct EvalRecord {
     /// Reflection words per 1 000 words.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reflection_per_1k_words: Option<f64>,
+    /// Fraction of samples that are well formed (scored 1 by the format reward).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format_rate: Option<f64>,
     /// Per-task breakdown.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub per_task: BTreeMap<String, TaskEval>,
@@ -113,16 +117,16 @@ fn sanitize(label: &str) -> String {
     label.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).collect()
 }
 
-/// A markdown table of evaluations: step, label, k, pass@1, cons@k, mean tokens, reflection rate.
+/// A markdown table of evaluations: step, label, k, pass@1, cons@k, mean tokens, reflection rate,
+/// format rate.
 pub fn eval_table_markdown(records: &[EvalRecord]) -> String {
     let mut table = String::from(
-        "| step | label | k | questions | pass@1 | cons@k | mean tokens | reflection /1k words |\n\
-         | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |\n",
+        "| step | label | k | questions | pass@1 | cons@k | mean tokens | reflection /1k words | format |\n\
+         | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
     );
     for r in records {
-        let reflection = r.reflection_per_1k_words.map(|v| format!("{v:.2}")).unwrap_or_else(|| "–".into());
         table.push_str(&format!(
-            "| {} | {} | {} | {} | {:.3} | {:.3} | {:.1} | {reflection} |\n",
+            "| {} | {} | {} | {} | {:.3} | {:.3} | {:.1} | {} | {} |\n",
             r.step,
             r.label.as_deref().unwrap_or(""),
             r.k,
@@ -130,9 +134,44 @@ pub fn eval_table_markdown(records: &[EvalRecord]) -> String {
             r.pass_at_1,
             r.cons_at_k,
             r.mean_completion_tokens,
+            opt(r.reflection_per_1k_words, 2),
+            opt(r.format_rate, 3),
         ));
     }
     table
+}
+
+/// `v` with `digits` decimals, or an en dash when absent.
+fn opt(v: Option<f64>, digits: usize) -> String {
+    v.map(|v| format!("{v:.digits$}")).unwrap_or_else(|| "–".into())
+}
+
+/// One evaluation as a two-column markdown table (every metric, pass@k by k), followed by the
+/// per-task breakdown when there is one: what `aha eval` prints.
+pub fn eval_summary_markdown(r: &EvalRecord) -> String {
+    let mut rows: Vec<(String, String)> = vec![
+        ("questions".into(), r.questions.to_string()),
+        ("samples per question (k)".into(), r.k.to_string()),
+        ("pass@1".into(), format!("{:.4}", r.pass_at_1)),
+        (format!("cons@{}", r.k), format!("{:.4}", r.cons_at_k)),
+    ];
+    // pass@1 by the unbiased estimator equals the mean correctness above: not repeated.
+    rows.extend(r.pass_at_k.iter().filter(|(k, _)| **k > 1).map(|(k, v)| (format!("pass@{k}"), format!("{v:.4}"))));
+    rows.push(("mean completion tokens".into(), format!("{:.1}", r.mean_completion_tokens)));
+    rows.push(("median completion tokens".into(), opt(r.median_completion_tokens, 1)));
+    rows.push(("reflection words /1k words".into(), opt(r.reflection_per_1k_words, 2)));
+    rows.push(("format rate".into(), opt(r.format_rate, 4)));
+    let mut md = String::from("| metric | value |\n| --- | ---: |\n");
+    for (name, value) in rows {
+        md.push_str(&format!("| {name} | {value} |\n"));
+    }
+    if !r.per_task.is_empty() {
+        md.push_str("\n| task | questions | pass@1 | cons@k |\n| --- | ---: | ---: | ---: |\n");
+        for (task, t) in &r.per_task {
+            md.push_str(&format!("| {task} | {} | {:.4} | {:.4} |\n", t.questions, t.pass_at_1, t.cons_at_k));
+        }
+    }
+    md
 }
 
 #[cfg(test)]
@@ -182,6 +221,25 @@ mod tests {
     fn markdown_table_has_a_row_per_record() {
         let table = eval_table_markdown(&[record(0, None, 0.25), record(10, Some("x"), 0.5)]);
         assert_eq!(table.lines().count(), 4);
-        assert!(table.contains("| 10 | x | 8 | 50 | 0.500 | 0.600 | 42.0 | – |"), "{table}");
+        assert!(table.contains("| 10 | x | 8 | 50 | 0.500 | 0.600 | 42.0 | – | – |"), "{table}");
+    }
+
+    #[test]
+    fn summary_lists_pass_at_k_and_the_per_task_rows() {
+        let mut r = record(3, None, 0.5);
+        r.pass_at_k = [(1, 0.5), (4, 0.75)].into();
+        r.format_rate = Some(0.25);
+        r.per_task.insert("gsm8k".into(), TaskEval { questions: 2, pass_at_1: 0.5, cons_at_k: 1.0 });
+        let md = eval_summary_markdown(&r);
+        for want in [
+            "| pass@4 | 0.7500 |",
+            "| cons@8 | 0.6000 |",
+            "| format rate | 0.2500 |",
+            "| gsm8k | 2 | 0.5000 | 1.0000 |",
+        ] {
+            assert!(md.contains(want), "{want} missing from\n{md}");
+        }
+        assert!(md.contains("| median completion tokens | – |"), "{md}");
+        assert_eq!(md.matches("\n| pass@1 |").count(), 1, "{md}");
     }
 }

@@ -43,6 +43,15 @@ impl TrainProgress {
         TrainProgress { bar, total, plain_every: (total / 20).max(1), last_plain: None }
     }
 
+    /// Changes the number of steps, for a loop whose size is known only once it starts.
+    pub fn set_length(&mut self, total_steps: u64) {
+        self.bar.set_length(total_steps);
+        self.total = total_steps;
+        if self.plain_every != u64::MAX {
+            self.plain_every = (total_steps / 20).max(1);
+        }
+    }
+
     /// Moves the bar to `step` (steps done), for example after resuming.
     pub fn set_step(&self, step: u64) {
         self.bar.set_position(step);
@@ -148,5 +157,7 @@ mod tests {
         assert!(p.plain_due(5) && p.plain_due(100) && !p.plain_due(6));
         p.last_plain = Some(5);
         assert!(!p.plain_due(5));
+        p.set_length(40);
+        assert_eq!((p.total, p.plain_every), (40, 2));
     }
 }

@@ -55,7 +55,7 @@ impl Default for ColumnMap {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Skipped(pub Vec<(usize, String)>);
 
-/// Reads a JSONL prompt file. Malformed rows are skipped and reported, not fatal; a file with
+/// Reads a JSONL (or `.parquet`) prompt file. Malformed rows are skipped and reported, not fatal; a file with
 /// no usable row is an error naming the file.
 pub fn read_jsonl(path: &Path, cols: &ColumnMap) -> Result<(Vec<PromptRow>, Skipped)> {
     read_jsonl_rows(path, |line| parse_row(line, cols))
@@ -63,21 +63,30 @@ pub fn read_jsonl(path: &Path, cols: &ColumnMap) -> Result<(Vec<PromptRow>, Skip
 
 /// Reads JSONL with `parse` per non-empty line: rows that fail are skipped with their 1-based
 /// line number and reason; a file with no usable row is an error naming the file.
+///
+/// A `.parquet` path is read as Parquet: each row is handed to `parse` as a JSON object, and
+/// "line" numbers are 1-based row numbers.
 pub fn read_jsonl_rows<T>(
     path: &Path,
     mut parse: impl FnMut(&str) -> std::result::Result<T, String>,
 ) -> Result<(Vec<T>, Skipped)> {
-    let file = std::fs::File::open(path).map_err(io_err(path))?;
     let mut rows = Vec::new();
     let mut skipped = Skipped::default();
-    for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
-        let line = line.map_err(io_err(path))?;
-        if line.trim().is_empty() {
-            continue;
+    let mut take = |i: usize, line: std::result::Result<String, String>| match line.and_then(|l| parse(&l)) {
+        Ok(r) => rows.push(r),
+        Err(reason) => skipped.0.push((i + 1, reason)),
+    };
+    if crate::parquet::is_parquet(path) {
+        for (i, row) in crate::parquet::json_rows(path)?.into_iter().enumerate() {
+            take(i, row);
         }
-        match parse(&line) {
-            Ok(r) => rows.push(r),
-            Err(reason) => skipped.0.push((i + 1, reason)),
+    } else {
+        let file = std::fs::File::open(path).map_err(io_err(path))?;
+        for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
+            let line = line.map_err(io_err(path))?;
+            if !line.trim().is_empty() {
+                take(i, Ok(line));
+            }
         }
     }
     if rows.is_empty() {

@@ -22,6 +22,7 @@ use crate::data::{DataCursor, PromptRow};
 use crate::error::{Result, TrainError};
 use crate::loss::{grpo_loss, mean_entropy, LossInputs, LossNorm};
 use crate::optim::{AdamW, Grads};
+use crate::timing::{self, measure, Phase};
 
 /// Everything about a GRPO step that is not the model, the data or the rewards.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -35,6 +36,10 @@ pub struct GrpoSettings {
     pub group_size: usize,
     /// Maximum completion tokens. Default 256.
     pub max_completion_length: usize,
+    /// Changes of `max_completion_length` from a given step on (R1 raises 32 768 to 65 536 at
+    /// step 8 200): `[[grpo.length_schedule]]` tables `{ from_step, max_completion_length }`,
+    /// `from_step` 1-based and increasing. Default none.
+    pub length_schedule: Vec<LengthChange>,
     /// Sampling temperature for rollouts. Default 1.0.
     pub temperature: f64,
     /// Nucleus threshold for rollouts (1 disables). Default 1.0.
@@ -72,6 +77,7 @@ impl Default for GrpoSettings {
             prompts_per_step: 8,
             group_size: 8,
             max_completion_length: 256,
+            length_schedule: Vec::new(),
             temperature: 1.0,
             top_p: 1.0,
             top_k: 0,
@@ -107,7 +113,27 @@ impl GrpoSettings {
         if self.temperature.is_nan() || self.temperature <= 0.0 {
             return bad("temperature must be > 0");
         }
+        let steps: Vec<usize> = self.length_schedule.iter().map(|c| c.from_step).collect();
+        if steps.first() == Some(&0) || steps.windows(2).any(|w| w[0] >= w[1]) {
+            return bad("length_schedule: from_step must be >= 1 and strictly increasing");
+        }
+        if self.length_schedule.iter().any(|c| c.max_completion_length == 0) {
+            return bad("length_schedule: max_completion_length must be positive");
+        }
         Ok(())
+    }
+
+    /// The completion limit at `step` (1-based): the last schedule entry whose `from_step` is
+    /// at most `step`, else `max_completion_length`.
+    pub fn completion_length_at(&self, step: usize) -> usize {
+        let change = self.length_schedule.iter().rev().find(|c| c.from_step <= step);
+        change.map_or(self.max_completion_length, |c| c.max_completion_length)
+    }
+
+    /// The longest completion limit over the run (what prompts must leave room for).
+    pub fn longest_completion(&self) -> usize {
+        let scheduled = self.length_schedule.iter().map(|c| c.max_completion_length);
+        scheduled.fold(self.max_completion_length, usize::max)
     }
 
     /// Optimiser steps over the whole run (for the LR schedule).
@@ -115,17 +141,27 @@ impl GrpoSettings {
         self.max_steps * self.minibatches * self.num_iterations
     }
 
-    fn rollout_config(&self, eos_ids: &[u32], seed: u64, offset: u64) -> RolloutConfig {
+    fn rollout_config(&self, eos_ids: &[u32], seed: u64, max_new_tokens: usize) -> RolloutConfig {
         RolloutConfig {
             group_size: self.group_size,
-            max_new_tokens: self.max_completion_length,
+            max_new_tokens,
             sampling: sampling_params(self.temperature, self.top_p, self.top_k, self.min_p),
             eos_ids: eos_ids.to_vec(),
             stop_strings: self.stop_strings.clone(),
             seed,
-            prompt_index_offset: offset,
+            prompt_index_offset: 0,
         }
     }
+}
+
+/// One change of the completion limit (`[[grpo.length_schedule]]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LengthChange {
+    /// The first step (1-based) of the new limit.
+    pub from_step: usize,
+    /// The limit from that step on.
+    pub max_completion_length: usize,
 }
 
 /// Sampling parameters from config values, where 1 (top-p) and 0 (top-k, min-p) disable a filter.
@@ -193,6 +229,8 @@ pub struct GrpoTrainer<'a> {
     pub consecutive_skips: usize,
     /// Skipped steps over the run.
     pub total_skips: usize,
+    /// Reward models (`[[rewards]] kind = "model"`), called only in their active steps.
+    pub model_rewards: crate::rm::ModelRewards,
 }
 
 /// Metrics of one step, TRL's names.
@@ -210,9 +248,11 @@ impl GrpoTrainer<'_> {
     /// Runs one trainer step: rollout, rewards, advantages, optimisation.
     pub fn step(&mut self) -> Result<StepOutput> {
         let t0 = Instant::now();
+        timing::reset();
         let (samples, refills) = self.generate_and_score()?;
         let gen_s = t0.elapsed().as_secs_f64();
         let mut metrics = reward_metrics(&samples, self.settings.group_size, self.registry);
+        metrics.extend(model_reward_metrics(&samples, &self.model_rewards, self.step + 1));
         let opt_metrics = self.optimize(&samples)?;
         metrics.extend(opt_metrics);
         let tokens: usize = samples.iter().map(|s| s.completion.completion_ids.len()).sum();
@@ -221,9 +261,15 @@ impl GrpoTrainer<'_> {
         metrics.insert("rollout_time".into(), gen_s);
         metrics.insert("tokens_per_s".into(), tokens as f64 / step_time.max(1e-9));
         metrics.insert("dynamic_sampling/refill_rounds".into(), refills as f64);
+        metrics.extend(timing::take().into_iter().map(|(p, s)| (p.metric().to_string(), s)));
         self.step += 1;
         self.maybe_sync_reference()?;
         Ok(StepOutput { metrics, samples })
+    }
+
+    /// The completion limit of the step being run (`length_schedule` applied).
+    fn max_len(&self) -> usize {
+        self.settings.completion_length_at(self.step + 1)
     }
 
     fn maybe_sync_reference(&mut self) -> Result<()> {
@@ -259,7 +305,9 @@ impl GrpoTrainer<'_> {
         }
         let mut flat: Vec<Scored> = kept.into_iter().flatten().collect();
         let rewards: Vec<Option<f64>> = flat.iter().map(|s| s.scored.reward).collect();
-        let adv = group_advantages(&rewards, self.settings.group_size, self.settings.loss.scale_rewards);
+        let adv = measure(Phase::Rewards, || {
+            group_advantages(&rewards, self.settings.group_size, self.settings.loss.scale_rewards)
+        });
         for (s, a) in flat.iter_mut().zip(adv) {
             s.advantage = a;
         }
@@ -271,16 +319,34 @@ impl GrpoTrainer<'_> {
         self.check_prompt_lengths(rows)?;
         let prompts: Vec<Vec<u32>> = rows.iter().map(|&r| self.prompt_ids[r].clone()).collect();
         let seed = rollout_seed(self.seed, self.step, round);
-        let cfg = self.settings.rollout_config(&self.codec.eos_ids(), seed, 0);
+        let cfg = self.settings.rollout_config(&self.codec.eos_ids(), seed, self.max_len());
         let decode = |ids: &[u32]| self.codec.decode(ids).unwrap_or_default();
         let stop: Option<aha_model::rollout::StopDecoder> =
             if self.settings.stop_strings.is_empty() { None } else { Some(&decode) };
-        let completions = rollout(&self.policy, &prompts, &cfg, stop)?;
-        let mut out = Vec::with_capacity(rows.len());
-        for (&row, group) in rows.iter().zip(completions) {
-            out.push(self.score_group(row, group)?);
+        let completions = measure(Phase::Rollout, || rollout(&self.policy, &prompts, &cfg, stop))?;
+        measure(Phase::Rewards, || {
+            let mut groups: Vec<Vec<Scored>> = rows
+                .iter()
+                .zip(completions)
+                .map(|(&row, group)| self.score_group(row, group))
+                .collect::<Result<_>>()?;
+            self.apply_model_rewards(&mut groups)?;
+            Ok(groups)
+        })
+    }
+
+    /// Adds the reward models active at this step (1-based), one batched call each over every
+    /// completion of the round.
+    fn apply_model_rewards(&self, groups: &mut [Vec<Scored>]) -> Result<()> {
+        if self.model_rewards.is_empty() {
+            return Ok(());
         }
-        Ok(out)
+        let mut flat: Vec<&mut Scored> = groups.iter_mut().flatten().collect();
+        let prompts: Vec<String> = flat.iter().map(|s| self.rows[s.row].prompt.clone()).collect();
+        let texts: Vec<String> = flat.iter().map(|s| s.text.clone()).collect();
+        let items: Vec<(&str, &str)> = prompts.iter().zip(&texts).map(|(p, t)| (p.as_str(), t.as_str())).collect();
+        let mut scored: Vec<&mut ScoredSample> = flat.iter_mut().map(|s| &mut s.scored).collect();
+        self.model_rewards.apply(self.step + 1, &items, &mut scored)
     }
 
     /// The policy for over-long prompts: a prompt that cannot fit with a full completion in
@@ -288,7 +354,7 @@ impl GrpoTrainer<'_> {
     /// a silent truncation or a rollout past the positions the model knows.
     fn check_prompt_lengths(&self, rows: &[usize]) -> Result<()> {
         let limit = self.policy.config().max_position_embeddings;
-        let completion = self.settings.max_completion_length;
+        let completion = self.max_len();
         for &row in rows {
             let n = self.prompt_ids[row].len();
             if n + completion > limit {
@@ -351,11 +417,10 @@ impl GrpoTrainer<'_> {
             let mask = self.loss_mask(chunk, &batch)?;
             let adv: Vec<f32> = chunk.iter().map(|s| s.advantage as f32).collect();
             let advantages = Tensor::from_vec(adv, chunk.len(), self.policy.device())?;
-            let old = if needs_old { Some(no_grad_logps(&self.policy, &batch)?) } else { None };
-            let reference = match &self.reference {
-                Some(r) => Some(no_grad_logps(r, &batch)?),
-                None => None,
-            };
+            let (old, reference) = measure(Phase::NoGradLogps, || -> Result<_> {
+                let old = if needs_old { Some(no_grad_logps(&self.policy, &batch)?) } else { None };
+                Ok((old, self.reference.as_ref().map(|r| no_grad_logps(r, &batch)).transpose()?))
+            })?;
             out.push(Micro { batch, mask, advantages, old, reference });
         }
         Ok(out)
@@ -376,36 +441,45 @@ impl GrpoTrainer<'_> {
     fn optimizer_step(&mut self, micros: &[Micro], acc: &mut MetricAcc) -> Result<()> {
         let active: f64 = micros.iter().map(|m| sum_scalar(&m.mask)).sum::<Result<f64>>()?;
         let norm = LossNorm {
-            max_completion_length: self.settings.max_completion_length,
+            max_completion_length: self.max_len(),
             grad_accum_steps: micros.len(),
             dapo_active_tokens: active,
         };
         let mut grads = Grads::default();
         let mut finite = true;
         for m in micros {
-            let (logps, logits) = completion_logprobs(&self.policy, &m.batch)?;
-            let old = m.old.clone().unwrap_or_else(|| logps.detach());
-            let inputs = LossInputs {
-                logps: &logps,
-                old_logps: &old,
-                ref_logps: m.reference.as_ref(),
-                advantages: &m.advantages,
-                mask: &m.mask,
-            };
-            let out = grpo_loss(&inputs, &self.settings.loss, &norm)?;
-            let loss_value = out.loss.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
+            let (out, loss_value, entropy) = measure(Phase::LossForward, || self.micro_loss(m, &norm))?;
             if !loss_value.is_finite() {
                 finite = false;
                 break;
             }
-            acc.add_micro(loss_value, &out.stats, mean_entropy(&logits, &m.mask)?);
-            grads.accumulate(self.opt.collect(&out.loss.backward()?))?;
+            acc.add_micro(loss_value, &out.stats, entropy);
+            measure(Phase::Backward, || grads.accumulate(self.opt.collect(&out.loss.backward()?)))?;
         }
-        let report = if finite { Some(self.opt.step(&grads, self.settings.total_optimizer_steps())?) } else { None };
+        let total = self.settings.total_optimizer_steps();
+        let report = if finite { Some(measure(Phase::Optimizer, || self.opt.step(&grads, total))?) } else { None };
         let applied = report.map(|r| r.applied).unwrap_or(false);
         self.record_guard(applied)?;
         acc.add_step(report.map(|r| (r.grad_norm, r.lr)), applied);
         Ok(())
+    }
+
+    /// The policy forward with grad and the loss of one micro-batch: the loss, its value and
+    /// the completions' mean entropy.
+    fn micro_loss(&self, m: &Micro, norm: &LossNorm) -> Result<(crate::loss::LossOutput, f64, f64)> {
+        let (logps, logits) = completion_logprobs(&self.policy, &m.batch)?;
+        let old = m.old.clone().unwrap_or_else(|| logps.detach());
+        let inputs = LossInputs {
+            logps: &logps,
+            old_logps: &old,
+            ref_logps: m.reference.as_ref(),
+            advantages: &m.advantages,
+            mask: &m.mask,
+        };
+        let out = grpo_loss(&inputs, &self.settings.loss, norm)?;
+        let loss_value = out.loss.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
+        let entropy = if loss_value.is_finite() { mean_entropy(&logits, &m.mask)? } else { f64::NAN };
+        Ok((out, loss_value, entropy))
     }
 
     /// Counts skipped steps; aborts after too many in a row.
@@ -503,6 +577,24 @@ impl MetricAcc {
             ("skipped_steps".to_string(), self.skipped as f64),
         ])
     }
+}
+
+/// `rewards/<name>/{mean,std}` of the model rewards scored this step, and
+/// `rewards/<name>/active` (1 in the reward's active steps, else 0).
+fn model_reward_metrics(samples: &[Scored], models: &crate::rm::ModelRewards, step: usize) -> StepMetrics {
+    let mut m = BTreeMap::new();
+    for r in &models.rewards {
+        let active = r.active_at(step);
+        m.insert(format!("rewards/{}/active", r.name), if active { 1.0 } else { 0.0 });
+        if active {
+            let vals: Vec<f64> =
+                samples.iter().filter_map(|s| s.scored.rewards.get(&r.name).copied().flatten()).collect();
+            let (mu, sd) = crate::advantage::mean_std(&vals);
+            m.insert(format!("rewards/{}/mean", r.name), mu);
+            m.insert(format!("rewards/{}/std", r.name), sd);
+        }
+    }
+    m
 }
 
 /// Reward-side metrics (TRL's names) plus completion lengths and reflection-word use.

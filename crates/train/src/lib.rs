@@ -15,10 +15,17 @@ pub mod eval;
 pub mod grpo;
 pub mod loss;
 pub mod optim;
+pub mod parquet;
+pub mod rejection;
+pub mod rm;
 pub mod run;
+pub mod samples;
 pub mod sft;
 pub mod sft_data;
+pub mod source;
 pub mod tasks;
+pub mod teacher;
 pub mod template;
+pub mod timing;
 
 pub use error::{Result, TrainError};

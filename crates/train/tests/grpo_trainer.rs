@@ -86,6 +86,7 @@ fn trainer<'a>(s: &'a Setup, lm: &LoadedModel, registry: &'a Registry, settings:
         seed: 11,
         consecutive_skips: 0,
         total_skips: 0,
+        model_rewards: Default::default(),
     }
 }
 

@@ -1,6 +1,8 @@
 //! `aha bench rollout|train`: raw speed of sampling and of a training step on two fixed
 //! Qwen2-shaped models with random weights, reported as tokens/s, GFLOP/s and % of this CPU's
 //! fp32 peak. `bench/compare.sh` runs the same workloads in PyTorch for ratios.
+//! `aha bench grpo` (in `bench/grpo.rs`) mirrors TRL's GRPO benchmark; `bench/trl_grpo.sh`
+//! runs the two interleaved.
 //!
 //! FLOP accounting (per token, counted the same way in `bench/reference.py`): a forward costs
 //! 2 × (every matmul weight, LM head included, embedding lookup excluded) + 4 × layers × heads ×
@@ -8,6 +10,8 @@
 //! T for training, the cache length for decoding). A training step costs 3 × the forward.
 
 mod cpu;
+mod grpo;
+mod trl_rewards;
 
 use std::time::Instant;
 
@@ -35,6 +39,8 @@ enum Workload {
     Rollout(Opts),
     /// Training: batch 16 × 128 random tokens, forward + cross-entropy + backward + AdamW.
     Train(Opts),
+    /// GRPO steps exactly as `../shared/bench/trl_grpo/` (TRL GRPOTrainer), phase by phase.
+    Grpo(grpo::GrpoOpts),
 }
 
 #[derive(clap::Args, Debug)]
@@ -107,10 +113,13 @@ const NEW_TOKENS: usize = 128;
 
 /// Runs the chosen benchmark.
 pub fn run(args: Args) -> Result<()> {
+    if let Workload::Grpo(o) = args.what {
+        return grpo::run(o);
+    }
     let threads = candle_core::utils::get_num_threads();
     let cpu = CpuInfo::detect();
     println!("cpu: {} | {}", cpu.model, cpu.peak_description());
-    println!("threads: {threads} | allocator: {}", crate::alloc::describe());
+    println!("threads: {threads} ({}) | allocator: {}", crate::threads::describe(), crate::alloc::describe());
     let (name, opts, report) = match args.what {
         Workload::Rollout(o) => {
             let r = bench_rollout(&o)?;
@@ -120,6 +129,7 @@ pub fn run(args: Args) -> Result<()> {
             let r = bench_train(&o)?;
             ("train", o, r)
         }
+        Workload::Grpo(_) => return Ok(()),
     };
     report.print(name, opts.config, &cpu, opts.json);
     Ok(())

@@ -253,6 +253,7 @@ fn reinforce(
         seed,
         consecutive_skips: 0,
         total_skips: 0,
+        model_rewards: Default::default(),
     };
     eprintln!(
         "[4/5] GRPO: {} steps × {} prompts × {} samples",

@@ -13,6 +13,7 @@ use aha_train::data::{read_jsonl, CursorState, DataConfig, DataCursor, PromptRow
 use aha_train::eval::evaluate;
 use aha_train::grpo::GrpoTrainer;
 use aha_train::optim::{named_vars, AdamW};
+use aha_train::rm::ModelRewards;
 use aha_train::run::{restore, train};
 use aha_train::tasks::Split;
 use aha_train::template::{encode_prompts, EncodedPrompts};
@@ -39,7 +40,7 @@ pub fn run(args: Args) -> Result<()> {
     let config_json = serde_json::to_value(&cfg)?;
     let run_dir = cfg.output_dir.clone();
     let (lm, from) = load_start(&cfg.model, &run_dir, args.resume)?;
-    let budget = prompt_budget(&lm, cfg.grpo.max_completion_length).context("[grpo].max_completion_length")?;
+    let budget = prompt_budget(&lm, cfg.grpo.longest_completion()).context("[grpo].max_completion_length")?;
     let train_set = encode(train_rows(&cfg.data, cfg.seed)?, &lm, &cfg.data, budget)?;
     let registry = Registry::build(&cfg.rewards_config()).context("building the rewards")?;
     let eval_set = match &cfg.eval {
@@ -142,6 +143,8 @@ fn build_trainer<'a>(
         seed: cfg.seed,
         consecutive_skips: 0,
         total_skips: 0,
+        model_rewards: ModelRewards::load(&cfg.model_rewards(), cfg.grpo.max_steps)
+            .context("loading the reward models")?,
     })
 }
 

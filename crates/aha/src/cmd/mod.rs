@@ -2,11 +2,16 @@
 pub mod bench;
 pub mod convert;
 pub mod demo;
+pub mod eval;
+pub mod filter;
 pub mod generate;
 pub mod grpo;
 pub mod init;
 pub mod math_equal;
+pub mod pipeline;
 pub mod report;
 pub mod reward;
+pub mod rm;
+pub mod sample;
 pub mod sandbox;
 pub mod sft;

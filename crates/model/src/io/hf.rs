@@ -130,6 +130,13 @@ fn corrupt(path: &Path, len: usize, e: &safetensors::SafeTensorError) -> ModelEr
     }
 }
 
+impl SafetensorsSource {
+    /// Whether any weight file holds a tensor named `name`.
+    pub(crate) fn has(&self, name: &str) -> bool {
+        self.index.contains_key(name)
+    }
+}
+
 impl WeightSource for SafetensorsSource {
     fn tensor(&mut self, name: &str, expected: &[usize]) -> Result<Tensor> {
         let Some(&i) = self.index.get(name) else {

@@ -11,6 +11,7 @@ mod gguf_scan;
 mod hf;
 mod hub;
 mod save;
+mod seq_cls;
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -26,7 +27,11 @@ use crate::transformer::Transformer;
 pub use gguf::{hf_to_gguf_name, load_gguf, read_gguf_config, unpermute_qk};
 pub use hf::load_hf_dir;
 pub use hub::{resolve_hub_repo, resolve_hub_repo_in};
-pub use save::{save_parts, save_pretrained};
+pub use save::{save_parts, save_parts_with, save_pretrained};
+pub use seq_cls::{
+    load_sequence_classifier, pooled_scores, save_sequence_classifier, seq_cls_class, SequenceClassifier, NUM_LABELS,
+    SCORE_WEIGHT,
+};
 
 /// Where a model comes from, as a user names it on the command line.
 #[derive(Debug, Clone, PartialEq, Eq)]

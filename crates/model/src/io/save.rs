@@ -42,13 +42,25 @@ pub fn save_parts(
     tensors: &[(String, Tensor)],
     tokenizer: &AhaTokenizer,
 ) -> Result<()> {
+    save_parts_with(dir, config, tensors, tokenizer, &serde_json::Map::new())
+}
+
+/// Like [`save_parts`], with `extra` keys written into `config.json` over the config's own
+/// (e.g. `architectures` and `id2label` of a sequence-classification checkpoint).
+pub fn save_parts_with(
+    dir: &Path,
+    config: &ModelConfig,
+    tensors: &[(String, Tensor)],
+    tokenizer: &AhaTokenizer,
+    extra: &serde_json::Map<String, Json>,
+) -> Result<()> {
     let tmp = sibling(dir, "tmp")?;
     let io = |path: &Path| {
         let path = path.to_path_buf();
         move |source| ModelError::Io { path, source }
     };
     std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
-    let written = write_contents(&tmp, config, tensors, tokenizer).and_then(|()| sync_dir_files(&tmp));
+    let written = write_contents(&tmp, config, tensors, tokenizer, extra).and_then(|()| sync_dir_files(&tmp));
     if let Err(e) = written {
         let _ = std::fs::remove_dir_all(&tmp);
         return Err(e);
@@ -83,11 +95,15 @@ fn write_contents(
     config: &ModelConfig,
     tensors: &[(String, Tensor)],
     tokenizer: &AhaTokenizer,
+    extra: &serde_json::Map<String, Json>,
 ) -> Result<()> {
     let dtype = tensors.first().map(|(_, t)| t.dtype()).unwrap_or(DType::F32);
     write_safetensors(&dir.join(SAFETENSORS_FILE), tensors)?;
     let mut cfg = config.to_hf_json();
     cfg["torch_dtype"] = json!(torch_dtype_name(dtype));
+    for (key, value) in extra {
+        cfg[key.as_str()] = value.clone();
+    }
     write_json(&dir.join(CONFIG_JSON), &cfg)?;
     write_json(&dir.join(GENERATION_CONFIG_JSON), &generation_config(config, tokenizer))?;
     tokenizer.save(dir)

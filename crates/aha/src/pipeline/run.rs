@@ -1,0 +1,285 @@
+//! Runs a [`Recipe`]'s stages in order: each reads the model of the stage it starts `from`,
+//! writes under `<output_dir>/<NN-name>/`, is evaluated, and is marked done atomically
+//! (`stage.json`). With `--resume`, done stages are skipped and an interrupted sft/grpo stage
+//! continues from its latest checkpoint (their own exact resume).
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use aha_metrics::{write_eval, EvalRecord, TrainProgress};
+use aha_model::{init_tiny, load_model, LoadedModel, ModelSpec};
+use aha_reward::extract::thought;
+use aha_reward::language::consistency;
+use aha_train::checkpoint::{latest_checkpoint, write_atomic};
+use aha_train::eval::{run_eval, EvalJob};
+use aha_train::rejection::run_rejection;
+use aha_train::rm::synth::write_jsonl;
+use aha_train::rm::{make_rows, train_reward_model};
+use anyhow::{anyhow, bail, Context, Result};
+use candle_core::{DType, Device};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::recipe::{PipelineEval, Recipe, SftData, Stage, StageConfig, StageKind, BASE_DIR};
+use super::recipe::{SAMPLES_FILE, SAMPLE_SFT_FILE, TEACHER_FILE};
+use super::report::{print_table, write_report};
+use crate::runs::draw_plots;
+
+/// The file marking a stage done, with its record.
+pub const DONE_FILE: &str = "stage.json";
+
+/// What a finished stage left behind.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StageRecord {
+    /// The stage's name.
+    pub name: String,
+    /// Its kind.
+    pub kind: StageKind,
+    /// Its directory.
+    pub dir: PathBuf,
+    /// The policy after the stage (its own checkpoint for sft/grpo, else the one it read).
+    pub model: String,
+    /// The evaluation of `model`, when there is one.
+    pub eval: Option<EvalRecord>,
+    /// Mean fraction of the chain of thought's words in `[eval].language`.
+    pub cot_language: Option<f64>,
+    /// Kind-specific figures (filter counts, reward-model accuracy, …).
+    pub summary: serde_json::Value,
+    /// Wall time of the stage (its evaluation included), in seconds.
+    pub wall_s: f64,
+}
+
+/// How `aha pipeline` runs a recipe.
+pub struct Options {
+    /// Skip done stages and continue interrupted ones.
+    pub resume: bool,
+    /// Run the stages up to and including this one.
+    pub until: Option<String>,
+}
+
+/// Runs the recipe; returns every stage's record.
+pub fn run(recipe: &Recipe, opts: &Options) -> Result<Vec<StageRecord>> {
+    let t0 = Instant::now();
+    let upto = recipe.upto(opts.until.as_deref())?;
+    check_fresh(recipe, opts.resume)?;
+    std::fs::create_dir_all(&recipe.output_dir).with_context(|| format!("creating {}", recipe.output_dir.display()))?;
+    let resolved = recipe.output_dir.join("recipe.toml");
+    std::fs::write(&resolved, toml::to_string(&recipe.table)?)
+        .with_context(|| format!("writing {}", resolved.display()))?;
+    let base = ensure_base(recipe)?;
+    let mut records: Vec<StageRecord> = Vec::new();
+    for stage in &recipe.stages[..upto] {
+        let done = stage.dir.join(DONE_FILE);
+        let record = if done.exists() {
+            let rec = read_record(&done)?;
+            eprintln!("== stage {} `{}`: done, skipped ({})", stage.index + 1, stage.name, done.display());
+            rec
+        } else {
+            let model = match stage.from {
+                Some(i) => records[i].model.clone(),
+                None => base.clone(),
+            };
+            eprintln!(
+                "== stage {}/{} `{}` ({:?}) from {model} → {}",
+                stage.index + 1,
+                recipe.stages.len(),
+                stage.name,
+                stage.kind,
+                stage.dir.display()
+            );
+            let rec = run_stage(recipe, stage, &model, &records, opts.resume)
+                .with_context(|| format!("stage `{}` ({:?})", stage.name, stage.kind))?;
+            write_atomic(&done, serde_json::to_string_pretty(&rec)?.as_bytes())?;
+            rec
+        };
+        records.push(record);
+        print_table(recipe, &records);
+    }
+    let report = write_report(recipe, &records, t0.elapsed().as_secs_f64())?;
+    eprintln!(
+        "pipeline: {} stage(s) in {:.0} s; report {}",
+        records.len(),
+        t0.elapsed().as_secs_f64(),
+        report.display()
+    );
+    Ok(records)
+}
+
+/// Without `--resume`, a directory that already holds stages is not overwritten.
+fn check_fresh(recipe: &Recipe, resume: bool) -> Result<()> {
+    if resume {
+        return Ok(());
+    }
+    for s in &recipe.stages {
+        if s.dir.join(DONE_FILE).exists() || s.dir.join("checkpoints").exists() {
+            bail!(
+                "{} already holds stage `{}`; pass --resume to continue, or choose another output_dir",
+                recipe.output_dir.display(),
+                s.name
+            );
+        }
+    }
+    Ok(())
+}
+
+fn read_record(path: &Path) -> Result<StageRecord> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{}: not a stage record", path.display()))
+}
+
+/// The base model: `model`, or the `[init]` tiny model (made once, kept on resume).
+fn ensure_base(recipe: &Recipe) -> Result<String> {
+    let Some(init) = &recipe.init else { return Ok(recipe.base_model()) };
+    let dir = recipe.output_dir.join(BASE_DIR);
+    if !dir.join("config.json").exists() {
+        let lm = init_tiny(&dir, &init.spec(), init.seed).context("creating the [init] model")?;
+        let params: usize = lm.model.named_parameters().iter().map(|(_, t)| t.elem_count()).sum();
+        eprintln!("base: tiny model of {params} parameters → {}", dir.display());
+    }
+    Ok(dir.display().to_string())
+}
+
+fn run_stage(
+    recipe: &Recipe,
+    stage: &Stage,
+    model: &str,
+    records: &[StageRecord],
+    resume: bool,
+) -> Result<StageRecord> {
+    let t0 = Instant::now();
+    std::fs::create_dir_all(&stage.dir).with_context(|| format!("creating {}", stage.dir.display()))?;
+    let config = recipe.materialize(stage, model)?;
+    let (out_model, summary, eval) = match config {
+        StageConfig::Sft(sft, text) => {
+            write_teacher(stage)?;
+            if !sft.data.path.exists() {
+                bail!("[data].path {} does not exist", sft.data.path.display());
+            }
+            let cfg = write_stage_config(stage, &text)?;
+            crate::cmd::sft::run(crate::cmd::sft::Args { config: cfg, resume })?;
+            (policy_of(stage)?, json!({}), None)
+        }
+        StageConfig::Grpo(grpo, text) => {
+            if let Some(m) = grpo.model_rewards().iter().find(|m| !m.path.exists()) {
+                bail!("reward `{}`: the reward model {} does not exist", m.name, m.path.display());
+            }
+            let cfg = write_stage_config(stage, &text)?;
+            crate::cmd::grpo::run(crate::cmd::grpo::Args { config: cfg, resume })?;
+            (policy_of(stage)?, json!({}), None)
+        }
+        StageConfig::Sample(job) => {
+            let lm = load(model)?;
+            let mut bar = TrainProgress::new(0);
+            let samples = stage.dir.join(SAMPLES_FILE);
+            let report = run_rejection(&lm, &job, &samples, &stage.dir.join(SAMPLE_SFT_FILE), &mut bar)?;
+            bar.finish();
+            let f = &report.filter;
+            eprintln!(
+                "rejection sampling: {} samples, {} kept ({} incorrect, {} malformed, {} duplicate, {} over cap); {} SFT rows",
+                f.total, f.kept, f.incorrect, f.malformed, f.duplicate, f.over_cap, report.mix.total
+            );
+            (model.to_string(), serde_json::to_value(&report)?, None)
+        }
+        StageConfig::Rm(cfg) => {
+            if let Some(m) = &stage.make_data {
+                write_jsonl(&recipe.rm_data(stage), &make_rows(m.kind, m.n, m.seed))?;
+            }
+            let report = train_reward_model(&cfg)?;
+            if let Some(h) = report.last() {
+                eprintln!("reward model: {}", h.summary());
+            }
+            draw_plots(&stage.dir);
+            (model.to_string(), serde_json::to_value(&report)?, None)
+        }
+        StageConfig::Eval(e) => (model.to_string(), json!({}), Some(evaluate(model, &e, &stage.dir, &stage.name)?)),
+    };
+    let eval = match (eval, &recipe.eval) {
+        (Some(e), _) => Some(e),
+        (None, Some(pe)) if stage.kind.makes_policy() && stage.eval_after => {
+            Some(evaluate(&out_model, pe, &stage.dir, &stage.name)?)
+        }
+        // The policy did not change: carry the latest evaluation forward.
+        _ => records.last().and_then(|r| r.eval.clone().map(|e| (e, r.cot_language))),
+    };
+    if stage.kind.makes_policy() {
+        draw_plots(&stage.dir);
+    }
+    Ok(StageRecord {
+        name: stage.name.clone(),
+        kind: stage.kind,
+        dir: stage.dir.clone(),
+        model: out_model,
+        cot_language: eval.as_ref().and_then(|e| e.1),
+        eval: eval.map(|e| e.0),
+        summary,
+        wall_s: t0.elapsed().as_secs_f64(),
+    })
+}
+
+/// Writes the teacher's SFT data of an SFT stage (deterministic; kept when already there).
+fn write_teacher(stage: &Stage) -> Result<()> {
+    if let Some(SftData::Teacher(t)) = &stage.sft_data {
+        let path = stage.dir.join(TEACHER_FILE);
+        if !path.exists() {
+            let n = t.write(&path)?;
+            eprintln!("teacher: {n} traces → {}", path.display());
+        }
+    }
+    Ok(())
+}
+
+fn write_stage_config(stage: &Stage, text: &str) -> Result<PathBuf> {
+    let path = stage.dir.join("stage.toml");
+    std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+    Ok(path)
+}
+
+/// The latest checkpoint an sft/grpo stage saved.
+fn policy_of(stage: &Stage) -> Result<String> {
+    let dir = latest_checkpoint(&stage.dir)?.ok_or_else(|| anyhow!("{} saved no checkpoint", stage.dir.display()))?;
+    Ok(dir.display().to_string())
+}
+
+fn load(model: &str) -> Result<LoadedModel> {
+    load_model(&ModelSpec::parse(model), &Device::Cpu, DType::F32).with_context(|| format!("loading {model}"))
+}
+
+/// Evaluates `model` as `pe` says, writing `eval/` (record and samples) and an eval record
+/// the stage's plots pick up; returns the record and the CoT language fraction.
+fn evaluate(model: &str, pe: &PipelineEval, dir: &Path, label: &str) -> Result<(EvalRecord, Option<f64>)> {
+    let lm = load(model)?;
+    let job = EvalJob {
+        data: pe.data.clone(),
+        sampling: pe.sampling.clone(),
+        rewards: pe.rewards.clone(),
+        out_dir: Some(dir.join("eval")),
+    };
+    eprintln!("eval of `{label}`: {} questions × k {}", pe.data.limit, pe.sampling.k);
+    let mut bar = TrainProgress::new(0);
+    let out = run_eval(&lm, &job, &mut bar)?;
+    bar.finish();
+    let mut record = out.record;
+    record.label = Some(label.to_string());
+    record.step = trained_steps(model);
+    write_eval(dir, &record)?;
+    let language = pe.language.map(|lang| {
+        let flat: Vec<f64> = out
+            .samples
+            .iter()
+            .flatten()
+            .map(|s| consistency(thought(&s.completion).unwrap_or(&s.completion), lang))
+            .collect();
+        flat.iter().sum::<f64>() / flat.len().max(1) as f64
+    });
+    Ok((record, language))
+}
+
+/// The step of a checkpoint directory (`step-000123` → 123), else 0.
+fn trained_steps(model: &str) -> u64 {
+    Path::new(model)
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.strip_prefix("step-"))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}

@@ -1,0 +1,320 @@
+//! `aha pipeline` through the built binary: a pipeline of tiny stages end to end (every kind,
+//! the eval table after each, the report), resume skipping done stages, recipe errors that
+//! name the field before anything runs, and `recipes/r1.toml`: its values against the paper
+//! (DESIGN §1) and one step of its first RL stage with a tiny model substituted.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+fn aha(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_aha")).args(args).output().unwrap()
+}
+
+fn ok(args: &[&str]) -> Output {
+    let out = aha(args);
+    assert!(out.status.success(), "aha {args:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    out
+}
+
+fn err(args: &[&str]) -> String {
+    let out = aha(args);
+    assert!(!out.status.success(), "aha {args:?} should fail");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+const TASK: &str = "{ name = \"arithmetic\", min_operands = 2, max_operands = 3, max_value = 3 }";
+
+/// Every stage kind, each as small as it gets.
+fn tiny_recipe(out: &Path) -> String {
+    format!(
+        r#"
+output_dir = {out:?}
+[init]
+hidden_size = 32
+intermediate_size = 64
+max_position_embeddings = 96
+[eval]
+language = "en"
+data = {{ task = {TASK}, limit = 2, template = "raw" }}
+sampling = {{ k = 2, max_new_tokens = 8 }}
+
+[[stages]]
+name = "cold"
+kind = "sft"
+teacher = {{ task = {TASK}, size = 40, slip_rate = 0.5, cot_words = {{ foreign_fraction = 0.5 }} }}
+data = {{ template = "raw" }}
+sft = {{ max_steps = 2, batch_size = 4 }}
+optim = {{ learning_rate = 1e-3 }}
+run = {{ progress = false }}
+
+[[stages]]
+name = "rl"
+kind = "grpo"
+data = {{ task = {TASK}, task_size = 20, template = "raw" }}
+grpo = {{ max_steps = 2, prompts_per_step = 2, group_size = 2, max_completion_length = 6, length_schedule = [{{ from_step = 2, max_completion_length = 8 }}] }}
+optim = {{ learning_rate = 1e-4 }}
+run = {{ progress = false }}
+[[stages.rewards]]
+name = "accuracy"
+kind = "numeric"
+[[stages.rewards]]
+name = "language"
+kind = "language"
+
+[[stages]]
+name = "rejection"
+kind = "sample"
+sample = {{ data = {{ task = {TASK}, split = "train", limit = 3, template = "raw" }}, sampling = {{ k = 2, max_new_tokens = 8 }} }}
+filter = {{ require_correct = false, require_well_formed = false, format = "prompt_completion" }}
+[[stages.mix]]
+from_stage = "cold"
+ratio = 0.5
+
+[[stages]]
+name = "sft2"
+kind = "sft"
+data_from = "rejection"
+data = {{ template = "raw" }}
+sft = {{ max_steps = 1, batch_size = 2 }}
+run = {{ progress = false }}
+
+[[stages]]
+name = "rm"
+kind = "rm"
+from = "cold"
+objective = "pairwise"
+make_data = {{ kind = "helpful", n = 30 }}
+data = {{ template = "raw" }}
+train = {{ max_steps = 2, batch_size = 4, progress = false }}
+optim = {{ learning_rate = 1e-3 }}
+
+[[stages]]
+name = "final"
+kind = "grpo"
+from = "sft2"
+data = {{ task = {TASK}, task_size = 20, template = "raw" }}
+grpo = {{ max_steps = 2, prompts_per_step = 2, group_size = 2, max_completion_length = 8, temperature = 0.7 }}
+run = {{ progress = false }}
+[[stages.rewards]]
+name = "accuracy"
+kind = "numeric"
+[[stages.rewards]]
+name = "helpful"
+kind = "model"
+from_stage = "rm"
+last_steps = 1
+
+[[stages]]
+name = "check"
+kind = "eval"
+data = {{ task = {TASK}, limit = 2, template = "raw" }}
+sampling = {{ k = 2, max_new_tokens = 8 }}
+"#
+    )
+}
+
+fn metrics(run: &Path) -> Vec<Value> {
+    let text = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+const STAGES: [&str; 7] = ["01-cold", "02-rl", "03-rejection", "04-sft2", "05-rm", "06-final", "07-check"];
+
+#[test]
+fn tiny_pipeline_runs_every_stage_then_resume_skips_done_stages() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    let recipe = tmp.path().join("recipe.toml");
+    std::fs::write(&recipe, tiny_recipe(&out)).unwrap();
+    let r = recipe.to_str().unwrap();
+    let first = ok(&["pipeline", r]);
+    let stdout = String::from_utf8_lossy(&first.stdout);
+    // An eval table after every stage: 7 tables, the last with 7 rows.
+    assert_eq!(stdout.matches("| stage | kind | pass@1 | cons@k |").count(), 7, "{stdout}");
+    assert!(stdout.contains("CoT en fraction"), "{stdout}");
+    for s in STAGES {
+        assert!(out.join(s).join("stage.json").is_file(), "{s} not marked done");
+    }
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    for name in ["cold", "rl", "rejection", "sft2", "rm", "final", "check"] {
+        assert!(report.contains(&format!("`{name}`")), "report misses {name}:\n{report}");
+    }
+    assert!(report.contains("Rejection sampling:") && report.contains("Reward model, held-out"), "{report}");
+    assert!(out.join("02-rl/report.png").is_file(), "the stage's plots are drawn");
+    // Links: the SFT stage read the rejection stage's data; the reward model ran only at the last step.
+    let sft2: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("04-sft2/aha_config.json")).unwrap()).unwrap();
+    assert!(sft2["data"]["path"].as_str().unwrap().ends_with("03-rejection/sft.jsonl"));
+    let active: Vec<f64> =
+        metrics(&out.join("06-final")).iter().map(|m| m["rewards/helpful/active"].as_f64().unwrap()).collect();
+    assert_eq!(active, vec![0.0, 1.0]);
+    let rl = metrics(&out.join("02-rl"));
+    assert!(rl.iter().all(|m| m["completions/max_length"].as_f64().unwrap() <= 8.0));
+    let done = std::fs::metadata(out.join("02-rl/stage.json")).unwrap().modified().unwrap();
+
+    // Without --resume the finished run is not overwritten.
+    assert!(err(&["pipeline", r]).contains("--resume"));
+    // With it, every done stage is skipped (no file rewritten).
+    let again = ok(&["pipeline", r, "--resume"]);
+    assert_eq!(String::from_utf8_lossy(&again.stderr).matches("done, skipped").count(), 7);
+    assert_eq!(std::fs::metadata(out.join("02-rl/stage.json")).unwrap().modified().unwrap(), done);
+    // A stage not marked done runs again, continuing from its own latest checkpoint.
+    std::fs::remove_file(out.join("06-final/stage.json")).unwrap();
+    let partial = ok(&["pipeline", r, "--resume"]);
+    let log = String::from_utf8_lossy(&partial.stderr);
+    assert_eq!(log.matches("done, skipped").count(), 6, "{log}");
+    assert!(log.contains("resumed from") && log.contains("06-final"), "{log}");
+    assert!(out.join("06-final/stage.json").is_file());
+    assert_eq!(metrics(&out.join("06-final")).len(), 2, "no step is trained twice");
+}
+
+#[test]
+fn bad_recipes_name_the_field_before_anything_runs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    let good = tiny_recipe(&out);
+    let cases: Vec<(String, &str)> = vec![
+        (good.replace("[init]", "bogus = 1\n[init]"), "bogus"),
+        (good.replace("max_completion_length = 6,", "max_completion_lenght = 6,"), "max_completion_lenght"),
+        (
+            good.replace("stages[1]", "").replace("name = \"rl\"\nkind = \"grpo\"", "name = \"rl\"\nkind = \"grop\""),
+            "grop",
+        ),
+        (good.replace("from = \"sft2\"", "from = \"sft3\""), "sft3"),
+        (good.replace("from_stage = \"rm\"", "from_stage = \"cold\""), "from_stage"),
+        (good.replace("slip_rate = 0.5", "slip_rat = 0.5"), "slip_rat"),
+        (good.replace("data_from = \"rejection\"", "data_from = \"final\""), "final"),
+        (good.replace("name = \"sft2\"", "name = \"rl\""), "used twice"),
+        (good.replace("ratio = 0.5", "ratio = 0.5\nratios = 1"), "ratios"),
+    ];
+    for (text, field) in cases {
+        let recipe = tmp.path().join("bad.toml");
+        std::fs::write(&recipe, &text).unwrap();
+        let e = err(&["pipeline", recipe.to_str().unwrap()]);
+        assert!(e.contains(field) && e.contains("bad.toml"), "expected `{field}` in:\n{e}");
+        assert!(!out.exists(), "nothing may run before the recipe is valid ({field})");
+    }
+    let recipe = tmp.path().join("good.toml");
+    std::fs::write(&recipe, &good).unwrap();
+    let e = err(&["pipeline", recipe.to_str().unwrap(), "--set", "stages.nope.sft.max_steps=1"]);
+    assert!(e.contains("nope"), "{e}");
+}
+
+fn r1() -> toml::Table {
+    toml::from_str(&std::fs::read_to_string(repo().join("recipes/r1.toml")).unwrap()).unwrap()
+}
+
+fn stage<'a>(t: &'a toml::Table, name: &str) -> &'a toml::Table {
+    let stages = t["stages"].as_array().unwrap();
+    stages.iter().find(|s| s["name"].as_str() == Some(name)).unwrap().as_table().unwrap()
+}
+
+fn f(v: &toml::Value) -> f64 {
+    v.as_float().or_else(|| v.as_integer().map(|i| i as f64)).unwrap()
+}
+
+/// Every value DESIGN §1 gives, as `recipes/r1.toml` states it.
+#[test]
+fn r1_recipe_matches_the_paper() {
+    let t = r1();
+    let names: Vec<&str> = t["stages"].as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["cold-start", "rl-reasoning", "rejection", "sft-2", "rm-helpful", "rm-safety", "rl-final"]);
+    let kinds: Vec<&str> = t["stages"].as_array().unwrap().iter().map(|s| s["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["sft", "grpo", "sample", "sft", "rm", "rm", "grpo"]);
+    for (name, temperature) in [("rl-reasoning", 1.0), ("rl-final", 0.7)] {
+        let s = stage(&t, name);
+        let g = s["grpo"].as_table().unwrap();
+        let per_round = f(&g["prompts_per_step"]) * f(&g["group_size"]);
+        let minibatches = f(&g["minibatches"]);
+        assert_eq!(per_round, 8192.0, "{name}: 8 192 samples per rollout");
+        assert_eq!(minibatches, 16.0, "{name}: 16 minibatches");
+        assert_eq!(f(&g["group_size"]), 16.0, "{name}: 16 samples per question");
+        assert_eq!(f(&g["prompts_per_step"]) / minibatches, 32.0, "{name}: 32 questions per optimiser step");
+        assert_eq!(f(&g["num_iterations"]), 1.0, "{name}: one inner epoch");
+        assert_eq!(f(&g["temperature"]), temperature, "{name}: temperature");
+        assert_eq!(f(&g["max_completion_length"]), 32768.0, "{name}: max length");
+        assert_eq!(f(&g["ref_sync_steps"]) * minibatches, 400.0, "{name}: reference every 400 steps");
+        let loss = g["loss"].as_table().unwrap();
+        assert_eq!(f(&loss["beta"]), 0.001, "{name}: β");
+        assert_eq!((f(&loss["epsilon_low"]), f(&loss["epsilon_high"])), (10.0, 10.0), "{name}: clip ε");
+        assert_eq!(f(&s["optim"]["learning_rate"]), 3e-6, "{name}: lr");
+    }
+    let g = stage(&t, "rl-reasoning")["grpo"].as_table().unwrap();
+    let change = g["length_schedule"].as_array().unwrap()[0].as_table().unwrap();
+    assert_eq!(f(&change["max_completion_length"]), 65536.0);
+    let from = f(&change["from_step"]);
+    assert!(((from - 1.0) * 16.0..from * 16.0).contains(&8200.0), "paper step 8 200 falls in aha step {from}");
+    let rl1: Vec<&str> =
+        stage(&t, "rl-reasoning")["rewards"].as_array().unwrap().iter().map(|r| r["kind"].as_str().unwrap()).collect();
+    assert_eq!(rl1, ["math", "format", "language"], "accuracy + format + language consistency");
+    let rej = stage(&t, "rejection");
+    assert!(
+        rej["filter"]["require_correct"].as_bool().unwrap() && rej["filter"]["require_well_formed"].as_bool().unwrap()
+    );
+    assert!((f(&rej["mix"].as_array().unwrap()[0]["ratio"]) - 200.0 / 600.0).abs() < 1e-12, "600k + 200k");
+    let sft2 = stage(&t, "sft-2");
+    assert_eq!((sft2["from"].as_str(), f(&sft2["sft"]["epochs"])), (Some("base"), 2.0), "from base, 2 epochs");
+    let fin = stage(&t, "rl-final")["rewards"].as_array().unwrap();
+    let models: Vec<f64> =
+        fin.iter().filter(|r| r["kind"].as_str() == Some("model")).map(|r| f(&r["last_steps"]) * 16.0).collect();
+    assert_eq!(models, [400.0, 400.0], "model rewards in the final 400 steps only");
+    assert_eq!(stage(&t, "rm-helpful")["objective"].as_str(), Some("pairwise"));
+    assert_eq!(stage(&t, "rm-safety")["objective"].as_str(), Some("pointwise"));
+    let e = t["eval"].as_table().unwrap();
+    assert_eq!((f(&e["sampling"]["temperature"]), f(&e["sampling"]["top_p"])), (0.6, 0.95));
+    // And the whole recipe validates through the stages' own parsers.
+    ok(&["pipeline", repo().join("recipes/r1.toml").to_str().unwrap(), "--check"]);
+}
+
+/// `recipes/r1.toml` with a tiny model and tiny data: cold start (1 step), then one step of
+/// the first RL stage with the paper's lr, β, ε, temperature and rewards, on CPU.
+#[test]
+fn r1_recipe_takes_one_rl_step_with_a_tiny_model() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let model = dir.join("model");
+    ok(&["init", "--out", model.to_str().unwrap(), "--max-position-embeddings", "128"]);
+    let prompts = dir.join("prompts.jsonl");
+    std::fs::write(&prompts, "{\"prompt\":\"1+1?\",\"answer\":\"2\"}\n{\"prompt\":\"2+2?\",\"answer\":\"4\"}\n")
+        .unwrap();
+    let sft = repo().join("examples/data/sft-arithmetic.jsonl");
+    let out = dir.join("r1");
+    let set = |kv: String| ["--set".to_string(), kv];
+    let mut args: Vec<String> = vec!["pipeline".into(), repo().join("recipes/r1.toml").display().to_string()];
+    for kv in [
+        format!("model={}", model.display()),
+        format!("output_dir={}", out.display()),
+        format!("eval.data.path={}", prompts.display()),
+        "eval.sampling={ k = 2, temperature = 0.6, top_p = 0.95, max_new_tokens = 8 }".into(),
+        format!("stages.cold-start.data.path={}", sft.display()),
+        "stages.cold-start.sft={ max_steps = 1, batch_size = 2 }".into(),
+        format!("stages.rl-reasoning.data.path={}", prompts.display()),
+        "stages.rl-reasoning.grpo.max_steps=1".into(),
+        "stages.rl-reasoning.grpo.prompts_per_step=2".into(),
+        "stages.rl-reasoning.grpo.group_size=2".into(),
+        "stages.rl-reasoning.grpo.minibatches=1".into(),
+        "stages.rl-reasoning.grpo.max_completion_length=8".into(),
+        "stages.rl-reasoning.grpo.length_schedule=[]".into(),
+    ] {
+        args.extend(set(kv));
+    }
+    args.extend(["--until".to_string(), "rl-reasoning".to_string()]);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    ok(&refs);
+    let rl = out.join("02-rl-reasoning");
+    assert_eq!(metrics(&rl).len(), 1, "one step of the first RL stage");
+    assert!(!out.join("03-rejection").exists(), "--until stops there");
+    let cfg: Value = serde_json::from_str(&std::fs::read_to_string(rl.join("aha_config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["optim"]["learning_rate"].as_f64(), Some(3e-6));
+    assert_eq!(cfg["grpo"]["loss"]["beta"].as_f64(), Some(0.001));
+    assert_eq!(cfg["grpo"]["loss"]["epsilon_high"].as_f64(), Some(10.0));
+    assert_eq!(cfg["grpo"]["temperature"].as_f64(), Some(1.0));
+    assert_eq!(cfg["rewards"].as_array().unwrap().len(), 3);
+    assert!(cfg["model"].as_str().unwrap().contains("01-cold-start"), "RL starts from the cold-start checkpoint");
+}
