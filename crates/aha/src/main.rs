@@ -4,11 +4,11 @@
 //! `run(args) -> anyhow::Result<()>` function. This file only dispatches.
 
 mod alloc;
-mod threads;
 mod cmd;
 mod config;
 mod pipeline;
 mod runs;
+mod threads;
 
 use clap::{Parser, Subcommand};
 

@@ -98,6 +98,10 @@ pub enum RewardKind {
         #[serde(default)]
         think_in_prompt: bool,
     },
+    /// Soft format shaping for models that have not learned the format yet: 0.25 for each of
+    /// `<think>`, `</think>`, `<answer>`, `</answer>` that occurs exactly once (0 to 1). Worth
+    /// a small weight next to the strict `format` reward, never instead of it.
+    TagCount,
     /// Fraction of the chain-of-thought's words in the target language.
     Language {
         /// Target language (`en` or `zh`; default `en`).
@@ -146,6 +150,7 @@ impl RewardKind {
         match self {
             RewardKind::Math { .. } => "math",
             RewardKind::Format { .. } => "format",
+            RewardKind::TagCount => "tag_count",
             RewardKind::Language { .. } => "language",
             RewardKind::Countdown => "countdown",
             RewardKind::ExactMatch { .. } => "exact_match",

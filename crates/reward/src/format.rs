@@ -22,6 +22,16 @@ impl Reward for FormatReward {
     }
 }
 
+/// Soft shaping: 0.25 per R1 tag that occurs exactly once.
+pub struct TagCountReward;
+
+impl Reward for TagCountReward {
+    fn score(&self, sample: &Sample) -> Score {
+        let tags = ["<think>", "</think>", "<answer>", "</answer>"];
+        Score::Value(tags.iter().filter(|t| sample.completion.matches(*t).count() == 1).count() as f64 * 0.25)
+    }
+}
+
 /// Whether `completion` has the strict R1 format (see the module docs).
 pub fn is_well_formed(completion: &str, think_in_prompt: bool) -> bool {
     let tags = ["<think>", "</think>", "<answer>", "</answer>"];
@@ -53,7 +63,21 @@ pub fn is_well_formed(completion: &str, think_in_prompt: bool) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::is_well_formed;
+    use super::{is_well_formed, TagCountReward};
+    use crate::sample::{Sample, Score};
+    use crate::Reward;
+
+    #[test]
+    fn tag_count_gives_a_quarter_per_tag_seen_exactly_once() {
+        let score = |c: &str| match TagCountReward.score(&Sample::new(c, "")) {
+            Score::Value(v) => v,
+            Score::Unscorable { reason } => panic!("unscorable: {reason}"),
+        };
+        assert_eq!(score("plain text"), 0.0);
+        assert_eq!(score("<answer>4</answer>"), 0.5);
+        assert_eq!(score("<think>a</think><answer>4</answer>"), 1.0);
+        assert_eq!(score("<think>a</think><answer>4</answer><answer>5</answer>"), 0.5);
+    }
 
     #[test]
     fn strict_cases() {

@@ -150,6 +150,7 @@ fn build_reward(kind: &RewardKind) -> Result<Box<dyn Reward>, RewardError> {
     Ok(match kind {
         RewardKind::Math { precision } => Box::new(math::MathReward::new(*precision)),
         RewardKind::Format { think_in_prompt } => Box::new(format::FormatReward { think_in_prompt: *think_in_prompt }),
+        RewardKind::TagCount => Box::new(format::TagCountReward),
         RewardKind::Language { language } => Box::new(language::LanguageReward { language: *language }),
         RewardKind::Countdown => Box::new(tasks::countdown::CountdownReward),
         RewardKind::ExactMatch { case_sensitive } => {

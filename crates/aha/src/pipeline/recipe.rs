@@ -389,6 +389,7 @@ impl Recipe {
                 }
                 t.insert("model".into(), model_s);
                 t.insert("output_dir".into(), out);
+                typed::<SftConfig>(&t, &at)?;
                 let text = toml::to_string(&t)?;
                 Ok(StageConfig::Sft(Box::new(sft_from_str(&origin, &text)?), text))
             }
@@ -396,6 +397,7 @@ impl Recipe {
                 self.link_rewards(&mut t).with_context(|| at.clone())?;
                 t.insert("model".into(), model_s);
                 t.insert("output_dir".into(), out);
+                typed::<GrpoConfig>(&t, &at)?;
                 let text = toml::to_string(&t)?;
                 Ok(StageConfig::Grpo(Box::new(grpo_from_str(&origin, &text)?), text))
             }
@@ -480,6 +482,12 @@ pub const SAMPLE_SFT_FILE: &str = "sft.jsonl";
 pub const SAMPLES_FILE: &str = "samples.jsonl";
 /// An rm stage's synthetic data.
 pub const RM_DATA_FILE: &str = "data.jsonl";
+
+/// Deserialises `t` as `T`, for an error that names the field's path in the stage (the
+/// stage's generated TOML text is what the commands' parsers then read, with its own lines).
+fn typed<T: serde::de::DeserializeOwned>(t: &Table, at: &str) -> Result<T> {
+    Value::Table(t.clone()).try_into().map_err(|e| anyhow!("{at}: {}", e.to_string().trim_end()))
+}
 
 fn check_eval(e: &PipelineEval) -> Result<()> {
     e.data.validate()?;
