@@ -18,7 +18,7 @@ use candle_core::Tensor;
 use crate::advantage::{group_advantages, is_zero_std};
 use crate::batch::{build_batch, completion_logprobs, SeqBatch};
 use crate::config::GrpoLossConfig;
-use crate::data::{DataCursor, PromptRow};
+use crate::data::{CursorState, DataCursor, PromptRow};
 use crate::error::{Result, TrainError};
 use crate::loss::{grpo_loss, mean_entropy, LossInputs, LossNorm};
 use crate::optim::{AdamW, Grads};
@@ -242,6 +242,41 @@ pub struct StepOutput {
     pub metrics: StepMetrics,
     /// Every scored completion of the step.
     pub samples: Vec<Scored>,
+}
+
+impl<'a> GrpoTrainer<'a> {
+    /// A trainer at step 0: `opt` over `policy`'s variables, a frozen reference copy of the
+    /// policy iff β > 0, the data cursor at the start of `seed`'s order, no reward models
+    /// (assign `model_rewards` to add some).
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        settings: GrpoSettings,
+        policy: &Transformer,
+        opt: AdamW,
+        rows: &'a [PromptRow],
+        prompt_ids: Vec<Vec<u32>>,
+        registry: &'a Registry,
+        codec: &'a dyn TextCodec,
+        seed: u64,
+    ) -> Result<Self> {
+        let reference = if settings.loss.beta > 0.0 { Some(policy.frozen_copy()?) } else { None };
+        Ok(Self {
+            settings,
+            policy: policy.clone(),
+            reference,
+            opt,
+            rows,
+            prompt_ids,
+            registry,
+            codec,
+            cursor: DataCursor::new(rows.len(), seed, CursorState::default()),
+            step: 0,
+            seed,
+            consecutive_skips: 0,
+            total_skips: 0,
+            model_rewards: Default::default(),
+        })
+    }
 }
 
 impl GrpoTrainer<'_> {

@@ -7,7 +7,7 @@ use aha_model::io::ModelSpec;
 use aha_model::{init_tiny, load_model, FinishReason, LoadedModel, TinySpec};
 use aha_reward::{Registry, Reward, RewardsConfig, Sample, Score};
 use aha_train::config::{GrpoLossConfig, LossType, OptimConfig};
-use aha_train::data::{CursorState, DataCursor, PromptRow};
+use aha_train::data::PromptRow;
 use aha_train::grpo::{GrpoSettings, GrpoTrainer, TextCodec};
 use aha_train::optim::{named_vars, AdamW};
 use aha_train::run::{ensure_finite, restore, save, RunOptions};
@@ -71,23 +71,8 @@ fn optim() -> OptimConfig {
 }
 
 fn trainer<'a>(s: &'a Setup, lm: &LoadedModel, registry: &'a Registry, settings: GrpoSettings) -> GrpoTrainer<'a> {
-    let reference = (settings.loss.beta > 0.0).then(|| lm.model.frozen_copy().unwrap());
-    GrpoTrainer {
-        settings,
-        policy: lm.model.clone(),
-        reference,
-        opt: AdamW::new(named_vars(&lm.varmap), optim()).unwrap(),
-        rows: &s.rows,
-        prompt_ids: s.prompt_ids.clone(),
-        registry,
-        codec: &s.lm.tokenizer,
-        cursor: DataCursor::new(s.rows.len(), 11, CursorState::default()),
-        step: 0,
-        seed: 11,
-        consecutive_skips: 0,
-        total_skips: 0,
-        model_rewards: Default::default(),
-    }
+    let opt = AdamW::new(named_vars(&lm.varmap), optim()).unwrap();
+    GrpoTrainer::new(settings, &lm.model, opt, &s.rows, s.prompt_ids.clone(), registry, &s.lm.tokenizer, 11).unwrap()
 }
 
 /// A reward with spread on a random model: the completion's length mod 5, scaled.

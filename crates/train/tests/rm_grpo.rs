@@ -7,7 +7,7 @@ use aha_model::io::ModelSpec;
 use aha_model::{init_tiny, TinySpec};
 use aha_reward::{Registry, Reward, Sample, Score};
 use aha_train::config::OptimConfig;
-use aha_train::data::{CursorState, DataCursor, PromptRow};
+use aha_train::data::PromptRow;
 use aha_train::grpo::{GrpoSettings, GrpoTrainer, TextCodec};
 use aha_train::optim::{named_vars, AdamW};
 use aha_train::rm::{ModelReward, ModelRewardSpec, ModelRewards, Objective, RewardModel, ScoreTransform};
@@ -66,22 +66,11 @@ fn a_model_reward_for_the_last_steps_is_called_only_there_and_enters_the_total()
         max_completion_length: 8,
         ..GrpoSettings::default()
     };
-    let mut trainer = GrpoTrainer {
-        settings,
-        policy: lm.model.clone(),
-        reference: None,
-        opt: AdamW::new(named_vars(&lm.varmap), OptimConfig { learning_rate: 1e-3, ..OptimConfig::default() }).unwrap(),
-        rows: &rows,
-        prompt_ids,
-        registry: &registry,
-        codec: &lm.tokenizer,
-        cursor: DataCursor::new(rows.len(), 11, CursorState::default()),
-        step: 0,
-        seed: 11,
-        consecutive_skips: 0,
-        total_skips: 0,
-        model_rewards,
-    };
+    let opt =
+        AdamW::new(named_vars(&lm.varmap), OptimConfig { learning_rate: 1e-3, ..OptimConfig::default() }).unwrap();
+    let mut trainer =
+        GrpoTrainer::new(settings, &lm.model, opt, &rows, prompt_ids, &registry, &lm.tokenizer, 11).unwrap();
+    trainer.model_rewards = model_rewards;
     let judge = RewardModel::open(&rm_dir).unwrap();
     for step in 1..=max_steps {
         let out = trainer.step().unwrap();

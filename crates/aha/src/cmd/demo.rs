@@ -238,23 +238,16 @@ fn reinforce(
 ) -> Result<()> {
     let rows: Vec<PromptRow> = train_set.iter().map(PromptRow::from).collect();
     let prompt_ids = encode_prompts(&lm.tokenizer, &rows)?;
-    let opt = AdamW::new(named_vars(&lm.varmap), plan.grpo_optim.clone())?;
-    let mut trainer = GrpoTrainer {
-        settings: plan.grpo.clone(),
-        policy: lm.model.clone(),
-        reference: None,
-        opt,
-        rows: &rows,
+    let mut trainer = GrpoTrainer::new(
+        plan.grpo.clone(),
+        &lm.model,
+        AdamW::new(named_vars(&lm.varmap), plan.grpo_optim.clone())?,
+        &rows,
         prompt_ids,
         registry,
-        codec: &lm.tokenizer,
-        cursor: DataCursor::new(rows.len(), seed, CursorState::default()),
-        step: 0,
+        &lm.tokenizer,
         seed,
-        consecutive_skips: 0,
-        total_skips: 0,
-        model_rewards: Default::default(),
-    };
+    )?;
     eprintln!(
         "[4/5] GRPO: {} steps × {} prompts × {} samples",
         plan.grpo.max_steps, plan.grpo.prompts_per_step, plan.grpo.group_size

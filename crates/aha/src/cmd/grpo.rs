@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use aha_metrics::write_eval;
 use aha_model::LoadedModel;
 use aha_reward::Registry;
-use aha_train::data::{read_jsonl, CursorState, DataConfig, DataCursor, PromptRow};
+use aha_train::data::{read_jsonl, DataConfig, PromptRow};
 use aha_train::eval::evaluate;
 use aha_train::grpo::GrpoTrainer;
 use aha_train::optim::{named_vars, AdamW};
@@ -128,24 +128,19 @@ fn build_trainer<'a>(
     set: &'a EncodedPrompts,
     registry: &'a Registry,
 ) -> Result<GrpoTrainer<'a>> {
-    let reference = if cfg.grpo.loss.beta > 0.0 { Some(lm.model.frozen_copy()?) } else { None };
-    Ok(GrpoTrainer {
-        settings: cfg.grpo.clone(),
-        policy: lm.model.clone(),
-        reference,
-        opt: AdamW::new(named_vars(&lm.varmap), cfg.optim.clone())?,
-        rows: &set.rows,
-        prompt_ids: set.ids.clone(),
+    let mut trainer = GrpoTrainer::new(
+        cfg.grpo.clone(),
+        &lm.model,
+        AdamW::new(named_vars(&lm.varmap), cfg.optim.clone())?,
+        &set.rows,
+        set.ids.clone(),
         registry,
-        codec: &lm.tokenizer,
-        cursor: DataCursor::new(set.rows.len(), cfg.seed, CursorState::default()),
-        step: 0,
-        seed: cfg.seed,
-        consecutive_skips: 0,
-        total_skips: 0,
-        model_rewards: ModelRewards::load(&cfg.model_rewards(), cfg.grpo.max_steps)
-            .context("loading the reward models")?,
-    })
+        &lm.tokenizer,
+        cfg.seed,
+    )?;
+    trainer.model_rewards =
+        ModelRewards::load(&cfg.model_rewards(), cfg.grpo.max_steps).context("loading the reward models")?;
+    Ok(trainer)
 }
 
 fn announce(cfg: &GrpoConfig, set: &EncodedPrompts) {

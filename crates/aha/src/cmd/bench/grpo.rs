@@ -24,7 +24,7 @@ use aha_model::rollout::{rollout, RolloutConfig};
 use aha_model::{AhaTokenizer, Arch, ModelConfig, Transformer};
 use aha_reward::Registry;
 use aha_train::config::{GrpoLossConfig, ImportanceLevel, LossType, LrSchedule, OptimConfig, ScaleRewards};
-use aha_train::data::{read_jsonl, ColumnMap, CursorState, DataCursor, PromptRow};
+use aha_train::data::{read_jsonl, ColumnMap, PromptRow};
 use aha_train::grpo::{sampling_params, GrpoSettings, GrpoTrainer, StepMetrics, TextCodec};
 use aha_train::optim::{named_vars, AdamW};
 use anyhow::{bail, Context, Result};
@@ -280,23 +280,8 @@ fn bench_train(o: &GrpoOpts, tokenizer: &AhaTokenizer, rows: &[PromptRow], polic
         ],
         0,
     );
-    let reference = if o.beta > 0.0 { Some(policy.model.frozen_copy()?) } else { None };
-    let mut trainer = GrpoTrainer {
-        settings: grpo,
-        policy: policy.model.clone(),
-        reference,
-        opt: AdamW::new(named_vars(&policy.varmap), optim)?,
-        rows,
-        prompt_ids,
-        registry: &registry,
-        codec: &codec,
-        cursor: DataCursor::new(rows.len(), o.seed, CursorState::default()),
-        step: 0,
-        seed: o.seed,
-        consecutive_skips: 0,
-        total_skips: 0,
-        model_rewards: Default::default(),
-    };
+    let opt = AdamW::new(named_vars(&policy.varmap), optim)?;
+    let mut trainer = GrpoTrainer::new(grpo, &policy.model, opt, rows, prompt_ids, &registry, &codec, o.seed)?;
     let mut steps = Vec::with_capacity(o.steps);
     let start = Instant::now();
     let mut t = start;
