@@ -88,7 +88,7 @@ pub struct GrpoConfig {
     /// A preset layered under this file's values. Default none.
     #[serde(default)]
     pub preset: Option<Preset>,
-    /// The model: an HF directory, a `.gguf` file or a cached hub repo id.
+    /// The model: an HF directory, a `.gguf` file or a hub repo id (downloaded when missing).
     pub model: String,
     /// The run directory (metrics, checkpoints, plots, the resolved config).
     pub output_dir: PathBuf,
@@ -205,7 +205,7 @@ impl SftSettings {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SftConfig {
-    /// The model: an HF directory, a `.gguf` file or a cached hub repo id.
+    /// The model: an HF directory, a `.gguf` file or a hub repo id (downloaded when missing).
     pub model: String,
     /// The run directory.
     pub output_dir: PathBuf,

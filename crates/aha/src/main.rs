@@ -38,7 +38,7 @@ enum Command {
     Init(cmd::init::Args),
     /// Answer one prompt with a model, streaming to stdout.
     Generate(cmd::generate::Args),
-    /// Load a model (HF directory, GGUF, cached repo id) and save it as a HF directory.
+    /// Load a model (HF directory, GGUF, hub repo id) and save it as a HF directory.
     Convert(cmd::convert::Args),
     /// Train a model with GRPO from a TOML config.
     Grpo(cmd::grpo::Args),

@@ -9,6 +9,7 @@ pub mod chat_template;
 pub mod config;
 pub mod error;
 mod fast;
+pub mod fused;
 pub mod io;
 pub mod kv_cache;
 pub mod rollout;

@@ -13,6 +13,7 @@ use candle_nn::{Init, VarBuilder};
 use crate::config::{Arch, Llama3RopeScaling, ModelConfig};
 use crate::error::Result;
 use crate::fast;
+use crate::fused;
 use crate::kv_cache::KvCache;
 
 /// Additive attention bias for disallowed positions (scores are f32 when it is applied).
@@ -72,6 +73,10 @@ impl RmsNorm {
         if fast::eligible(x) && fast::eligible(&self.weight) {
             // Inference: candle's fused kernel (same f32 arithmetic, no backward).
             return Ok(candle_nn::ops::rms_norm(&x.contiguous()?, &self.weight, self.eps as f32)?);
+        }
+        if fused::supported(x) {
+            // Training on CPU: one fused kernel with its own backward.
+            return Ok(fused::rms_norm(x, &self.weight, self.eps)?);
         }
         let dtype = x.dtype();
         let x = x.to_dtype(upcast(dtype))?;
@@ -218,19 +223,28 @@ impl Attention {
     /// Projects `x` `[B, T, H]` to `q` `[B, nh, T, hd]` and `k`, `v` `[B, nkv, T, hd]`, with RoPE.
     fn qkv(&self, x: &Tensor, rope: &(Tensor, Tensor)) -> Result<(Tensor, Tensor, Tensor)> {
         let (b, t, _) = x.dims3()?;
-        let heads = |y: Tensor, n: usize, norm: &Option<RmsNorm>| -> Result<Tensor> {
+        let (cos, sin) = rope;
+        // `[B, T, n·hd]` → `[B, n, T, hd]` (q/k norm first, RoPE when `rotate`).
+        let heads = |y: Tensor, n: usize, norm: &Option<RmsNorm>, rotate: bool| -> Result<Tensor> {
             let y = y.reshape((b, t, n, self.head_dim))?;
             let y = match norm {
                 Some(nm) => nm.forward(&y)?,
                 None => y,
             };
-            Ok(y.transpose(1, 2)?.contiguous()?)
+            if rotate && fused::supported(&y) && fused::supported(cos) {
+                return Ok(fused::rope_transposed(&y, cos, sin)?);
+            }
+            let y = y.transpose(1, 2)?.contiguous()?;
+            if rotate {
+                apply_rope(&y, cos, sin)
+            } else {
+                Ok(y)
+            }
         };
-        let q = heads(self.q_proj.forward(x)?, self.n_heads, &self.q_norm)?;
-        let k = heads(self.k_proj.forward(x)?, self.n_kv, &self.k_norm)?;
-        let v = heads(self.v_proj.forward(x)?, self.n_kv, &None)?;
-        let (cos, sin) = rope;
-        Ok((apply_rope(&q, cos, sin)?, apply_rope(&k, cos, sin)?, v))
+        let q = heads(self.q_proj.forward(x)?, self.n_heads, &self.q_norm, true)?;
+        let k = heads(self.k_proj.forward(x)?, self.n_kv, &self.k_norm, true)?;
+        let v = heads(self.v_proj.forward(x)?, self.n_kv, &None, false)?;
+        Ok((q, k, v))
     }
 
     /// Scaled dot-product attention. `q`: `[B, nh, T, hd]`; `k`, `v`: `[B, nkv, S, hd]`;
@@ -244,10 +258,14 @@ impl Attention {
         let g = nh / self.n_kv;
         let q = q.reshape((b, self.n_kv, g * t, hd))?;
         let scale = 1.0 / (hd as f64).sqrt();
-        let scores = (q.matmul(&k.t()?)? * scale)?.reshape((b, nh, t, s))?;
-        let cd = upcast(v.dtype());
-        let scores = scores.to_dtype(cd)?.broadcast_add(&bias.to_dtype(cd)?)?;
-        let probs = candle_nn::ops::softmax(&scores, D::Minus1)?.to_dtype(v.dtype())?;
+        let scores = q.matmul(&k.t()?)?.reshape((b, nh, t, s))?;
+        let probs = if fused::supported(&scores) {
+            fused::masked_softmax(&scores, &bias.to_dtype(scores.dtype())?, scale)?
+        } else {
+            let cd = upcast(v.dtype());
+            let scores = (scores * scale)?.to_dtype(cd)?.broadcast_add(&bias.to_dtype(cd)?)?;
+            candle_nn::ops::softmax(&scores, D::Minus1)?.to_dtype(v.dtype())?
+        };
         let out = probs.reshape((b, self.n_kv, g * t, s))?.matmul(v)?; // [B, nkv, g·T, hd]
         let out = out.reshape((b, nh, t, hd))?.transpose(1, 2)?; // [B, T, nh, hd]
         Ok(out.reshape((b, t, nh * hd))?)
@@ -314,8 +332,12 @@ impl Mlp {
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let gate = candle_nn::Activation::Silu.forward(&self.gate_proj.forward(x)?)?;
-        self.down_proj.forward(&(gate * self.up_proj.forward(x)?)?)
+        let (gate, up) = (self.gate_proj.forward(x)?, self.up_proj.forward(x)?);
+        if fused::supported(&gate) {
+            return self.down_proj.forward(&fused::swiglu(&gate, &up)?);
+        }
+        let gate = candle_nn::Activation::Silu.forward(&gate)?;
+        self.down_proj.forward(&(gate * up)?)
     }
 }
 

@@ -162,6 +162,12 @@ pub fn grpo_loss(inp: &LossInputs, cfg: &GrpoLossConfig, norm: &LossNorm) -> Res
 /// `logits`: `[B, L, V]`; `targets`: `[B, L]` u32 → `[B, L]` in f32 (computed in f32 whatever the
 /// logits dtype). Differentiable (log-softmax then gather).
 pub fn token_logprobs(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    if aha_model::fused::supported(logits) {
+        // CPU: one fused log-softmax + gather with its own backward.
+        let (b, l, v) = logits.dims3()?;
+        let flat = aha_model::fused::gather_logprobs(&logits.reshape((b * l, v))?, &targets.flatten_all()?)?;
+        return Ok(flat.reshape((b, l))?.to_dtype(DType::F32)?);
+    }
     let logits = logits.to_dtype(DType::F32)?;
     let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
     let idx = targets.unsqueeze(D::Minus1)?.contiguous()?;
@@ -170,6 +176,11 @@ pub fn token_logprobs(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
 
 /// Mean per-token entropy of the distributions in `logits` (`[B, L, V]`) over `mask` (`[B, L]`).
 pub fn mean_entropy(logits: &Tensor, mask: &Tensor) -> Result<f64> {
+    if aha_model::fused::supported(logits) {
+        let (b, l, v) = logits.dims3()?;
+        let ent = aha_model::fused::row_entropy(&logits.detach().reshape((b * l, v))?)?.reshape((b, l))?;
+        return masked_mean_scalar(&ent.to_dtype(DType::F32)?, &mask.to_dtype(DType::F32)?);
+    }
     let logits = logits.detach().to_dtype(DType::F32)?;
     let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
     let ent = (logp.exp()? * &logp)?.sum(D::Minus1)?.neg()?;

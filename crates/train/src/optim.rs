@@ -5,7 +5,8 @@
 
 use std::collections::BTreeMap;
 
-use candle_core::{backprop::GradStore, DType, Tensor, Var};
+use candle_core::{backprop::GradStore, DType, Tensor, Var, WithDType};
+use rayon::prelude::*;
 
 use crate::config::{LrSchedule, OptimConfig};
 use crate::error::Result;
@@ -178,8 +179,82 @@ impl AdamW {
     }
 }
 
-/// One parameter's AdamW update, exactly PyTorch's order of operations.
+/// The scalars of one AdamW update.
+#[derive(Clone, Copy)]
+struct Coeffs {
+    beta1: f64,
+    beta2: f64,
+    eps: f64,
+    /// `lr / bc1`.
+    step_size: f64,
+    /// `1 − lr · weight_decay`.
+    decay: f64,
+    bc2: f64,
+}
+
+/// One element's update: `(p, m, v)` → new `(p, m, v)`, computed in f64.
+fn adamw_elem(c: Coeffs, p: f64, g: f64, m: f64, v: f64) -> (f64, f64, f64) {
+    let m = c.beta1 * m + (1.0 - c.beta1) * g;
+    let v = c.beta2 * v + (1.0 - c.beta2) * g * g;
+    let denom = (v / c.bc2).sqrt() + c.eps;
+    (p * c.decay - c.step_size * (m / denom), m, v)
+}
+
+/// The update in one pass over flat CPU data (parallel over blocks).
+fn adamw_flat<T: WithDType>(c: Coeffs, p: &mut [T], g: &[T], m: &mut [T], v: &mut [T]) {
+    const BLOCK: usize = 1 << 14;
+    p.par_chunks_mut(BLOCK)
+        .zip(m.par_chunks_mut(BLOCK))
+        .zip(v.par_chunks_mut(BLOCK))
+        .zip(g.par_chunks(BLOCK))
+        .for_each(|(((pb, mb), vb), gb)| {
+            for i in 0..pb.len() {
+                let (np, nm, nv) = adamw_elem(c, pb[i].to_f64(), gb[i].to_f64(), mb[i].to_f64(), vb[i].to_f64());
+                (pb[i], mb[i], vb[i]) = (T::from_f64(np), T::from_f64(nm), T::from_f64(nv));
+            }
+        });
+}
+
+/// The fused update for CPU f32/f64 parameters; `false` when it does not apply.
+fn update_fused(var: &Var, g: &Tensor, mo: &mut Moments, c: Coeffs) -> Result<bool> {
+    let p = var.as_tensor();
+    if !aha_model::fused::supported(p) || g.dtype() != p.dtype() {
+        return Ok(false);
+    }
+    match p.dtype() {
+        DType::F32 => update_typed::<f32>(var, g, mo, c)?,
+        DType::F64 => update_typed::<f64>(var, g, mo, c)?,
+        _ => return Ok(false),
+    }
+    Ok(true)
+}
+
+fn update_typed<T: WithDType>(var: &Var, g: &Tensor, mo: &mut Moments, c: Coeffs) -> Result<()> {
+    let p = var.as_tensor();
+    let flat = |t: &Tensor| t.flatten_all().and_then(|t| t.to_vec1::<T>());
+    let (mut pv, gv, mut mv, mut vv) = (flat(p)?, flat(g)?, flat(&mo.m)?, flat(&mo.v)?);
+    adamw_flat(c, &mut pv, &gv, &mut mv, &mut vv);
+    let (shape, dev) = (p.shape().clone(), p.device().clone());
+    mo.m = Tensor::from_vec(mv, shape.clone(), &dev)?;
+    mo.v = Tensor::from_vec(vv, shape.clone(), &dev)?;
+    var.set(&Tensor::from_vec(pv, shape, &dev)?)?;
+    Ok(())
+}
+
+/// One parameter's AdamW update, exactly PyTorch's order of operations: one fused pass on CPU,
+/// candle tensor ops elsewhere.
 fn update_one(var: &Var, g: &Tensor, mo: &mut Moments, cfg: &OptimConfig, lr: f64, bc1: f64, bc2: f64) -> Result<()> {
+    let c = Coeffs {
+        beta1: cfg.beta1,
+        beta2: cfg.beta2,
+        eps: cfg.eps,
+        step_size: lr / bc1,
+        decay: 1.0 - lr * cfg.weight_decay,
+        bc2,
+    };
+    if update_fused(var, g, mo, c)? {
+        return Ok(());
+    }
     mo.m = ((&mo.m * cfg.beta1)? + (g * (1.0 - cfg.beta1))?)?;
     mo.v = ((&mo.v * cfg.beta2)? + (g.sqr()? * (1.0 - cfg.beta2))?)?;
     let denom = ((&mo.v / bc2)?.sqrt()? + cfg.eps)?;

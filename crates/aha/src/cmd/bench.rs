@@ -259,7 +259,8 @@ fn train_step(model: &Transformer, opt: &mut AdamW, seq: &Tensor) -> Result<f32>
     let mask = Tensor::ones((b, t), DType::F32, &Device::Cpu)?;
     let pos = Tensor::arange(0u32, t as u32, &Device::Cpu)?.unsqueeze(0)?.repeat((b, 1))?;
     let logits = model.forward(&input, &mask, &pos)?.reshape((b * t, ()))?;
-    let loss = candle_nn::loss::cross_entropy(&logits, &target)?;
+    // Next-token cross-entropy: the fused log-softmax + gather that training uses on CPU.
+    let loss = aha_model::fused::gather_logprobs(&logits, &target)?.mean_all()?.neg()?;
     opt.backward_step(&loss).context("backward + AdamW step")?;
     Ok(loss.to_scalar::<f32>()?)
 }

@@ -10,7 +10,7 @@ use candle_core::{DType, Device};
 /// Convert a model to a Hugging Face directory.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Model: Hugging Face directory, `.gguf` file, or `org/name` from the local HF cache.
+    /// Model: Hugging Face directory, `.gguf` file, or `org/name` (HF cache, downloaded when missing).
     #[arg(long)]
     pub model: String,
     /// Output directory (replaced atomically if it exists).

@@ -52,6 +52,21 @@ pub struct Args {
     /// Largest operand of the arithmetic problems.
     #[arg(long, default_value_t = 3)]
     pub max_value: i64,
+    /// Prompts per GRPO step.
+    #[arg(long, default_value_t = 16)]
+    pub prompts_per_step: usize,
+    /// Samples per prompt (G).
+    #[arg(long, default_value_t = 8)]
+    pub group_size: usize,
+    /// DAPO dynamic sampling: drop groups whose rewards are all equal and refill (up to 3 rounds).
+    #[arg(long, default_value_t = false, action = clap::ArgAction::Set)]
+    pub dynamic_sampling: bool,
+    /// Sampling temperature of the GRPO rollouts.
+    #[arg(long, default_value_t = 1.0)]
+    pub grpo_temperature: f64,
+    /// GRPO iterations (μ) over each step's rollouts.
+    #[arg(long, default_value_t = 1)]
+    pub num_iterations: usize,
 }
 
 /// The demo's fixed recipe.
@@ -96,8 +111,11 @@ impl Plan {
             },
             grpo: GrpoSettings {
                 max_steps: args.grpo_steps,
-                prompts_per_step: 16,
-                group_size: 8,
+                prompts_per_step: args.prompts_per_step,
+                group_size: args.group_size,
+                dynamic_sampling: args.dynamic_sampling,
+                temperature: args.grpo_temperature,
+                num_iterations: args.num_iterations,
                 max_completion_length: max_len,
                 loss: GrpoLossConfig::default(),
                 ..GrpoSettings::default()
@@ -312,6 +330,12 @@ fn write_summary(
         "mean_completion_tokens_after_rl": after.mean_completion_tokens,
         "sft_steps": args.sft_steps,
         "grpo_steps": plan.grpo.max_steps,
+        "grpo_lr": args.grpo_lr,
+        "prompts_per_step": plan.grpo.prompts_per_step,
+        "group_size": plan.grpo.group_size,
+        "dynamic_sampling": plan.grpo.dynamic_sampling,
+        "grpo_temperature": plan.grpo.temperature,
+        "num_iterations": plan.grpo.num_iterations,
         "wall_s": wall,
         "plots": plots,
     });

@@ -23,7 +23,7 @@ use candle_core::{DType, Device};
 /// Model, questions, rewards and sampling: the flags `aha eval` and `aha sample` share.
 #[derive(clap::Args, Debug)]
 pub struct SamplingArgs {
-    /// Model: Hugging Face directory, `.gguf` file, checkpoint directory or cached hub repo id.
+    /// Model: Hugging Face directory, `.gguf` file, checkpoint directory or hub repo id (downloaded when missing).
     #[arg(long)]
     pub model: String,
     /// A JSONL file of questions (`prompt`, `answer` and any verifier fields; see the column flags).

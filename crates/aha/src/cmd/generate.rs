@@ -12,7 +12,7 @@ use candle_core::{DType, Device, IndexOp, Tensor};
 /// Generate an answer to one prompt.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Model: Hugging Face directory, `.gguf` file, or `org/name` from the local HF cache.
+    /// Model: Hugging Face directory, `.gguf` file, or `org/name` (HF cache, downloaded when missing).
     #[arg(long)]
     pub model: String,
     /// The user message.

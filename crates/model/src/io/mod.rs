@@ -1,5 +1,6 @@
 //! Loading and saving models: Hugging Face directories, GGUF files, repo ids from the local
-//! Hugging Face cache, and `save_pretrained`.
+//! Hugging Face cache (downloaded into it when missing, with the `hub-download` feature), and
+//! `save_pretrained`.
 //!
 //! Every loader ends the same way ([`build_from_source`]): for each parameter the transformer
 //! declares ([`Transformer::parameter_specs`]) the source yields a tensor, its shape is checked
@@ -10,6 +11,8 @@ mod gguf;
 mod gguf_scan;
 mod hf;
 mod hub;
+#[cfg(feature = "hub-download")]
+mod hub_download;
 mod save;
 mod seq_cls;
 
@@ -26,7 +29,7 @@ use crate::transformer::Transformer;
 
 pub use gguf::{hf_to_gguf_name, load_gguf, read_gguf_config, unpermute_qk};
 pub use hf::load_hf_dir;
-pub use hub::{resolve_hub_repo, resolve_hub_repo_in};
+pub use hub::{resolve_hub_repo, resolve_hub_repo_in, resolve_hub_repo_with, HubOptions, DEFAULT_HF_ENDPOINT};
 pub use save::{save_parts, save_parts_with, save_pretrained};
 pub use seq_cls::{
     load_sequence_classifier, pooled_scores, save_sequence_classifier, seq_cls_class, SequenceClassifier, NUM_LABELS,
@@ -46,7 +49,8 @@ pub enum ModelSpec {
         /// A directory with `tokenizer.json` (+ `tokenizer_config.json`) to use instead.
         tokenizer_dir: Option<PathBuf>,
     },
-    /// A Hugging Face repo id (`org/name`), resolved from the local Hugging Face cache.
+    /// A Hugging Face repo id (`org/name`), resolved from the local Hugging Face cache and
+    /// downloaded into it when missing (see [`resolve_hub_repo`]).
     HubRepo {
         /// `org/name`.
         repo_id: String,
