@@ -147,7 +147,7 @@ fn rms_bwd<T: Real>(x: &[T], w: &[T], g: &[T], eps: f64) -> (Vec<T>, Vec<T>) {
     let d = w.len();
     let block = rows_per_task(d) * d;
     let mut dx = vec![T::zero(); x.len()];
-    let dw = dx
+    let partials = dx
         .par_chunks_mut(block)
         .zip(x.par_chunks(block))
         .zip(g.par_chunks(block))
@@ -167,13 +167,13 @@ fn rms_bwd<T: Real>(x: &[T], w: &[T], g: &[T], eps: f64) -> (Vec<T>, Vec<T>) {
             }
             dw
         })
-        .reduce(
-            || vec![T::zero(); d],
-            |mut a, b| {
-                a.iter_mut().zip(&b).for_each(|(p, &q)| *p += q);
-                a
-            },
-        );
+        .collect::<Vec<_>>();
+    // Summed in block order on one thread: the result never depends on how rayon split the work
+    // (bit-identical resume relies on it).
+    let dw = partials.iter().fold(vec![T::zero(); d], |mut acc, part| {
+        acc.iter_mut().zip(part).for_each(|(a, &p)| *a += p);
+        acc
+    });
     (dx, dw)
 }
 

@@ -37,7 +37,7 @@ pub struct Args {
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// GRPO steps (the default fits the 10-minute budget on 2 cores).
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = 150)]
     pub grpo_steps: usize,
     /// Cold-start SFT steps.
     #[arg(long, default_value_t = 800)]
@@ -61,12 +61,24 @@ pub struct Args {
     /// DAPO dynamic sampling: drop groups whose rewards are all equal and refill (up to 3 rounds).
     #[arg(long, default_value_t = false, action = clap::ArgAction::Set)]
     pub dynamic_sampling: bool,
-    /// Sampling temperature of the GRPO rollouts.
-    #[arg(long, default_value_t = 1.0)]
+    /// Sampling temperature of the GRPO rollouts (above 1 explores the alternatives the SFT
+    /// policy rarely samples, such as the right copy of an operand it tends to miscopy).
+    #[arg(long, default_value_t = 1.2)]
     pub grpo_temperature: f64,
-    /// GRPO iterations (μ) over each step's rollouts.
-    #[arg(long, default_value_t = 1)]
+    /// GRPO iterations (μ) over each step's rollouts: the second pass reuses the rollouts with
+    /// the clipped importance ratio, which fixed more of the model's systematic errors than fresh
+    /// rollouts did for the same compute.
+    #[arg(long, default_value_t = 2)]
     pub num_iterations: usize,
+    /// Hidden size of the tiny model (intermediate size is 3×).
+    #[arg(long, default_value_t = 128)]
+    pub hidden_size: usize,
+    /// Transformer layers of the tiny model.
+    #[arg(long, default_value_t = 4)]
+    pub layers: usize,
+    /// Attention heads of the tiny model (2 KV heads).
+    #[arg(long, default_value_t = 4)]
+    pub heads: usize,
 }
 
 /// The demo's fixed recipe.
@@ -89,10 +101,10 @@ impl Plan {
         let max_len = 48;
         Self {
             model: TinySpec {
-                hidden_size: 128,
-                intermediate_size: 384,
-                num_hidden_layers: 4,
-                num_attention_heads: 4,
+                hidden_size: args.hidden_size,
+                intermediate_size: 3 * args.hidden_size,
+                num_hidden_layers: args.layers,
+                num_attention_heads: args.heads,
                 num_key_value_heads: 2,
                 max_position_embeddings: 128,
                 ..TinySpec::default()
