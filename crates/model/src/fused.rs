@@ -207,11 +207,6 @@ pub fn rope_transposed(x: &Tensor, cos: &Tensor, sin: &Tensor) -> CResult<Tensor
 
 struct RopeOp;
 
-/// `(B, T, H, D)` of a `[B, T, H, D]` layout.
-fn bthd(shape: &Shape) -> CResult<(usize, usize, usize, usize)> {
-    shape.dims4()
-}
-
 /// One rotated row: `out = x·cos + rotate_half(x)·sin`.
 fn rope_row<T: Real>(out: &mut [T], x: &[T], c: &[T], s: &[T]) {
     let half = x.len() / 2;
@@ -270,7 +265,7 @@ impl CustomOp3 for RopeOp {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> CResult<(CpuStorage, Shape)> {
-        let dims = bthd(l1.shape())?;
+        let dims = l1.shape().dims4()?;
         let (b, t, h, d) = dims;
         if d % 2 != 0 || l2.shape().elem_count() != b * t * d || l3.shape().elem_count() != b * t * d {
             bail!("aha-rope-transposed: x {:?} does not match cos {:?} / sin {:?}", l1.shape(), l2.shape(), l3.shape());
@@ -292,7 +287,7 @@ impl CustomOp3 for RopeOp {
         _res: &Tensor,
         g: &Tensor,
     ) -> CResult<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let dims = bthd(x.shape())?;
+        let dims = x.dims4()?;
         let dx = by_dtype!(x.dtype(), self.name(), |T| {
             let v =
                 read::<T, _>(g, |gs| read::<T, _>(cos, |cs| read::<T, _>(sin, |ss| Ok(rope_bwd(gs, cs, ss, dims)))))?;
