@@ -10,6 +10,7 @@ pub mod config;
 pub mod error;
 mod fast;
 pub mod fused;
+pub mod handgrad;
 pub mod io;
 pub mod kv_cache;
 pub mod rollout;

@@ -598,6 +598,11 @@ impl Transformer {
         self.norm.forward(&x)
     }
 
+    /// RoPE tables `(cos, sin)` for `positions` `[B, T]` u32, each `[B, 1, T, head_dim]` f32.
+    pub(crate) fn rope_tables(&self, positions: &Tensor) -> Result<(Tensor, Tensor)> {
+        self.rope.cos_sin(positions, DType::F32)
+    }
+
     /// `[B, T]` ids → `[B, T, hidden]` embeddings.
     fn embed(&self, ids: &Tensor) -> Result<Tensor> {
         let (b, t) = ids.dims2()?;

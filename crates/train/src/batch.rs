@@ -1,15 +1,17 @@
 //! Packing (prompt, completion) pairs into one padded training batch, and the per-token
-//! log-probabilities of the completions under a model.
+//! log-probabilities of the completions under a model — with gradients through the
+//! hand-written CPU path where it applies ([`policy_forward`]), candle's autograd elsewhere.
 //!
 //! Layout (as TRL): prompts left-padded to a common width P, completions right-padded to Lc,
 //! so every completion starts at column P and token j of a completion is predicted by the
 //! hidden state at column P − 1 + j. Position ids count real tokens only.
 
-use aha_model::Transformer;
-use candle_core::{Device, Tensor};
+use aha_model::{handgrad, Transformer};
+use candle_core::{DType, Device, Tensor, Var};
 
 use crate::error::Result;
-use crate::loss::token_logprobs;
+use crate::loss::{mean_entropy, token_logprobs};
+use crate::optim::{AdamW, Grads};
 
 /// A padded batch of prompt + completion sequences.
 #[derive(Debug, Clone)]
@@ -73,6 +75,82 @@ pub fn completion_logprobs(model: &Transformer, batch: &SeqBatch) -> Result<(Ten
     let logits = model.logits(&h)?;
     let logps = token_logprobs(&logits, &batch.completion_ids)?;
     Ok((logps, logits))
+}
+
+/// The policy's completion log-probabilities with what turns a loss on them into parameter
+/// gradients: the hand-written CPU path ([`aha_model::handgrad`]) when it applies, candle's
+/// autograd through the model otherwise. Either way the loss is built on [`PolicyForward::logps`]
+/// with candle ops.
+pub struct PolicyForward {
+    logps: Tensor,
+    path: GradPath,
+}
+
+enum GradPath {
+    Autograd { logits: Tensor },
+    HandWritten { leaf: Var, fwd: Box<handgrad::TrainForward> },
+}
+
+/// The differentiable forward of `batch`'s completions under `model` (see [`PolicyForward`]).
+pub fn policy_forward(model: &Transformer, batch: &SeqBatch) -> Result<PolicyForward> {
+    if !handgrad::supported(model) {
+        let (logps, logits) = completion_logprobs(model, batch)?;
+        return Ok(PolicyForward { logps, path: GradPath::Autograd { logits } });
+    }
+    let fwd = handgrad::forward(
+        model,
+        &batch.input_ids,
+        &batch.attention_mask,
+        &batch.position_ids,
+        batch.prompt_width - 1,
+        &batch.completion_ids,
+    )?;
+    // A leaf variable: the loss's backward stops here and hands its gradient to the model's.
+    let leaf = Var::from_tensor(&fwd.logps)?;
+    Ok(PolicyForward { logps: leaf.as_tensor().clone(), path: GradPath::HandWritten { leaf, fwd: Box::new(fwd) } })
+}
+
+/// Completion log-probabilities `[B, Lc]` without gradient (π_old, π_ref).
+pub fn no_grad_logprobs(model: &Transformer, batch: &SeqBatch) -> Result<Tensor> {
+    if handgrad::supported(model) {
+        return Ok(policy_forward(model, batch)?.logps.detach());
+    }
+    Ok(completion_logprobs(&model.detached()?, batch)?.0.detach())
+}
+
+impl PolicyForward {
+    /// `[B, Lc]` f32 log-probabilities of the completion tokens (differentiable).
+    pub fn logps(&self) -> &Tensor {
+        &self.logps
+    }
+
+    /// Mean per-token entropy over `mask` `[B, Lc]`.
+    pub fn mean_entropy(&self, mask: &Tensor) -> Result<f64> {
+        match &self.path {
+            GradPath::Autograd { logits } => mean_entropy(logits, mask),
+            GradPath::HandWritten { fwd, .. } => {
+                let mask = mask.to_dtype(DType::F32)?;
+                let num = (&fwd.entropy * &mask)?.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+                let den = mask.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+                Ok(num / den.max(1.0))
+            }
+        }
+    }
+
+    /// Backpropagates `loss` (built on [`PolicyForward::logps`]) to `opt`'s parameters.
+    pub fn gradients(self, loss: &Tensor, opt: &AdamW) -> Result<Grads> {
+        let store = loss.backward()?;
+        match self.path {
+            GradPath::Autograd { .. } => Ok(opt.collect(&store)),
+            GradPath::HandWritten { leaf, fwd } => {
+                let dlogps = match store.get(leaf.as_tensor()) {
+                    Some(g) => g.clone(),
+                    None => leaf.as_tensor().zeros_like()?,
+                };
+                Ok(opt.collect_named(fwd.backward(&dlogps)?))
+            }
+        }
+    }
 }
 
 #[cfg(test)]

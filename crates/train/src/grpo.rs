@@ -16,11 +16,11 @@ use aha_reward::{Registry, Sample as RewardSample, ScoredSample};
 use candle_core::Tensor;
 
 use crate::advantage::{group_advantages, is_zero_std};
-use crate::batch::{build_batch, completion_logprobs, SeqBatch};
+use crate::batch::{build_batch, no_grad_logprobs, policy_forward, PolicyForward, SeqBatch};
 use crate::config::GrpoLossConfig;
 use crate::data::{CursorState, DataCursor, PromptRow};
 use crate::error::{Result, TrainError};
-use crate::loss::{grpo_loss, mean_entropy, LossInputs, LossNorm};
+use crate::loss::{grpo_loss, LossInputs, LossNorm};
 use crate::optim::{AdamW, Grads};
 use crate::timing::{self, measure, Phase};
 
@@ -431,12 +431,16 @@ impl GrpoTrainer<'_> {
         let s = self.settings.clone();
         let per_mb = samples.len() / s.minibatches;
         let micro = if s.micro_batch_size == 0 { per_mb } else { s.micro_batch_size.min(per_mb) };
-        let needs_old = s.num_iterations > 1 || s.minibatches > 1;
-        let prepared = self.prepare(samples, micro, needs_old)?;
+        // π_old is the policy before this step's first update. With one minibatch, the first
+        // pass's own forward is exactly that (kept when μ > 1); with several, every minibatch
+        // after the first is seen after an update, so π_old is computed up front.
+        let old_up_front = s.minibatches > 1;
+        let mut prepared = self.prepare(samples, micro, old_up_front)?;
         let mut acc = MetricAcc::default();
-        for _ in 0..s.num_iterations {
-            for mb in prepared.chunks(per_mb.div_ceil(micro).max(1)) {
-                self.optimizer_step(mb, &mut acc)?;
+        for iteration in 0..s.num_iterations {
+            let keep_old = iteration == 0 && s.num_iterations > 1;
+            for mb in prepared.chunks_mut(per_mb.div_ceil(micro).max(1)) {
+                self.optimizer_step(mb, keep_old, &mut acc)?;
             }
         }
         Ok(acc.finish())
@@ -453,8 +457,8 @@ impl GrpoTrainer<'_> {
             let adv: Vec<f32> = chunk.iter().map(|s| s.advantage as f32).collect();
             let advantages = Tensor::from_vec(adv, chunk.len(), self.policy.device())?;
             let (old, reference) = measure(Phase::NoGradLogps, || -> Result<_> {
-                let old = if needs_old { Some(no_grad_logps(&self.policy, &batch)?) } else { None };
-                Ok((old, self.reference.as_ref().map(|r| no_grad_logps(r, &batch)).transpose()?))
+                let old = if needs_old { Some(no_grad_logprobs(&self.policy, &batch)?) } else { None };
+                Ok((old, self.reference.as_ref().map(|r| no_grad_logprobs(r, &batch)).transpose()?))
             })?;
             out.push(Micro { batch, mask, advantages, old, reference });
         }
@@ -472,8 +476,9 @@ impl GrpoTrainer<'_> {
         Ok(batch.completion_mask.broadcast_mul(&keep)?)
     }
 
-    /// One optimiser step over the micro-batches of one minibatch.
-    fn optimizer_step(&mut self, micros: &[Micro], acc: &mut MetricAcc) -> Result<()> {
+    /// One optimiser step over the micro-batches of one minibatch; `keep_old` stores each
+    /// micro-batch's log-probs as its π_old (the first pass of a step, before any update).
+    fn optimizer_step(&mut self, micros: &mut [Micro], keep_old: bool, acc: &mut MetricAcc) -> Result<()> {
         let active: f64 = micros.iter().map(|m| sum_scalar(&m.mask)).sum::<Result<f64>>()?;
         let norm = LossNorm {
             max_completion_length: self.max_len(),
@@ -482,14 +487,17 @@ impl GrpoTrainer<'_> {
         };
         let mut grads = Grads::default();
         let mut finite = true;
-        for m in micros {
-            let (out, loss_value, entropy) = measure(Phase::LossForward, || self.micro_loss(m, &norm))?;
+        for m in micros.iter_mut() {
+            let (fwd, out, loss_value, entropy) = measure(Phase::LossForward, || self.micro_loss(m, &norm))?;
+            if keep_old && m.old.is_none() {
+                m.old = Some(fwd.logps().detach());
+            }
             if !loss_value.is_finite() {
                 finite = false;
                 break;
             }
             acc.add_micro(loss_value, &out.stats, entropy);
-            measure(Phase::Backward, || grads.accumulate(self.opt.collect(&out.loss.backward()?)))?;
+            measure(Phase::Backward, || grads.accumulate(fwd.gradients(&out.loss, &self.opt)?))?;
         }
         let total = self.settings.total_optimizer_steps();
         let report = if finite { Some(measure(Phase::Optimizer, || self.opt.step(&grads, total))?) } else { None };
@@ -499,13 +507,14 @@ impl GrpoTrainer<'_> {
         Ok(())
     }
 
-    /// The policy forward with grad and the loss of one micro-batch: the loss, its value and
-    /// the completions' mean entropy.
-    fn micro_loss(&self, m: &Micro, norm: &LossNorm) -> Result<(crate::loss::LossOutput, f64, f64)> {
-        let (logps, logits) = completion_logprobs(&self.policy, &m.batch)?;
+    /// The policy forward with grad and the loss of one micro-batch: the forward, the loss, its
+    /// value and the completions' mean entropy.
+    fn micro_loss(&self, m: &Micro, norm: &LossNorm) -> Result<(PolicyForward, crate::loss::LossOutput, f64, f64)> {
+        let fwd = policy_forward(&self.policy, &m.batch)?;
+        let logps = fwd.logps();
         let old = m.old.clone().unwrap_or_else(|| logps.detach());
         let inputs = LossInputs {
-            logps: &logps,
+            logps,
             old_logps: &old,
             ref_logps: m.reference.as_ref(),
             advantages: &m.advantages,
@@ -513,8 +522,8 @@ impl GrpoTrainer<'_> {
         };
         let out = grpo_loss(&inputs, &self.settings.loss, norm)?;
         let loss_value = out.loss.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
-        let entropy = if loss_value.is_finite() { mean_entropy(&logits, &m.mask)? } else { f64::NAN };
-        Ok((out, loss_value, entropy))
+        let entropy = if loss_value.is_finite() { fwd.mean_entropy(&m.mask)? } else { f64::NAN };
+        Ok((fwd, out, loss_value, entropy))
     }
 
     /// Counts skipped steps; aborts after too many in a row.
@@ -539,11 +548,6 @@ struct Micro {
     advantages: Tensor,
     old: Option<Tensor>,
     reference: Option<Tensor>,
-}
-
-fn no_grad_logps(model: &Transformer, batch: &SeqBatch) -> Result<Tensor> {
-    let detached = model.detached()?;
-    Ok(completion_logprobs(&detached, batch)?.0.detach())
 }
 
 fn sum_scalar(t: &Tensor) -> Result<f64> {

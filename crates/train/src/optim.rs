@@ -152,6 +152,13 @@ impl AdamW {
         Grads(self.params.iter().map(|p| grads.get(p.var.as_tensor()).cloned()).collect())
     }
 
+    /// Gradients given by parameter name (the hand-written backward's output), in this
+    /// optimiser's parameter order; a parameter without one gets none.
+    pub fn collect_named(&self, grads: Vec<(String, Tensor)>) -> Grads {
+        let mut by_name: std::collections::HashMap<String, Tensor> = grads.into_iter().collect();
+        Grads(self.params.iter().map(|p| by_name.remove(&p.name)).collect())
+    }
+
     /// Clips to `max_grad_norm` (if set) and applies one AdamW update at the scheduled LR.
     /// A non-finite gradient norm skips the update (nothing is changed) and reports it.
     pub fn step(&mut self, grads: &Grads, total_steps: usize) -> Result<StepReport> {

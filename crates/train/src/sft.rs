@@ -8,7 +8,7 @@ use candle_core::DType;
 
 use aha_model::Transformer;
 
-use crate::batch::{build_batch, completion_logprobs};
+use crate::batch::{build_batch, policy_forward};
 use crate::error::Result;
 use crate::optim::{AdamW, Grads, StepReport};
 
@@ -50,14 +50,14 @@ pub fn sft_step(
         let pairs: Vec<(&[u32], &[u32])> =
             chunk.iter().map(|e| (e.prompt_ids.as_slice(), e.completion_ids.as_slice())).collect();
         let batch = build_batch(&pairs, model.device())?;
-        let (logps, _) = completion_logprobs(model, &batch)?;
-        let loss = ((logps * &batch.completion_mask)?.sum_all()?.neg()? / denom)?;
+        let fwd = policy_forward(model, &batch)?;
+        let loss = ((fwd.logps() * &batch.completion_mask)?.sum_all()?.neg()? / denom)?;
         let value = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
         if !value.is_finite() {
             return Ok(SftStep { loss: f64::NAN, tokens, report: None });
         }
         loss_sum += value;
-        grads.accumulate(opt.collect(&loss.backward()?))?;
+        grads.accumulate(fwd.gradients(&loss, opt)?)?;
     }
     let report = opt.step(&grads, total_steps)?;
     Ok(SftStep { loss: loss_sum, tokens, report: Some(report) })

@@ -16,10 +16,12 @@ mod trl_rewards;
 use std::time::Instant;
 
 use aha_model::rollout::{rollout, RolloutConfig};
-use aha_model::{Arch, ModelConfig, Transformer};
+use aha_model::{handgrad, Arch, ModelConfig, Transformer};
+use aha_train::config::OptimConfig;
+use aha_train::optim::{named_vars, AdamW};
 use anyhow::{Context, Result};
 use candle_core::{DType, Device, Tensor};
-use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarBuilder, VarMap};
+use candle_nn::{VarBuilder, VarMap};
 use clap::{Subcommand, ValueEnum};
 
 use cpu::CpuInfo;
@@ -226,8 +228,8 @@ fn bench_train(opts: &Opts) -> Result<Report> {
     let cfg = opts.config.config();
     let varmap = VarMap::new();
     let model = Transformer::new(&cfg, VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu))?;
-    let params = ParamsAdamW { lr: 1e-4, ..Default::default() };
-    let mut opt = AdamW::new(varmap.all_vars(), params)?;
+    let optim = OptimConfig { learning_rate: 1e-4, weight_decay: 0.01, max_grad_norm: 0.0, ..OptimConfig::default() };
+    let mut opt = AdamW::new(named_vars(&varmap), optim)?;
     let mut rng = ChaCha8Rng::seed_from_u64(0);
     let iters = opts.iters.unwrap_or(opts.config.default_iters());
     let mut batch = || -> Result<Tensor> {
@@ -249,18 +251,29 @@ fn bench_train(opts: &Opts) -> Result<Report> {
     Ok(Report { tokens, seconds, flops, params: param_count(&cfg) })
 }
 
-/// One training step: next-token cross-entropy over `seq` (`[B, T+1]` u32), backward, AdamW.
-/// Kept in one function so a fused optimiser can be swapped in.
+/// One training step: next-token cross-entropy over `seq` (`[B, T+1]` u32), backward, and aha's
+/// AdamW (PyTorch's defaults: weight decay 0.01, no clipping). On CPU in f32 the gradient comes
+/// from the hand-written backward, as in SFT and GRPO; `AHA_AUTOGRAD=1` measures candle's.
 fn train_step(model: &Transformer, opt: &mut AdamW, seq: &Tensor) -> Result<f32> {
     let (b, t1) = seq.dims2()?;
     let t = t1 - 1;
     let input = seq.narrow(1, 0, t)?.contiguous()?;
-    let target = seq.narrow(1, 1, t)?.contiguous()?.flatten_all()?;
+    let target = seq.narrow(1, 1, t)?.contiguous()?;
     let mask = Tensor::ones((b, t), DType::F32, &Device::Cpu)?;
     let pos = Tensor::arange(0u32, t as u32, &Device::Cpu)?.unsqueeze(0)?.repeat((b, 1))?;
-    let logits = model.forward(&input, &mask, &pos)?.reshape((b * t, ()))?;
-    // Next-token cross-entropy: the fused log-softmax + gather that training uses on CPU.
-    let loss = aha_model::fused::gather_logprobs(&logits, &target)?.mean_all()?.neg()?;
-    opt.backward_step(&loss).context("backward + AdamW step")?;
-    Ok(loss.to_scalar::<f32>()?)
+    let (loss, grads) = if handgrad::supported(model) {
+        // Mean next-token cross-entropy: its gradient with respect to each log-prob is −1 / tokens.
+        let fwd = handgrad::forward(model, &input, &mask, &pos, 0, &target)?;
+        let tokens = target.elem_count() as f64;
+        let loss = fwd.logps.sum_all()?.to_scalar::<f32>()? / -(tokens as f32);
+        let dlogps = Tensor::full(-(1.0 / tokens) as f32, (b, t), &Device::Cpu)?;
+        (loss, opt.collect_named(fwd.backward(&dlogps)?))
+    } else {
+        let logits = model.forward(&input, &mask, &pos)?.reshape((b * t, ()))?;
+        let lp = aha_model::fused::gather_logprobs(&logits, &target.flatten_all()?)?;
+        let loss = lp.mean_all()?.neg()?;
+        (loss.to_scalar::<f32>()?, opt.collect(&loss.backward()?))
+    };
+    opt.step(&grads, usize::MAX).context("AdamW step")?;
+    Ok(loss)
 }

@@ -1,0 +1,937 @@
+//! Hand-written training forward and backward on the CPU (f32): the fast path behind SFT, GRPO
+//! and `aha bench train`.
+//!
+//! Why: with candle's autograd a training step of a small model is dominated not by its
+//! matmuls but by everything around them — one tensor, one pass over memory and one
+//! synchronisation of the element-wise pool per op, a zero tensor and an add per gradient edge
+//! (BENCHMARKS.md has the profile). Here the whole model is one forward that keeps exactly the
+//! activations its backward needs, and one backward that writes every parameter gradient once:
+//! gemm calls (the same `gemm` crate candle uses) with transposes expressed as strides, and
+//! fused row kernels for RMSNorm, RoPE, masked softmax, SwiGLU and log-softmax, split over
+//! rayon's pool. It computes what [`Transformer::forward`] does (the tests compare values and
+//! every gradient against candle's autograd through the composite model).
+//!
+//! Interface: [`forward`] returns the log-probabilities of given target tokens at a span of
+//! positions (and each position's entropy); [`TrainForward::backward`] turns the gradient of a
+//! loss with respect to those log-probabilities into parameter gradients by Hugging Face name.
+//! Every loss aha trains (SFT cross-entropy, the GRPO objectives) is a function of those
+//! log-probabilities, so it stays in candle and only its small `[B, L]` graph is autograd.
+//!
+//! Scope ([`supported`]): CPU, f32, Qwen2 / Llama (Qwen3's q/k norms take the autograd path).
+//! Reductions over rows (bias and norm-weight gradients, the embedding scatter) run in a fixed
+//! order, so results do not depend on the number of threads. `AHA_AUTOGRAD=1` turns the path off.
+
+use std::collections::HashMap;
+
+use candle_core::{bail, DType, Storage, Tensor};
+use gemm::Parallelism;
+use rayon::prelude::*;
+
+use crate::config::Arch;
+use crate::error::Result;
+use crate::transformer::Transformer;
+
+type CResult<T> = candle_core::Result<T>;
+
+/// Multiply-adds below which a gemm stays on the calling thread.
+const PAR_MIN_WORK: usize = 1 << 18;
+/// Rows per rayon task in the row kernels (at least one).
+const ROW_GRAIN: usize = 1 << 13;
+
+/// Whether [`forward`] applies to `model`: CPU, f32, no q/k norms, and not turned off with
+/// `AHA_AUTOGRAD=1`.
+pub fn supported(model: &Transformer) -> bool {
+    let off = std::env::var("AHA_AUTOGRAD").map(|v| v == "1" || v.eq_ignore_ascii_case("true")).unwrap_or(false);
+    !off && model.device().is_cpu() && model.dtype() == DType::F32 && model.config().arch != Arch::Qwen3
+}
+
+// ---------------------------------------------------------------------------------------------
+// Shapes and parameters
+
+/// The sizes one forward works with.
+#[derive(Debug, Clone, Copy)]
+struct Dims {
+    batch: usize,
+    seq: usize,
+    hidden: usize,
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+    inter: usize,
+    vocab: usize,
+    eps: f32,
+}
+
+impl Dims {
+    fn rows(&self) -> usize {
+        self.batch * self.seq
+    }
+    fn q_width(&self) -> usize {
+        self.heads * self.head_dim
+    }
+    fn kv_width(&self) -> usize {
+        self.kv_heads * self.head_dim
+    }
+    fn group(&self) -> usize {
+        self.heads / self.kv_heads
+    }
+}
+
+/// Positions of one layer's parameters in the named parameter list.
+#[derive(Debug, Clone)]
+struct LayerIdx {
+    ln1: usize,
+    q: usize,
+    bq: Option<usize>,
+    k: usize,
+    bk: Option<usize>,
+    v: usize,
+    bv: Option<usize>,
+    o: usize,
+    ln2: usize,
+    gate: usize,
+    up: usize,
+    down: usize,
+}
+
+/// Positions of every parameter in the named parameter list (`head == embed` when tied).
+#[derive(Debug, Clone)]
+struct ParamIdx {
+    embed: usize,
+    layers: Vec<LayerIdx>,
+    norm: usize,
+    head: usize,
+}
+
+impl ParamIdx {
+    fn build(names: &[String], layers: usize) -> CResult<Self> {
+        let map: HashMap<&str, usize> = names.iter().enumerate().map(|(i, n)| (n.as_str(), i)).collect();
+        let get = |name: &str| match map.get(name) {
+            Some(&i) => Ok(i),
+            None => bail!("hand-written backward: parameter `{name}` is missing"),
+        };
+        let layers = (0..layers)
+            .map(|l| {
+                let p = format!("model.layers.{l}");
+                let a = |n: &str| get(&format!("{p}.self_attn.{n}"));
+                Ok(LayerIdx {
+                    ln1: get(&format!("{p}.input_layernorm.weight"))?,
+                    q: a("q_proj.weight")?,
+                    bq: map.get(format!("{p}.self_attn.q_proj.bias").as_str()).copied(),
+                    k: a("k_proj.weight")?,
+                    bk: map.get(format!("{p}.self_attn.k_proj.bias").as_str()).copied(),
+                    v: a("v_proj.weight")?,
+                    bv: map.get(format!("{p}.self_attn.v_proj.bias").as_str()).copied(),
+                    o: a("o_proj.weight")?,
+                    ln2: get(&format!("{p}.post_attention_layernorm.weight"))?,
+                    gate: get(&format!("{p}.mlp.gate_proj.weight"))?,
+                    up: get(&format!("{p}.mlp.up_proj.weight"))?,
+                    down: get(&format!("{p}.mlp.down_proj.weight"))?,
+                })
+            })
+            .collect::<CResult<Vec<_>>>()?;
+        if layers.iter().any(|l| [l.bq, l.bk, l.bv].iter().filter(|b| b.is_some()).count() % 3 != 0) {
+            bail!("hand-written backward: q/k/v biases must be all present or all absent");
+        }
+        let embed = get("model.embed_tokens.weight")?;
+        let head = map.get("lm_head.weight").copied().unwrap_or(embed);
+        Ok(Self { embed, layers, norm: get("model.norm.weight")?, head })
+    }
+}
+
+/// Runs `f` on the contiguous f32 data of every tensor (no copies: the storages stay
+/// read-locked for the duration of `f`).
+fn with_slices<R>(tensors: &[Tensor], f: impl FnOnce(&[&[f32]]) -> CResult<R>) -> CResult<R> {
+    let guards: Vec<_> = tensors.iter().map(|t| t.storage_and_layout()).collect();
+    let mut slices = Vec::with_capacity(guards.len());
+    for (storage, layout) in &guards {
+        let Storage::Cpu(cpu) = &**storage else { bail!("hand-written backward: not a CPU tensor") };
+        let data = cpu.as_slice::<f32>()?;
+        let Some((a, b)) = layout.contiguous_offsets() else {
+            bail!("hand-written backward: non-contiguous parameter")
+        };
+        slices.push(&data[a..b]);
+    }
+    f(&slices)
+}
+
+// ---------------------------------------------------------------------------------------------
+// gemm
+
+/// A strided matrix view into a slice.
+#[derive(Clone, Copy)]
+struct Mat<'a> {
+    data: &'a [f32],
+    off: usize,
+    rows: usize,
+    cols: usize,
+    rs: usize,
+    cs: usize,
+}
+
+impl<'a> Mat<'a> {
+    /// A row-major `rows × cols` matrix filling `data` from the start.
+    fn new(data: &'a [f32], rows: usize, cols: usize) -> Self {
+        Self { data, off: 0, rows, cols, rs: cols, cs: 1 }
+    }
+
+    /// A `rows × cols` block starting at `off` with row stride `rs`.
+    fn view(data: &'a [f32], off: usize, rows: usize, cols: usize, rs: usize) -> Self {
+        Self { data, off, rows, cols, rs, cs: 1 }
+    }
+
+    /// The transpose (no copy).
+    fn t(self) -> Self {
+        Self { rows: self.cols, cols: self.rows, rs: self.cs, cs: self.rs, ..self }
+    }
+
+    fn last(&self) -> usize {
+        self.off + (self.rows - 1) * self.rs + (self.cols - 1) * self.cs
+    }
+}
+
+/// `dst[doff..]` (an `a.rows × b.cols` block with row stride `drs`) `= a · b`, or `+= a · b`
+/// when `acc`. `par` lets gemm split large products over rayon's pool.
+fn mm(dst: &mut [f32], doff: usize, drs: usize, a: Mat, b: Mat, acc: bool, par: bool) -> CResult<()> {
+    let (m, k, n) = (a.rows, a.cols, b.cols);
+    if b.rows != k {
+        bail!("hand-written backward: gemm shapes {m}×{k} · {}×{n}", b.rows);
+    }
+    if m == 0 || n == 0 {
+        return Ok(());
+    }
+    if doff + (m - 1) * drs + n > dst.len() || drs < n {
+        bail!("hand-written backward: gemm output {m}×{n} does not fit");
+    }
+    if k == 0 {
+        if !acc {
+            (0..m).for_each(|i| dst[doff + i * drs..doff + i * drs + n].fill(0.0));
+        }
+        return Ok(());
+    }
+    if a.last() >= a.data.len() || b.last() >= b.data.len() {
+        bail!("hand-written backward: gemm operand out of bounds");
+    }
+    let threads = rayon::current_num_threads();
+    let parallelism =
+        if par && threads > 1 && m * n * k >= PAR_MIN_WORK { Parallelism::Rayon(threads) } else { Parallelism::None };
+    // SAFETY: every element gemm touches lies inside the slices (checked above: the last element
+    // of each operand and of the output block is in bounds, strides are non-negative), and
+    // `dst` is borrowed mutably, so nothing else aliases the output.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr().add(doff),
+            1,
+            drs as isize,
+            acc,
+            a.data.as_ptr().add(a.off),
+            a.cs as isize,
+            a.rs as isize,
+            b.data.as_ptr().add(b.off),
+            b.cs as isize,
+            b.rs as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
+    Ok(())
+}
+
+/// `x · wᵀ (+ bias)`: `x` `[rows, inp]`, `w` `[out, inp]` → `[rows, out]`.
+fn linear(x: &[f32], rows: usize, w: &[f32], bias: Option<&[f32]>, out: usize) -> CResult<Vec<f32>> {
+    let inp = w.len() / out.max(1);
+    let mut y = vec![0f32; rows * out];
+    mm(&mut y, 0, out, Mat::new(x, rows, inp), Mat::new(w, out, inp).t(), false, true)?;
+    if let Some(b) = bias {
+        y.par_chunks_mut(out).with_min_len(grain(out)).for_each(|r| r.iter_mut().zip(b).for_each(|(o, &bv)| *o += bv));
+    }
+    Ok(y)
+}
+
+/// The backward of [`linear`]: writes `dw = dyᵀ · x` and `db = Σ rows dy`; returns nothing for
+/// `x` (the caller accumulates `dy · w` where it needs it).
+fn linear_param_grads(dy: &[f32], x: &[f32], rows: usize, dw: &mut [f32], db: Option<&mut [f32]>) -> CResult<()> {
+    let out = dy.len() / rows.max(1);
+    let inp = x.len() / rows.max(1);
+    mm(dw, 0, inp, Mat::new(dy, rows, out).t(), Mat::new(x, rows, inp), false, true)?;
+    if let Some(db) = db {
+        column_sums(dy, out, db);
+    }
+    Ok(())
+}
+
+/// `acc[j] = Σ_rows m[row, j]`, summed in a fixed order.
+fn column_sums(m: &[f32], cols: usize, acc: &mut [f32]) {
+    acc.fill(0.0);
+    for row in m.chunks(cols) {
+        acc.iter_mut().zip(row).for_each(|(a, &v)| *a += v);
+    }
+}
+
+fn grain(row_len: usize) -> usize {
+    (ROW_GRAIN / row_len.max(1)).max(1)
+}
+
+fn add_into(dst: &mut [f32], src: &[f32]) {
+    dst.par_chunks_mut(ROW_GRAIN).zip(src.par_chunks(ROW_GRAIN)).for_each(|(d, s)| {
+        d.iter_mut().zip(s).for_each(|(a, &b)| *a += b);
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Row kernels
+
+/// RMSNorm rows of `x` (`[rows, d]`): returns `(x · rstd · w, rstd)`.
+fn rms_forward(x: &[f32], w: &[f32], eps: f32) -> (Vec<f32>, Vec<f32>) {
+    let d = w.len();
+    let mut y = vec![0f32; x.len()];
+    let mut rstd = vec![0f32; x.len() / d];
+    y.par_chunks_mut(d).zip(x.par_chunks(d)).zip(rstd.par_iter_mut()).with_min_len(grain(d)).for_each(
+        |((yr, xr), r)| {
+            let ss: f32 = xr.iter().map(|v| v * v).sum();
+            *r = 1.0 / (ss / d as f32 + eps).sqrt();
+            yr.iter_mut().zip(xr).zip(w).for_each(|((o, &xv), &wv)| *o = xv * *r * wv);
+        },
+    );
+    (y, rstd)
+}
+
+/// The backward of [`rms_forward`] for upstream `g`: returns `dx`, writes `dw` (summed over row
+/// blocks in block order).
+fn rms_backward(x: &[f32], rstd: &[f32], w: &[f32], g: &[f32], dw: &mut [f32]) -> Vec<f32> {
+    let d = w.len();
+    let block = grain(d) * d;
+    let mut dx = vec![0f32; x.len()];
+    let partials: Vec<Vec<f32>> = dx
+        .par_chunks_mut(block)
+        .zip(x.par_chunks(block))
+        .zip(g.par_chunks(block))
+        .zip(rstd.par_chunks(block / d))
+        .map(|(((dxb, xb), gb), rb)| {
+            let mut part = vec![0f32; d];
+            for (((dxr, xr), gr), &r) in dxb.chunks_mut(d).zip(xb.chunks(d)).zip(gb.chunks(d)).zip(rb) {
+                let dot: f32 = gr.iter().zip(w).zip(xr).map(|((&gv, &wv), &xv)| gv * wv * xv * r).sum();
+                let k = dot / d as f32;
+                for j in 0..d {
+                    let xh = xr[j] * r;
+                    dxr[j] = r * (gr[j] * w[j] - xh * k);
+                    part[j] += gr[j] * xh;
+                }
+            }
+            part
+        })
+        .collect();
+    dw.fill(0.0);
+    for part in &partials {
+        dw.iter_mut().zip(part).for_each(|(a, &p)| *a += p);
+    }
+    dx
+}
+
+/// RoPE in place on the first `roped` columns of each row of `x` (`[rows, width]`, heads of
+/// `hd` side by side), HF's rotate-half layout; `cos`/`sin` are `[rows, hd]`. `inverse` applies
+/// the transpose (the backward).
+fn rope_inplace(x: &mut [f32], width: usize, roped: usize, cos: &[f32], sin: &[f32], hd: usize, inverse: bool) {
+    let half = hd / 2;
+    x.par_chunks_mut(width).zip(cos.par_chunks(hd)).zip(sin.par_chunks(hd)).with_min_len(grain(width)).for_each(
+        |((row, c), s)| {
+            for head in row[..roped].chunks_mut(hd) {
+                for i in 0..half {
+                    let (a, b) = (head[i], head[i + half]);
+                    if inverse {
+                        head[i] = a * c[i] + b * s[i + half];
+                        head[i + half] = b * c[i + half] - a * s[i];
+                    } else {
+                        head[i] = a * c[i] - b * s[i];
+                        head[i + half] = b * c[i + half] + a * s[i + half];
+                    }
+                }
+            }
+        },
+    );
+}
+
+fn sigmoid(a: f32) -> f32 {
+    1.0 / (1.0 + (-a).exp())
+}
+
+/// `silu(gate) · up` for rows of the stacked projection `gu` (`[rows, 2·inter]`, gate first).
+fn swiglu(gu: &[f32], inter: usize) -> Vec<f32> {
+    let mut out = vec![0f32; gu.len() / 2];
+    out.par_chunks_mut(inter).zip(gu.par_chunks(2 * inter)).with_min_len(grain(inter)).for_each(|(o, row)| {
+        let (g, u) = row.split_at(inter);
+        for ((ov, &gv), &uv) in o.iter_mut().zip(g).zip(u) {
+            *ov = gv * sigmoid(gv) * uv;
+        }
+    });
+    out
+}
+
+/// The backward of [`swiglu`]: the gradient of `gu` for upstream `d` (`[rows, inter]`).
+fn swiglu_backward(gu: &[f32], inter: usize, d: &[f32]) -> Vec<f32> {
+    let mut dgu = vec![0f32; gu.len()];
+    dgu.par_chunks_mut(2 * inter)
+        .zip(gu.par_chunks(2 * inter))
+        .zip(d.par_chunks(inter))
+        .with_min_len(grain(inter))
+        .for_each(|((dr, row), dc)| {
+            let (g, u) = row.split_at(inter);
+            let (dg, du) = dr.split_at_mut(inter);
+            for i in 0..inter {
+                let s = sigmoid(g[i]);
+                du[i] = dc[i] * g[i] * s;
+                dg[i] = dc[i] * u[i] * s * (1.0 + g[i] * (1.0 - s));
+            }
+        });
+    dgu
+}
+
+// ---------------------------------------------------------------------------------------------
+// Attention
+
+/// Column offsets of q, k and v in a row of the fused projection `[N, nh·hd + 2·nkv·hd]`.
+#[derive(Clone, Copy)]
+struct QkvLayout {
+    width: usize,
+    k: usize,
+    v: usize,
+}
+
+impl QkvLayout {
+    fn of(d: &Dims) -> Self {
+        Self { width: d.q_width() + 2 * d.kv_width(), k: d.q_width(), v: d.q_width() + d.kv_width() }
+    }
+}
+
+/// One (sequence, KV head) block of the attention forward: the probabilities `[T, T]` of its
+/// `g` query heads and their outputs `[g, T, hd]`.
+struct AttnBlock {
+    probs: Vec<Vec<f32>>,
+    out: Vec<f32>,
+}
+
+/// Scaled, causal, key-masked softmax attention over the fused projection `qkv` (rows
+/// `b·T + t`); returns the output `[N, nh·hd]` and the probabilities per `(b, head)`.
+fn attention_forward(d: &Dims, qkv: &[f32], mask: &[f32]) -> CResult<(Vec<f32>, Vec<Vec<f32>>)> {
+    let blocks: Vec<AttnBlock> = (0..d.batch * d.kv_heads)
+        .into_par_iter()
+        .map(|task| attention_block(d, task / d.kv_heads, task % d.kv_heads, qkv, mask))
+        .collect::<CResult<_>>()?;
+    let (t, hd, qw, g) = (d.seq, d.head_dim, d.q_width(), d.group());
+    let mut out = vec![0f32; d.rows() * qw];
+    let mut probs = vec![Vec::new(); d.batch * d.heads];
+    for (task, block) in blocks.into_iter().enumerate() {
+        let (b, kvh) = (task / d.kv_heads, task % d.kv_heads);
+        for (j, p) in block.probs.into_iter().enumerate() {
+            let h = kvh * g + j;
+            for i in 0..t {
+                let dst = (b * t + i) * qw + h * hd;
+                out[dst..dst + hd].copy_from_slice(&block.out[(j * t + i) * hd..(j * t + i + 1) * hd]);
+            }
+            probs[b * d.heads + h] = p;
+        }
+    }
+    Ok((out, probs))
+}
+
+/// The `[T, hd]` views of one sequence's query head `h`, and key and value head `kvh`.
+fn head_views<'a>(d: &Dims, qkv: &'a [f32], b: usize, h: usize, kvh: usize) -> (Mat<'a>, Mat<'a>, Mat<'a>) {
+    let (t, hd, l) = (d.seq, d.head_dim, QkvLayout::of(d));
+    let row0 = b * t * l.width;
+    (
+        Mat::view(qkv, row0 + h * hd, t, hd, l.width),
+        Mat::view(qkv, row0 + l.k + kvh * hd, t, hd, l.width),
+        Mat::view(qkv, row0 + l.v + kvh * hd, t, hd, l.width),
+    )
+}
+
+fn attention_block(d: &Dims, b: usize, kvh: usize, qkv: &[f32], mask: &[f32]) -> CResult<AttnBlock> {
+    let (t, hd, g) = (d.seq, d.head_dim, d.group());
+    let scale = 1.0 / (hd as f32).sqrt();
+    let valid = &mask[b * t..(b + 1) * t];
+    let mut out = vec![0f32; g * t * hd];
+    let mut probs = Vec::with_capacity(g);
+    for j in 0..g {
+        let (q, keys, values) = head_views(d, qkv, b, kvh * g + j, kvh);
+        let mut p = vec![0f32; t * t];
+        mm(&mut p, 0, t, q, keys.t(), false, false)?;
+        for (i, row) in p.chunks_mut(t).enumerate() {
+            masked_softmax_row(row, i, valid, scale);
+        }
+        mm(&mut out, j * t * hd, hd, Mat::new(&p, t, t), values, false, false)?;
+        probs.push(p);
+    }
+    Ok(AttnBlock { probs, out })
+}
+
+/// Softmax of `scale · row` over the keys query `i` may see (`j ≤ i`, valid); zero elsewhere
+/// (and everywhere when it may see none, as for left padding).
+fn masked_softmax_row(row: &mut [f32], i: usize, valid: &[f32], scale: f32) {
+    let allowed = |j: usize| j <= i && valid[j] > 0.5;
+    let mut max = f32::NEG_INFINITY;
+    for (j, &s) in row.iter().enumerate() {
+        if allowed(j) && s * scale > max {
+            max = s * scale;
+        }
+    }
+    if max == f32::NEG_INFINITY {
+        row.fill(0.0);
+        return;
+    }
+    let mut sum = 0f32;
+    for (j, s) in row.iter_mut().enumerate() {
+        *s = if allowed(j) { (*s * scale - max).exp() } else { 0.0 };
+        sum += *s;
+    }
+    row.iter_mut().for_each(|s| *s /= sum);
+}
+
+/// Gradients of one (sequence, KV head) block: `dq` `[g, T, hd]`, `dk`, `dv` `[T, hd]`.
+struct AttnGrads {
+    dq: Vec<f32>,
+    dk: Vec<f32>,
+    dv: Vec<f32>,
+}
+
+/// The backward of [`attention_forward`] for upstream `dout` `[N, nh·hd]`: the gradient of the
+/// fused projection, `[N, nh·hd + 2·nkv·hd]`.
+fn attention_backward(d: &Dims, tape: &LayerTape, dout: &[f32]) -> CResult<Vec<f32>> {
+    let blocks: Vec<AttnGrads> = (0..d.batch * d.kv_heads)
+        .into_par_iter()
+        .map(|task| attention_block_backward(d, task / d.kv_heads, task % d.kv_heads, tape, dout))
+        .collect::<CResult<_>>()?;
+    let (t, hd, g, l) = (d.seq, d.head_dim, d.group(), QkvLayout::of(d));
+    let mut dqkv = vec![0f32; d.rows() * l.width];
+    for (task, blk) in blocks.into_iter().enumerate() {
+        let (b, kvh) = (task / d.kv_heads, task % d.kv_heads);
+        for i in 0..t {
+            let row = &mut dqkv[(b * t + i) * l.width..(b * t + i + 1) * l.width];
+            row[l.k + kvh * hd..l.k + (kvh + 1) * hd].copy_from_slice(&blk.dk[i * hd..(i + 1) * hd]);
+            row[l.v + kvh * hd..l.v + (kvh + 1) * hd].copy_from_slice(&blk.dv[i * hd..(i + 1) * hd]);
+            for j in 0..g {
+                let h = kvh * g + j;
+                row[h * hd..(h + 1) * hd].copy_from_slice(&blk.dq[(j * t + i) * hd..(j * t + i + 1) * hd]);
+            }
+        }
+    }
+    Ok(dqkv)
+}
+
+fn attention_block_backward(d: &Dims, b: usize, kvh: usize, tape: &LayerTape, dout: &[f32]) -> CResult<AttnGrads> {
+    let (t, hd, qw, g) = (d.seq, d.head_dim, d.q_width(), d.group());
+    let scale = 1.0 / (hd as f32).sqrt();
+    let mut grads = AttnGrads { dq: vec![0f32; g * t * hd], dk: vec![0f32; t * hd], dv: vec![0f32; t * hd] };
+    let mut dp = vec![0f32; t * t];
+    for j in 0..g {
+        let h = kvh * g + j;
+        let (q_h, keys, values) = head_views(d, &tape.qkv, b, h, kvh);
+        let p = &tape.probs[b * d.heads + h];
+        let d_o = Mat::view(dout, b * t * qw + h * hd, t, hd, qw);
+        mm(&mut dp, 0, t, d_o, values.t(), false, false)?;
+        mm(&mut grads.dv, 0, hd, Mat::new(p, t, t).t(), d_o, true, false)?;
+        for (dpr, pr) in dp.chunks_mut(t).zip(p.chunks(t)) {
+            let dot: f32 = dpr.iter().zip(pr).map(|(a, b)| a * b).sum();
+            dpr.iter_mut().zip(pr).for_each(|(x, &pv)| *x = pv * (*x - dot) * scale);
+        }
+        mm(&mut grads.dq, j * t * hd, hd, Mat::new(&dp, t, t), keys, false, false)?;
+        mm(&mut grads.dk, 0, hd, Mat::new(&dp, t, t).t(), q_h, true, false)?;
+    }
+    Ok(grads)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Layers
+
+/// What one layer's backward needs from its forward.
+struct LayerTape {
+    x: Vec<f32>,
+    rstd1: Vec<f32>,
+    xn1: Vec<f32>,
+    /// The fused q/k/v projection, RoPE applied to q and k (`QkvLayout`).
+    qkv: Vec<f32>,
+    probs: Vec<Vec<f32>>,
+    att: Vec<f32>,
+    xmid: Vec<f32>,
+    rstd2: Vec<f32>,
+    xn2: Vec<f32>,
+    /// The fused gate/up projection `[N, 2·I]` (gate first).
+    gu: Vec<f32>,
+    act: Vec<f32>,
+}
+
+/// Row-wise inputs shared by every layer.
+struct Ctx<'a> {
+    d: Dims,
+    mask: &'a [f32],
+    cos: &'a [f32],
+    sin: &'a [f32],
+}
+
+/// Rows of several `[out_i, in]` weights stacked into one `[Σ out_i, in]` matrix (one gemm
+/// instead of several, the input packed once).
+fn stack(parts: &[&[f32]]) -> Vec<f32> {
+    let mut out = Vec::with_capacity(parts.iter().map(|p| p.len()).sum());
+    parts.iter().for_each(|p| out.extend_from_slice(p));
+    out
+}
+
+/// The stacked q/k/v weight and, when the model has them, the stacked biases.
+fn qkv_weights(w: &[&[f32]], li: &LayerIdx) -> (Vec<f32>, Option<Vec<f32>>) {
+    let weight = stack(&[w[li.q], w[li.k], w[li.v]]);
+    let bias = match (li.bq, li.bk, li.bv) {
+        (Some(q), Some(k), Some(v)) => Some(stack(&[w[q], w[k], w[v]])),
+        _ => None,
+    };
+    (weight, bias)
+}
+
+fn layer_forward(cx: &Ctx, w: &[&[f32]], li: &LayerIdx, x: Vec<f32>) -> CResult<(Vec<f32>, LayerTape)> {
+    let d = &cx.d;
+    let (n, l) = (d.rows(), QkvLayout::of(d));
+    let (xn1, rstd1) = rms_forward(&x, w[li.ln1], d.eps);
+    let (wqkv, bqkv) = qkv_weights(w, li);
+    let mut qkv = linear(&xn1, n, &wqkv, bqkv.as_deref(), l.width)?;
+    rope_inplace(&mut qkv, l.width, l.v, cx.cos, cx.sin, d.head_dim, false);
+    let (att, probs) = attention_forward(d, &qkv, cx.mask)?;
+    let mut xmid = linear(&att, n, w[li.o], None, d.hidden)?;
+    add_into(&mut xmid, &x);
+    let (xn2, rstd2) = rms_forward(&xmid, w[li.ln2], d.eps);
+    let gu = linear(&xn2, n, &stack(&[w[li.gate], w[li.up]]), None, 2 * d.inter)?;
+    let act = swiglu(&gu, d.inter);
+    let mut out = linear(&act, n, w[li.down], None, d.hidden)?;
+    add_into(&mut out, &xmid);
+    Ok((out, LayerTape { x, rstd1, xn1, qkv, probs, att, xmid, rstd2, xn2, gu, act }))
+}
+
+/// Gradient buffers, one per named parameter.
+type GradBufs = Vec<Vec<f32>>;
+
+fn layer_backward(
+    cx: &Ctx,
+    w: &[&[f32]],
+    li: &LayerIdx,
+    tp: &LayerTape,
+    dout: Vec<f32>,
+    gb: &mut GradBufs,
+) -> CResult<Vec<f32>> {
+    let d = &cx.d;
+    let (n, l, i2) = (d.rows(), QkvLayout::of(d), 2 * d.inter);
+    // MLP: out = xmid + down(silu(gate) · up), gate and up one stacked projection.
+    linear_param_grads(&dout, &tp.act, n, &mut gb[li.down], None)?;
+    let mut dact = vec![0f32; n * d.inter];
+    mm(&mut dact, 0, d.inter, Mat::new(&dout, n, d.hidden), Mat::new(w[li.down], d.hidden, d.inter), false, true)?;
+    let dgu = swiglu_backward(&tp.gu, d.inter, &dact);
+    drop(dact);
+    let mut dwgu = vec![0f32; i2 * d.hidden];
+    linear_param_grads(&dgu, &tp.xn2, n, &mut dwgu, None)?;
+    unstack(&dwgu, &[(li.gate, 0), (li.up, d.inter * d.hidden)], gb);
+    let mut dxn2 = vec![0f32; n * d.hidden];
+    mm(
+        &mut dxn2,
+        0,
+        d.hidden,
+        Mat::new(&dgu, n, i2),
+        Mat::new(&stack(&[w[li.gate], w[li.up]]), i2, d.hidden),
+        false,
+        true,
+    )?;
+    drop(dgu);
+    let mut dxmid = rms_backward(&tp.xmid, &tp.rstd2, w[li.ln2], &dxn2, &mut gb[li.ln2]);
+    add_into(&mut dxmid, &dout);
+    drop(dout);
+    // Attention: xmid = x + o_proj(attention(rope(q), rope(k), v)), q/k/v one stacked projection.
+    linear_param_grads(&dxmid, &tp.att, n, &mut gb[li.o], None)?;
+    let mut datt = vec![0f32; n * d.q_width()];
+    mm(
+        &mut datt,
+        0,
+        d.q_width(),
+        Mat::new(&dxmid, n, d.hidden),
+        Mat::new(w[li.o], d.hidden, d.q_width()),
+        false,
+        true,
+    )?;
+    let mut dqkv = attention_backward(d, tp, &datt)?;
+    drop(datt);
+    rope_inplace(&mut dqkv, l.width, l.v, cx.cos, cx.sin, d.head_dim, true);
+    let (wqkv, _) = qkv_weights(w, li);
+    let mut dw = vec![0f32; l.width * d.hidden];
+    let mut db = vec![0f32; l.width];
+    linear_param_grads(&dqkv, &tp.xn1, n, &mut dw, Some(&mut db))?;
+    let h = d.hidden;
+    unstack(&dw, &[(li.q, 0), (li.k, l.k * h), (li.v, l.v * h)], gb);
+    if let (Some(bq), Some(bk), Some(bv)) = (li.bq, li.bk, li.bv) {
+        unstack(&db, &[(bq, 0), (bk, l.k), (bv, l.v)], gb);
+    }
+    let mut dxn1 = vec![0f32; n * h];
+    mm(&mut dxn1, 0, h, Mat::new(&dqkv, n, l.width), Mat::new(&wqkv, l.width, h), false, true)?;
+    let mut dx = rms_backward(&tp.x, &tp.rstd1, w[li.ln1], &dxn1, &mut gb[li.ln1]);
+    add_into(&mut dx, &dxmid);
+    Ok(dx)
+}
+
+/// Copies blocks of a stacked gradient into the parameters' buffers: `(parameter, offset)`,
+/// each parameter taking as many elements as its buffer holds.
+fn unstack(stacked: &[f32], parts: &[(usize, usize)], gb: &mut GradBufs) {
+    for &(param, off) in parts {
+        let len = gb[param].len();
+        gb[param].copy_from_slice(&stacked[off..off + len]);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The model
+
+/// The result of [`forward`]: log-probabilities and entropies of the span, and what the
+/// backward needs.
+pub struct TrainForward {
+    /// `[B, L]` f32: log p(target) at each position of the span.
+    pub logps: Tensor,
+    /// `[B, L]` f32: the entropy of each position's next-token distribution (not differentiated).
+    pub entropy: Tensor,
+    tape: Tape,
+}
+
+/// Everything the backward reads, owned.
+struct Tape {
+    d: Dims,
+    params: Vec<(String, Tensor)>,
+    idx: ParamIdx,
+    ids: Vec<u32>,
+    mask: Vec<f32>,
+    cos: Vec<f32>,
+    sin: Vec<f32>,
+    layers: Vec<LayerTape>,
+    x_last: Vec<f32>,
+    rstd_final: Vec<f32>,
+    /// Final normed hidden states of the span rows, `[M, H]`.
+    h_span: Vec<f32>,
+    /// Logits of the span rows `[M, V]`.
+    logits: Vec<f32>,
+    lse: Vec<f32>,
+    targets: Vec<u32>,
+    start: usize,
+    len: usize,
+}
+
+/// The training forward over a padded batch, down to the log-probabilities of `targets`.
+///
+/// `input_ids` `[B, T]` u32, `attention_mask` `[B, T]` (1 real, 0 padding), `position_ids`
+/// `[B, T]` u32; `targets` `[B, L]` u32 are the tokens predicted by positions
+/// `start .. start + L` (e.g. the completion after a prompt of width `start + 1`).
+pub fn forward(
+    model: &Transformer,
+    input_ids: &Tensor,
+    attention_mask: &Tensor,
+    position_ids: &Tensor,
+    start: usize,
+    targets: &Tensor,
+) -> Result<TrainForward> {
+    let cfg = model.config();
+    let (batch, seq) = input_ids.dims2()?;
+    let (tb, len) = targets.dims2()?;
+    if tb != batch || start + len > seq {
+        return Err(candle_core::Error::Msg(format!(
+            "hand-written forward: targets {tb}×{len} from position {start} do not fit a {batch}×{seq} batch"
+        ))
+        .into());
+    }
+    let d = Dims {
+        batch,
+        seq,
+        hidden: cfg.hidden_size,
+        heads: cfg.num_attention_heads,
+        kv_heads: cfg.num_key_value_heads,
+        head_dim: cfg.head_dim,
+        inter: cfg.intermediate_size,
+        vocab: cfg.vocab_size,
+        eps: cfg.rms_norm_eps as f32,
+    };
+    let ids = input_ids.flatten_all()?.to_dtype(DType::U32)?.to_vec1::<u32>()?;
+    if let Some(&bad) = ids.iter().find(|&&i| i as usize >= d.vocab) {
+        return Err(candle_core::Error::Msg(format!("token id {bad} is outside the vocabulary of {}", d.vocab)).into());
+    }
+    let targets = targets.flatten_all()?.to_dtype(DType::U32)?.to_vec1::<u32>()?;
+    if let Some(&bad) = targets.iter().find(|&&i| i as usize >= d.vocab) {
+        return Err(candle_core::Error::Msg(format!("target id {bad} is outside the vocabulary of {}", d.vocab)).into());
+    }
+    let mask = attention_mask.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+    let (cos, sin) = model.rope_tables(position_ids)?;
+    let cos = cos.flatten_all()?.to_vec1::<f32>()?;
+    let sin = sin.flatten_all()?.to_vec1::<f32>()?;
+    let params = model.named_parameters();
+    let names: Vec<String> = params.iter().map(|(n, _)| n.clone()).collect();
+    let idx = ParamIdx::build(&names, cfg.num_hidden_layers)?;
+    let tensors: Vec<Tensor> = params.iter().map(|(_, t)| t.clone()).collect();
+    let mut tape = Tape {
+        d,
+        params,
+        idx,
+        ids,
+        mask,
+        cos,
+        sin,
+        layers: Vec::new(),
+        x_last: Vec::new(),
+        rstd_final: Vec::new(),
+        h_span: Vec::new(),
+        logits: Vec::new(),
+        lse: Vec::new(),
+        targets,
+        start,
+        len,
+    };
+    let (logps, entropy) = with_slices(&tensors, |w| run_forward(&mut tape, w))?;
+    let device = input_ids.device();
+    Ok(TrainForward {
+        logps: Tensor::from_vec(logps, (batch, len), device)?,
+        entropy: Tensor::from_vec(entropy, (batch, len), device)?,
+        tape,
+    })
+}
+
+/// Fills the tape; returns `(logps, entropy)` of the span rows.
+fn run_forward(tape: &mut Tape, w: &[&[f32]]) -> CResult<(Vec<f32>, Vec<f32>)> {
+    let d = tape.d;
+    let h = d.hidden;
+    let embed = w[tape.idx.embed];
+    let mut x = vec![0f32; d.rows() * h];
+    x.par_chunks_mut(h).zip(tape.ids.par_iter()).for_each(|(row, &id)| {
+        row.copy_from_slice(&embed[id as usize * h..(id as usize + 1) * h]);
+    });
+    let cx = Ctx { d, mask: &tape.mask, cos: &tape.cos, sin: &tape.sin };
+    let mut layers = Vec::with_capacity(tape.idx.layers.len());
+    for li in &tape.idx.layers {
+        let (out, lt) = layer_forward(&cx, w, li, x)?;
+        layers.push(lt);
+        x = out;
+    }
+    let (xf, rstd_final) = rms_forward(&x, w[tape.idx.norm], d.eps);
+    let h_span = span_rows(&xf, &d, tape.start, tape.len);
+    drop(xf);
+    let m = d.batch * tape.len;
+    let mut logits = vec![0f32; m * d.vocab];
+    mm(&mut logits, 0, d.vocab, Mat::new(&h_span, m, h), Mat::new(w[tape.idx.head], d.vocab, h).t(), false, true)?;
+    let stats: Vec<(f32, f32, f32)> = logits
+        .par_chunks(d.vocab)
+        .zip(tape.targets.par_iter())
+        .with_min_len(grain(d.vocab))
+        .map(|(z, &tgt)| logprob_row(z, tgt as usize))
+        .collect();
+    let mut logps = Vec::with_capacity(m);
+    let mut entropy = Vec::with_capacity(m);
+    let mut lse = Vec::with_capacity(m);
+    for (lp, ent, l) in stats {
+        logps.push(lp);
+        entropy.push(ent);
+        lse.push(l);
+    }
+    tape.layers = layers;
+    tape.x_last = x;
+    tape.rstd_final = rstd_final;
+    tape.h_span = h_span;
+    tape.logits = logits;
+    tape.lse = lse;
+    Ok((logps, entropy))
+}
+
+/// `(log p(target), entropy, log-sum-exp)` of one row of logits (sums in f64).
+fn logprob_row(z: &[f32], target: usize) -> (f32, f32, f32) {
+    let max = z.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+    let (mut sum, mut weighted) = (0f64, 0f64);
+    for &x in z {
+        let e = ((x - max) as f64).exp();
+        sum += e;
+        weighted += e * x as f64;
+    }
+    let lse = max as f64 + sum.ln();
+    ((z[target] as f64 - lse) as f32, (lse - weighted / sum) as f32, lse as f32)
+}
+
+/// The rows `start .. start + len` of every sequence of `x` (`[B·T, H]`) → `[B·len, H]`.
+fn span_rows(x: &[f32], d: &Dims, start: usize, len: usize) -> Vec<f32> {
+    let h = d.hidden;
+    let mut out = Vec::with_capacity(d.batch * len * h);
+    for b in 0..d.batch {
+        let from = (b * d.seq + start) * h;
+        out.extend_from_slice(&x[from..from + len * h]);
+    }
+    out
+}
+
+impl TrainForward {
+    /// Parameter gradients `(HF name, gradient)` of a loss whose gradient with respect to
+    /// [`TrainForward::logps`] is `dlogps` (`[B, L]`).
+    pub fn backward(self, dlogps: &Tensor) -> Result<Vec<(String, Tensor)>> {
+        let dl = dlogps.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+        let tape = self.tape;
+        if dl.len() != tape.d.batch * tape.len {
+            return Err(candle_core::Error::Msg(format!(
+                "hand-written backward: {} log-prob gradients for a {}×{} span",
+                dl.len(),
+                tape.d.batch,
+                tape.len
+            ))
+            .into());
+        }
+        let tensors: Vec<Tensor> = tape.params.iter().map(|(_, t)| t.clone()).collect();
+        let bufs = with_slices(&tensors, |w| run_backward(&tape, w, &dl))?;
+        let mut out = Vec::with_capacity(bufs.len());
+        for ((name, t), g) in tape.params.iter().zip(bufs) {
+            out.push((name.clone(), Tensor::from_vec(g, t.shape(), t.device())?));
+        }
+        Ok(out)
+    }
+}
+
+fn run_backward(tape: &Tape, w: &[&[f32]], dl: &[f32]) -> CResult<GradBufs> {
+    let d = tape.d;
+    let (h, v, m) = (d.hidden, d.vocab, d.batch * tape.len);
+    let mut gb: GradBufs = w.iter().map(|p| vec![0f32; p.len()]).collect();
+    // log p(target) = z[target] − lse: dz = dl · (onehot − softmax).
+    let mut dz = vec![0f32; m * v];
+    dz.par_chunks_mut(v).zip(tape.logits.par_chunks(v)).enumerate().with_min_len(grain(v)).for_each(|(r, (dr, zr))| {
+        let (g, l) = (dl[r], tape.lse[r]);
+        if g != 0.0 {
+            dr.iter_mut().zip(zr).for_each(|(o, &x)| *o = -g * (x - l).exp());
+            dr[tape.targets[r] as usize] += g;
+        }
+    });
+    let head = tape.idx.head;
+    let tied = head == tape.idx.embed;
+    mm(&mut gb[head], 0, h, Mat::new(&dz, m, v).t(), Mat::new(&tape.h_span, m, h), false, true)?;
+    let mut dh_span = vec![0f32; m * h];
+    mm(&mut dh_span, 0, h, Mat::new(&dz, m, v), Mat::new(w[head], v, h), false, true)?;
+    drop(dz);
+    let mut dxf = vec![0f32; d.rows() * h];
+    for b in 0..d.batch {
+        let to = (b * d.seq + tape.start) * h;
+        dxf[to..to + tape.len * h].copy_from_slice(&dh_span[b * tape.len * h..(b + 1) * tape.len * h]);
+    }
+    let mut dx = rms_backward(&tape.x_last, &tape.rstd_final, w[tape.idx.norm], &dxf, &mut gb[tape.idx.norm]);
+    drop(dxf);
+    let cx = Ctx { d, mask: &tape.mask, cos: &tape.cos, sin: &tape.sin };
+    for (li, lt) in tape.idx.layers.iter().zip(&tape.layers).rev() {
+        dx = layer_backward(&cx, w, li, lt, dx, &mut gb)?;
+    }
+    // Embedding rows, in token order (deterministic); added to the head's gradient when tied.
+    let embed = &mut gb[tape.idx.embed];
+    if !tied {
+        embed.fill(0.0);
+    }
+    for (row, &id) in dx.chunks(h).zip(&tape.ids) {
+        let dst = &mut embed[id as usize * h..(id as usize + 1) * h];
+        dst.iter_mut().zip(row).for_each(|(a, &g)| *a += g);
+    }
+    Ok(gb)
+}
+
+#[cfg(test)]
+mod tests;

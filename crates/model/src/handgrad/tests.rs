@@ -1,0 +1,216 @@
+//! The hand-written forward and backward against candle's autograd through the model: the
+//! log-probabilities, entropies and every parameter gradient, for Qwen2 (biases, GQA, tied and
+//! untied heads) and Llama (no biases), with left-padded prompts and right-padded completions;
+//! and bit-identical results on 1 and 4 threads.
+
+use std::collections::HashMap;
+
+use candle_core::{Device, Tensor, Var, D};
+use candle_nn::{VarBuilder, VarMap};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use super::*;
+use crate::config::ModelConfig;
+use crate::transformer::ParamInit;
+
+fn config(arch: Arch, tied: bool, bias: bool) -> ModelConfig {
+    ModelConfig {
+        arch,
+        vocab_size: 37,
+        hidden_size: 32,
+        intermediate_size: 48,
+        num_hidden_layers: 2,
+        num_attention_heads: 4,
+        num_key_value_heads: 2,
+        head_dim: 8,
+        rms_norm_eps: 1e-6,
+        rope_theta: 10_000.0,
+        rope_scaling: None,
+        tie_word_embeddings: tied,
+        attention_bias: bias,
+        max_position_embeddings: 64,
+        bos_token_id: None,
+        eos_token_ids: vec![],
+    }
+}
+
+/// A model of trainable variables with random weights large enough for non-trivial gradients
+/// (norm weights around 1, biases non-zero).
+fn model(cfg: &ModelConfig, seed: u64) -> (Transformer, VarMap) {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let varmap = VarMap::new();
+    {
+        let mut data = varmap.data().lock().unwrap();
+        for spec in Transformer::parameter_specs(cfg) {
+            let n: usize = spec.shape.iter().product();
+            let v: Vec<f32> = match spec.init {
+                ParamInit::Normal(_) => (0..n).map(|_| rng.random_range(-0.4..0.4)).collect(),
+                ParamInit::Ones => (0..n).map(|_| rng.random_range(0.7..1.3)).collect(),
+                ParamInit::Zeros => (0..n).map(|_| rng.random_range(-0.2..0.2)).collect(),
+            };
+            let t = Tensor::from_vec(v, spec.shape.as_slice(), &Device::Cpu).unwrap();
+            data.insert(spec.name.clone(), Var::from_tensor(&t).unwrap());
+        }
+    }
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+    (Transformer::new(cfg, vb).unwrap(), varmap)
+}
+
+/// A batch of 3 rows of width 9: row 0 full, row 1 with 3 left-padding tokens, row 2 with 2
+/// right-padding tokens; positions count real tokens. The span is positions 3..8.
+struct Batch {
+    ids: Tensor,
+    mask: Tensor,
+    pos: Tensor,
+    targets: Tensor,
+    weights: Tensor,
+}
+
+const START: usize = 3;
+const LEN: usize = 5;
+
+fn batch(vocab: usize, seed: u64) -> Batch {
+    let (b, t) = (3usize, 9usize);
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut ids = vec![0u32; b * t];
+    let mut mask = vec![0f32; b * t];
+    let mut pos = vec![0u32; b * t];
+    for r in 0..b {
+        let (lo, hi) = match r {
+            1 => (3, t),
+            2 => (0, t - 2),
+            _ => (0, t),
+        };
+        for (p, c) in (lo..hi).enumerate() {
+            ids[r * t + c] = rng.random_range(1..vocab as u32);
+            mask[r * t + c] = 1.0;
+            pos[r * t + c] = p as u32;
+        }
+    }
+    let targets: Vec<u32> = (0..b * LEN).map(|_| rng.random_range(0..vocab as u32)).collect();
+    // Loss weights: zero at padding positions (as a completion mask makes them).
+    let weights: Vec<f32> = (0..b * LEN)
+        .map(|i| {
+            let (r, j) = (i / LEN, i % LEN);
+            if mask[r * t + START + j] == 0.0 {
+                0.0
+            } else {
+                rng.random_range(-1.0..1.0)
+            }
+        })
+        .collect();
+    let dev = Device::Cpu;
+    Batch {
+        ids: Tensor::from_vec(ids, (b, t), &dev).unwrap(),
+        mask: Tensor::from_vec(mask, (b, t), &dev).unwrap(),
+        pos: Tensor::from_vec(pos, (b, t), &dev).unwrap(),
+        targets: Tensor::from_vec(targets, (b, LEN), &dev).unwrap(),
+        weights: Tensor::from_vec(weights, (b, LEN), &dev).unwrap(),
+    }
+}
+
+/// Log-probs and entropy of the span through candle's autograd model.
+fn autograd_logps(m: &Transformer, bt: &Batch) -> (Tensor, Tensor) {
+    let logits = m.forward(&bt.ids, &bt.mask, &bt.pos).unwrap().narrow(1, START, LEN).unwrap();
+    let logsm = candle_nn::ops::log_softmax(&logits, D::Minus1).unwrap();
+    let lp = logsm.gather(&bt.targets.unsqueeze(D::Minus1).unwrap(), D::Minus1).unwrap().squeeze(D::Minus1).unwrap();
+    let ent = (logsm.exp().unwrap() * &logsm).unwrap().sum(D::Minus1).unwrap().neg().unwrap();
+    (lp, ent)
+}
+
+fn max_abs(t: &Tensor) -> f32 {
+    t.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+}
+
+fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+    max_abs(&(a - b).unwrap())
+}
+
+/// Masked (by `weights == 0`) maximum difference of two `[B, L]` tensors.
+fn span_diff(a: &Tensor, b: &Tensor, weights: &Tensor) -> f32 {
+    let keep = weights.ne(0f32).unwrap().to_dtype(DType::F32).unwrap();
+    max_diff(&(a * &keep).unwrap(), &(b * &keep).unwrap())
+}
+
+fn check_against_autograd(cfg: &ModelConfig) {
+    let (m, varmap) = model(cfg, 7);
+    let bt = batch(cfg.vocab_size, 11);
+    let (lp_ref, ent_ref) = autograd_logps(&m, &bt);
+    let loss = (&lp_ref * &bt.weights).unwrap().sum_all().unwrap();
+    let grads_ref = loss.backward().unwrap();
+
+    let fwd = forward(&m, &bt.ids, &bt.mask, &bt.pos, START, &bt.targets).unwrap();
+    let d_lp = span_diff(&fwd.logps, &lp_ref, &bt.weights);
+    assert!(d_lp < 2e-5, "{:?}: log-probs differ by {d_lp}", cfg.arch);
+    let d_ent = span_diff(&fwd.entropy, &ent_ref, &bt.weights);
+    assert!(d_ent < 2e-5, "{:?}: entropies differ by {d_ent}", cfg.arch);
+    let grads: HashMap<String, Tensor> = fwd.backward(&bt.weights).unwrap().into_iter().collect();
+
+    let vars = varmap.data().lock().unwrap().clone();
+    assert_eq!(grads.len(), vars.len());
+    for (name, var) in &vars {
+        let want = grads_ref.get(var.as_tensor()).unwrap_or_else(|| panic!("no autograd gradient for {name}"));
+        let got = &grads[name];
+        let scale = max_abs(want).max(1e-3);
+        let d = max_diff(got, want) / scale;
+        assert!(d < 1e-4, "{:?}: gradient of {name} differs by {d} (relative to {scale})", cfg.arch);
+    }
+}
+
+#[test]
+fn qwen2_untied_matches_autograd() {
+    check_against_autograd(&config(Arch::Qwen2, false, true));
+}
+
+#[test]
+fn qwen2_tied_matches_autograd() {
+    check_against_autograd(&config(Arch::Qwen2, true, true));
+}
+
+#[test]
+fn llama_without_biases_matches_autograd() {
+    check_against_autograd(&config(Arch::Llama, false, false));
+}
+
+#[test]
+fn results_do_not_depend_on_thread_count() {
+    // Wide enough that the MLP's gemms split over the pool (27 × 256 × 64 > PAR_MIN_WORK).
+    let cfg = ModelConfig { hidden_size: 64, intermediate_size: 256, head_dim: 16, ..config(Arch::Qwen2, true, true) };
+    assert!(3 * 9 * cfg.intermediate_size * cfg.hidden_size >= PAR_MIN_WORK);
+    let (m, _) = model(&cfg, 3);
+    let bt = batch(cfg.vocab_size, 5);
+    let run = |threads: usize| {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+        pool.install(|| {
+            let fwd = forward(&m, &bt.ids, &bt.mask, &bt.pos, START, &bt.targets).unwrap();
+            let lp = fwd.logps.to_vec2::<f32>().unwrap();
+            let grads = fwd.backward(&bt.weights).unwrap();
+            let flat: Vec<Vec<f32>> =
+                grads.iter().map(|(_, g)| g.flatten_all().unwrap().to_vec1::<f32>().unwrap()).collect();
+            (lp, flat)
+        })
+    };
+    assert_eq!(run(1), run(4));
+}
+
+#[test]
+fn rejects_a_span_that_does_not_fit() {
+    let cfg = config(Arch::Qwen2, true, true);
+    let (m, _) = model(&cfg, 3);
+    let bt = batch(cfg.vocab_size, 5);
+    let err = forward(&m, &bt.ids, &bt.mask, &bt.pos, 6, &bt.targets).err().unwrap();
+    assert!(err.to_string().contains("do not fit"), "{err}");
+}
+
+#[test]
+fn qwen3_and_f64_take_the_autograd_path() {
+    let (m, _) = model(&config(Arch::Qwen2, true, true), 1);
+    assert!(supported(&m) || std::env::var("AHA_AUTOGRAD").is_ok());
+    let mut q3 = config(Arch::Qwen3, true, false);
+    q3.head_dim = 8;
+    let (m3, _) = model(&q3, 1);
+    assert!(!supported(&m3));
+    let m64 = m.map_parameters(|t| t.to_dtype(DType::F64)).unwrap();
+    assert!(!supported(&m64));
+}
