@@ -842,12 +842,13 @@ fn run_forward(tape: &mut Tape, w: &[&[f32]]) -> CResult<(Vec<f32>, Vec<f32>)> {
     Ok((logps, entropy))
 }
 
-/// `(log p(target), entropy, log-sum-exp)` of one row of logits (sums in f64).
+/// `(log p(target), entropy, log-sum-exp)` of one row of logits (exponentials in f32, sums in
+/// f64).
 fn logprob_row(z: &[f32], target: usize) -> (f32, f32, f32) {
     let max = z.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
     let (mut sum, mut weighted) = (0f64, 0f64);
     for &x in z {
-        let e = ((x - max) as f64).exp();
+        let e = (x - max).exp() as f64;
         sum += e;
         weighted += e * x as f64;
     }

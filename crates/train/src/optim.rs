@@ -44,7 +44,11 @@ impl Grads {
     pub fn norm(&self) -> Result<f64> {
         let mut total = 0f64;
         for g in self.0.iter().flatten() {
-            total += g.sqr()?.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+            total += match g.dtype() {
+                DType::F32 if g.device().is_cpu() => with_cpu_slices::<f32, _>(&[g], |x| sum_squares(x[0]))?,
+                DType::F64 if g.device().is_cpu() => with_cpu_slices::<f64, _>(&[g], |x| sum_squares(x[0]))?,
+                _ => g.sqr()?.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?,
+            };
         }
         Ok(total.sqrt())
     }
@@ -174,21 +178,48 @@ impl AdamW {
         let bc2 = 1.0 - self.cfg.beta2.powi(t);
         for (p, g) in self.params.iter().zip(&grads.0) {
             let Some(g) = g else { continue };
-            let g = (g * clip)?;
             let mo = self
                 .moments
                 .get_mut(&p.name)
                 .ok_or_else(|| crate::error::TrainError::Other(format!("no optimizer state for `{}`", p.name)))?;
-            update_one(&p.var, &g, mo, &self.cfg, lr, bc1, bc2)?;
+            update_one(&p.var, g, clip, mo, &self.cfg, lr, (bc1, bc2))?;
         }
         self.step += 1;
         Ok(StepReport { grad_norm, lr, applied: true })
     }
 }
 
+/// `f` over the contiguous data of CPU tensors as `T`, without copying them (a non-contiguous
+/// tensor is made contiguous first).
+fn with_cpu_slices<T: WithDType, R>(tensors: &[&Tensor], f: impl FnOnce(&[&[T]]) -> R) -> Result<R> {
+    let owned = tensors.iter().map(|t| t.contiguous()).collect::<candle_core::Result<Vec<_>>>()?;
+    let guards: Vec<_> = owned.iter().map(|t| t.storage_and_layout()).collect();
+    let mut slices = Vec::with_capacity(guards.len());
+    for (storage, layout) in &guards {
+        let candle_core::Storage::Cpu(cpu) = &**storage else {
+            return Err(crate::error::TrainError::Other("expected a CPU tensor".into()));
+        };
+        let Some((a, b)) = layout.contiguous_offsets() else {
+            return Err(crate::error::TrainError::Other("expected a contiguous tensor".into()));
+        };
+        slices.push(&cpu.as_slice::<T>()?[a..b]);
+    }
+    Ok(f(&slices))
+}
+
+/// Σ x² in f64, over fixed blocks summed in block order (the result does not depend on the
+/// thread count).
+fn sum_squares<T: WithDType>(x: &[T]) -> f64 {
+    const BLOCK: usize = 1 << 14;
+    let parts: Vec<f64> = x.par_chunks(BLOCK).map(|c| c.iter().map(|v| v.to_f64() * v.to_f64()).sum()).collect();
+    parts.iter().sum()
+}
+
 /// The scalars of one AdamW update.
 #[derive(Clone, Copy)]
 struct Coeffs {
+    /// Gradient scale (clipping).
+    clip: f64,
     beta1: f64,
     beta2: f64,
     eps: f64,
@@ -201,25 +232,30 @@ struct Coeffs {
 
 /// One element's update: `(p, m, v)` → new `(p, m, v)`, computed in f64.
 fn adamw_elem(c: Coeffs, p: f64, g: f64, m: f64, v: f64) -> (f64, f64, f64) {
+    let g = g * c.clip;
     let m = c.beta1 * m + (1.0 - c.beta1) * g;
     let v = c.beta2 * v + (1.0 - c.beta2) * g * g;
     let denom = (v / c.bc2).sqrt() + c.eps;
     (p * c.decay - c.step_size * (m / denom), m, v)
 }
 
-/// The update in one pass over flat CPU data (parallel over blocks).
-fn adamw_flat<T: WithDType>(c: Coeffs, p: &mut [T], g: &[T], m: &mut [T], v: &mut [T]) {
+/// The update in one pass over flat CPU data (parallel over blocks): reads the parameter, its
+/// gradient and moments, returns the new parameter and moments.
+fn adamw_flat<T: WithDType>(c: Coeffs, p: &[T], g: &[T], m: &[T], v: &[T]) -> (Vec<T>, Vec<T>, Vec<T>) {
     const BLOCK: usize = 1 << 14;
-    p.par_chunks_mut(BLOCK)
-        .zip(m.par_chunks_mut(BLOCK))
-        .zip(v.par_chunks_mut(BLOCK))
-        .zip(g.par_chunks(BLOCK))
-        .for_each(|(((pb, mb), vb), gb)| {
+    let zero = || vec![T::zero(); p.len()];
+    let (mut np, mut nm, mut nv) = (zero(), zero(), zero());
+    np.par_chunks_mut(BLOCK)
+        .zip(nm.par_chunks_mut(BLOCK))
+        .zip(nv.par_chunks_mut(BLOCK))
+        .zip(p.par_chunks(BLOCK).zip(g.par_chunks(BLOCK)).zip(m.par_chunks(BLOCK).zip(v.par_chunks(BLOCK))))
+        .for_each(|(((pb, mb), vb), ((po, gb), (mo, vo)))| {
             for i in 0..pb.len() {
-                let (np, nm, nv) = adamw_elem(c, pb[i].to_f64(), gb[i].to_f64(), mb[i].to_f64(), vb[i].to_f64());
-                (pb[i], mb[i], vb[i]) = (T::from_f64(np), T::from_f64(nm), T::from_f64(nv));
+                let (x, y, z) = adamw_elem(c, po[i].to_f64(), gb[i].to_f64(), mo[i].to_f64(), vo[i].to_f64());
+                (pb[i], mb[i], vb[i]) = (T::from_f64(x), T::from_f64(y), T::from_f64(z));
             }
         });
+    (np, nm, nv)
 }
 
 /// The fused update for CPU f32/f64 parameters; `false` when it does not apply.
@@ -238,20 +274,28 @@ fn update_fused(var: &Var, g: &Tensor, mo: &mut Moments, c: Coeffs) -> Result<bo
 
 fn update_typed<T: WithDType>(var: &Var, g: &Tensor, mo: &mut Moments, c: Coeffs) -> Result<()> {
     let p = var.as_tensor();
-    let flat = |t: &Tensor| t.flatten_all().and_then(|t| t.to_vec1::<T>());
-    let (mut pv, gv, mut mv, mut vv) = (flat(p)?, flat(g)?, flat(&mo.m)?, flat(&mo.v)?);
-    adamw_flat(c, &mut pv, &gv, &mut mv, &mut vv);
+    // Reads every input in place (no copies); one pass writes the three results.
+    let (np, nm, nv) = with_cpu_slices::<T, _>(&[p, g, &mo.m, &mo.v], |x| adamw_flat(c, x[0], x[1], x[2], x[3]))?;
     let (shape, dev) = (p.shape().clone(), p.device().clone());
-    mo.m = Tensor::from_vec(mv, shape.clone(), &dev)?;
-    mo.v = Tensor::from_vec(vv, shape.clone(), &dev)?;
-    var.set(&Tensor::from_vec(pv, shape, &dev)?)?;
+    mo.m = Tensor::from_vec(nm, shape.clone(), &dev)?;
+    mo.v = Tensor::from_vec(nv, shape.clone(), &dev)?;
+    var.set(&Tensor::from_vec(np, shape, &dev)?)?;
     Ok(())
 }
 
 /// One parameter's AdamW update, exactly PyTorch's order of operations: one fused pass on CPU,
 /// candle tensor ops elsewhere.
-fn update_one(var: &Var, g: &Tensor, mo: &mut Moments, cfg: &OptimConfig, lr: f64, bc1: f64, bc2: f64) -> Result<()> {
+fn update_one(
+    var: &Var,
+    g: &Tensor,
+    clip: f64,
+    mo: &mut Moments,
+    cfg: &OptimConfig,
+    lr: f64,
+    (bc1, bc2): (f64, f64),
+) -> Result<()> {
     let c = Coeffs {
+        clip,
         beta1: cfg.beta1,
         beta2: cfg.beta2,
         eps: cfg.eps,
@@ -262,6 +306,7 @@ fn update_one(var: &Var, g: &Tensor, mo: &mut Moments, cfg: &OptimConfig, lr: f6
     if update_fused(var, g, mo, c)? {
         return Ok(());
     }
+    let g = &(g * clip)?;
     mo.m = ((&mo.m * cfg.beta1)? + (g * (1.0 - cfg.beta1))?)?;
     mo.v = ((&mo.v * cfg.beta2)? + (g.sqr()? * (1.0 - cfg.beta2))?)?;
     let denom = ((&mo.v / bc2)?.sqrt()? + cfg.eps)?;
