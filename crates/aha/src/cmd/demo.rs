@@ -52,6 +52,9 @@ pub struct Args {
     /// Largest operand of the arithmetic problems.
     #[arg(long, default_value_t = 3)]
     pub max_value: i64,
+    /// Held-out questions evaluated before and after RL (fewer when the held-out split is smaller).
+    #[arg(long, default_value_t = 200)]
+    pub eval_questions: usize,
     /// Prompts per GRPO step.
     #[arg(long, default_value_t = 16)]
     pub prompts_per_step: usize,
@@ -111,7 +114,7 @@ impl Plan {
             },
             task: TaskSpec::Arithmetic { min_operands: 3, max_operands: 4, max_value: args.max_value },
             train_size: 8000,
-            eval_questions: 100,
+            eval_questions: args.eval_questions,
             test_percent: 10,
             slip_rate: args.slip_rate,
             sft_batch: 32,
@@ -334,6 +337,7 @@ fn write_summary(
         "eval_questions": before.questions,
         "eval_temperature": plan.eval.temperature,
         "teacher_slip_rate": plan.slip_rate,
+        "max_value": args.max_value,
         "pass_at_1_before_rl": before.pass_at_1,
         "pass_at_1_after_rl": after.pass_at_1,
         "cons_at_k_before_rl": before.cons_at_k,
