@@ -11,7 +11,7 @@ fn short_demo_writes_summary_metrics_and_plots() {
     let status = Command::new(env!("CARGO_BIN_EXE_aha"))
         .args(["demo", "--out"])
         .arg(&out)
-        .args(["--sft-steps", "3", "--grpo-steps", "2", "--seed", "7"])
+        .args(["--sft-steps", "3", "--grpo-steps", "2", "--eval-questions", "20", "--seed", "7"])
         .status()
         .unwrap();
     assert!(status.success());

@@ -39,8 +39,9 @@ pub struct Args {
     /// GRPO steps (the default fits the 10-minute budget on 2 cores).
     #[arg(long, default_value_t = 150)]
     pub grpo_steps: usize,
-    /// Cold-start SFT steps.
-    #[arg(long, default_value_t = 800)]
+    /// Cold-start SFT steps (a cold start that has learned the arithmetic well leaves RL the
+    /// teacher's slips to remove; with 800 steps one seed in three started RL below 45 %).
+    #[arg(long, default_value_t = 1500)]
     pub sft_steps: usize,
     /// Fraction of cold-start traces in which the teacher slips by ±1 in one step.
     #[arg(long, default_value_t = 0.5)]
@@ -49,8 +50,10 @@ pub struct Args {
     /// much smaller rate than SFT's 3e-3).
     #[arg(long, default_value_t = 1e-4)]
     pub grpo_lr: f64,
-    /// Largest operand of the arithmetic problems.
-    #[arg(long, default_value_t = 3)]
+    /// Largest operand of the arithmetic problems (5: 5 500 distinct problems, so the 90 % that
+    /// GRPO trains on are not memorised; with 3 there are 756, and RL gains on them did not carry
+    /// over to the held-out ones).
+    #[arg(long, default_value_t = 5)]
     pub max_value: i64,
     /// Held-out questions evaluated before and after RL (fewer when the held-out split is smaller).
     #[arg(long, default_value_t = 200)]
