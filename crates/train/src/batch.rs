@@ -147,7 +147,7 @@ impl PolicyForward {
                     Some(g) => g.clone(),
                     None => leaf.as_tensor().zeros_like()?,
                 };
-                Ok(opt.collect_named(fwd.backward(&dlogps)?))
+                opt.collect_named(fwd.backward(&dlogps)?)
             }
         }
     }

@@ -157,10 +157,18 @@ impl AdamW {
     }
 
     /// Gradients given by parameter name (the hand-written backward's output), in this
-    /// optimiser's parameter order; a parameter without one gets none.
-    pub fn collect_named(&self, grads: Vec<(String, Tensor)>) -> Grads {
+    /// optimiser's parameter order; a parameter without one gets none. A gradient for a name
+    /// this optimiser does not hold is an error (the model and the optimiser disagree).
+    pub fn collect_named(&self, grads: Vec<(String, Tensor)>) -> Result<Grads> {
         let mut by_name: std::collections::HashMap<String, Tensor> = grads.into_iter().collect();
-        Grads(self.params.iter().map(|p| by_name.remove(&p.name)).collect())
+        let out = Grads(self.params.iter().map(|p| by_name.remove(&p.name)).collect());
+        if let Some(name) = by_name.keys().min() {
+            return Err(crate::error::TrainError::Other(format!(
+                "gradient for `{name}`, which the optimiser does not hold ({} such names)",
+                by_name.len()
+            )));
+        }
+        Ok(out)
     }
 
     /// Clips to `max_grad_norm` (if set) and applies one AdamW update at the scheduled LR.
@@ -389,6 +397,19 @@ mod tests {
         assert!((scheduled_lr(&cfg, 6, 12) - 0.5).abs() < 1e-12);
         cfg.schedule = LrSchedule::Cosine;
         assert!((scheduled_lr(&cfg, 6, 12) - 0.5).abs() < 1e-12);
+    }
+
+    #[test]
+    fn named_gradients_follow_parameter_order_and_unknown_names_are_errors() {
+        let var = |v: f32| Var::new(&[v], &Device::Cpu).unwrap();
+        let params = vec![NamedVar { name: "a".into(), var: var(1.0) }, NamedVar { name: "b".into(), var: var(2.0) }];
+        let opt = AdamW::new(params, OptimConfig::default()).unwrap();
+        let g = |v: f32| Tensor::new(&[v], &Device::Cpu).unwrap();
+        let grads = opt.collect_named(vec![("b".into(), g(5.0))]).unwrap();
+        assert!(grads.0[0].is_none());
+        assert_eq!(grads.0[1].as_ref().unwrap().to_vec1::<f32>().unwrap(), vec![5.0]);
+        let err = opt.collect_named(vec![("a".into(), g(1.0)), ("lm_head.weight".into(), g(1.0))]).unwrap_err();
+        assert!(err.to_string().contains("`lm_head.weight`"), "{err}");
     }
 
     #[test]

@@ -267,7 +267,7 @@ fn train_step(model: &Transformer, opt: &mut AdamW, seq: &Tensor) -> Result<f32>
         let tokens = target.elem_count() as f64;
         let loss = fwd.logps.sum_all()?.to_scalar::<f32>()? / -(tokens as f32);
         let dlogps = Tensor::full(-(1.0 / tokens) as f32, (b, t), &Device::Cpu)?;
-        (loss, opt.collect_named(fwd.backward(&dlogps)?))
+        (loss, opt.collect_named(fwd.backward(&dlogps)?)?)
     } else {
         let logits = model.forward(&input, &mask, &pos)?.reshape((b * t, ()))?;
         let lp = aha_model::fused::gather_logprobs(&logits, &target.flatten_all()?)?;
