@@ -76,12 +76,20 @@ fn slice<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout) -> CResult<&'a [T]> {
 
 /// Runs `f` on the contiguous CPU data of `t` as `T`.
 fn read<T: WithDType, R>(t: &Tensor, f: impl FnOnce(&[T]) -> CResult<R>) -> CResult<R> {
-    let t = t.contiguous()?;
-    let (s, l) = t.storage_and_layout();
-    match &*s {
-        Storage::Cpu(c) => f(slice::<T>(c, l)?),
-        _ => bail!("fused kernel: not a CPU tensor"),
+    cpu_slices(&[t], |x| f(x[0]))?
+}
+
+/// Runs `f` on the CPU data of every tensor as `T`, without copying (a non-contiguous tensor is
+/// made contiguous first); the storages stay read-locked for the duration of `f`.
+pub fn cpu_slices<T: WithDType, R>(tensors: &[&Tensor], f: impl FnOnce(&[&[T]]) -> R) -> CResult<R> {
+    let owned = tensors.iter().map(|t| t.contiguous()).collect::<CResult<Vec<_>>>()?;
+    let guards: Vec<_> = owned.iter().map(|t| t.storage_and_layout()).collect();
+    let mut slices = Vec::with_capacity(guards.len());
+    for (storage, layout) in &guards {
+        let Storage::Cpu(cpu) = &**storage else { bail!("expected a CPU tensor") };
+        slices.push(slice::<T>(cpu, layout)?);
     }
+    Ok(f(&slices))
 }
 
 /// Dispatches `$body` with `$T` bound to f32 or f64 according to `$dtype`.

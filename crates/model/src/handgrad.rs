@@ -23,7 +23,7 @@
 
 use std::collections::HashMap;
 
-use candle_core::{bail, DType, Storage, Tensor};
+use candle_core::{bail, DType, Tensor};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
@@ -137,22 +137,6 @@ impl ParamIdx {
         let head = map.get("lm_head.weight").copied().unwrap_or(embed);
         Ok(Self { embed, layers, norm: get("model.norm.weight")?, head })
     }
-}
-
-/// Runs `f` on the contiguous f32 data of every tensor (no copies: the storages stay
-/// read-locked for the duration of `f`).
-fn with_slices<R>(tensors: &[Tensor], f: impl FnOnce(&[&[f32]]) -> CResult<R>) -> CResult<R> {
-    let guards: Vec<_> = tensors.iter().map(|t| t.storage_and_layout()).collect();
-    let mut slices = Vec::with_capacity(guards.len());
-    for (storage, layout) in &guards {
-        let Storage::Cpu(cpu) = &**storage else { bail!("hand-written backward: not a CPU tensor") };
-        let data = cpu.as_slice::<f32>()?;
-        let Some((a, b)) = layout.contiguous_offsets() else {
-            bail!("hand-written backward: non-contiguous parameter")
-        };
-        slices.push(&data[a..b]);
-    }
-    f(&slices)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -756,10 +740,9 @@ pub fn forward(
     let (batch, seq) = input_ids.dims2()?;
     let (tb, len) = targets.dims2()?;
     if tb != batch || start + len > seq {
-        return Err(candle_core::Error::Msg(format!(
+        return Err(invalid(format!(
             "hand-written forward: targets {tb}×{len} from position {start} do not fit a {batch}×{seq} batch"
-        ))
-        .into());
+        )));
     }
     let d = Dims {
         batch,
@@ -772,14 +755,8 @@ pub fn forward(
         vocab: cfg.vocab_size,
         eps: cfg.rms_norm_eps as f32,
     };
-    let ids = input_ids.flatten_all()?.to_dtype(DType::U32)?.to_vec1::<u32>()?;
-    if let Some(&bad) = ids.iter().find(|&&i| i as usize >= d.vocab) {
-        return Err(candle_core::Error::Msg(format!("token id {bad} is outside the vocabulary of {}", d.vocab)).into());
-    }
-    let targets = targets.flatten_all()?.to_dtype(DType::U32)?.to_vec1::<u32>()?;
-    if let Some(&bad) = targets.iter().find(|&&i| i as usize >= d.vocab) {
-        return Err(candle_core::Error::Msg(format!("target id {bad} is outside the vocabulary of {}", d.vocab)).into());
-    }
+    let ids = token_ids(input_ids, d.vocab, "token")?;
+    let targets = token_ids(targets, d.vocab, "target")?;
     let mask = attention_mask.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
     let (cos, sin) = model.rope_tables(position_ids)?;
     let cos = cos.flatten_all()?.to_vec1::<f32>()?;
@@ -806,13 +783,28 @@ pub fn forward(
         start,
         len,
     };
-    let (logps, entropy) = with_slices(&tensors, |w| run_forward(&mut tape, w))?;
+    let (logps, entropy) =
+        crate::fused::cpu_slices(&tensors.iter().collect::<Vec<_>>(), |w| run_forward(&mut tape, w))??;
     let device = input_ids.device();
     Ok(TrainForward {
         logps: Tensor::from_vec(logps, (batch, len), device)?,
         entropy: Tensor::from_vec(entropy, (batch, len), device)?,
         tape,
     })
+}
+
+/// A model error carrying `msg`.
+fn invalid(msg: String) -> crate::error::ModelError {
+    candle_core::Error::Msg(msg).into()
+}
+
+/// The ids of `t` as u32, each checked against the vocabulary (`what` names them in the error).
+fn token_ids(t: &Tensor, vocab: usize, what: &str) -> Result<Vec<u32>> {
+    let ids = t.flatten_all()?.to_dtype(DType::U32)?.to_vec1::<u32>()?;
+    match ids.iter().find(|&&i| i as usize >= vocab) {
+        Some(&bad) => Err(invalid(format!("{what} id {bad} is outside the vocabulary of {vocab}"))),
+        None => Ok(ids),
+    }
 }
 
 /// Fills the tape; returns `(logps, entropy)` of the span rows.
@@ -892,16 +884,15 @@ impl TrainForward {
         let dl = dlogps.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
         let tape = self.tape;
         if dl.len() != tape.d.batch * tape.len {
-            return Err(candle_core::Error::Msg(format!(
+            return Err(invalid(format!(
                 "hand-written backward: {} log-prob gradients for a {}×{} span",
                 dl.len(),
                 tape.d.batch,
                 tape.len
-            ))
-            .into());
+            )));
         }
-        let tensors: Vec<Tensor> = tape.params.iter().map(|(_, t)| t.clone()).collect();
-        let bufs = with_slices(&tensors, |w| run_backward(&tape, w, &dl))?;
+        let tensors: Vec<&Tensor> = tape.params.iter().map(|(_, t)| t).collect();
+        let bufs = crate::fused::cpu_slices(&tensors, |w| run_backward(&tape, w, &dl))??;
         let mut out = Vec::with_capacity(bufs.len());
         for ((name, t), g) in tape.params.iter().zip(bufs) {
             out.push((name.clone(), Tensor::from_vec(g, t.shape(), t.device())?));
@@ -924,7 +915,6 @@ fn run_backward(tape: &Tape, w: &[&[f32]], dl: &[f32]) -> CResult<GradBufs> {
         }
     });
     let head = tape.idx.head;
-    let tied = head == tape.idx.embed;
     mm(&mut gb[head], 0, h, Mat::new(&dz, m, v).t(), Mat::new(&tape.h_span, m, h), false, true)?;
     let mut dh_span = vec![0f32; m * h];
     mm(&mut dh_span, 0, h, Mat::new(&dz, m, v), Mat::new(w[head], v, h), false, true)?;
@@ -942,9 +932,6 @@ fn run_backward(tape: &Tape, w: &[&[f32]], dl: &[f32]) -> CResult<GradBufs> {
     }
     // Embedding rows, in token order (deterministic); added to the head's gradient when tied.
     let embed = &mut gb[tape.idx.embed];
-    if !tied {
-        embed.fill(0.0);
-    }
     for (row, &id) in dx.chunks(h).zip(&tape.ids) {
         let dst = &mut embed[id as usize * h..(id as usize + 1) * h];
         dst.iter_mut().zip(row).for_each(|(a, &g)| *a += g);

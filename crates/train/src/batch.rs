@@ -10,7 +10,7 @@ use aha_model::{handgrad, Transformer};
 use candle_core::{DType, Device, Tensor, Var};
 
 use crate::error::Result;
-use crate::loss::{mean_entropy, token_logprobs};
+use crate::loss::{masked_mean_scalar, mean_entropy, token_logprobs};
 use crate::optim::{AdamW, Grads};
 
 /// A padded batch of prompt + completion sequences.
@@ -97,14 +97,7 @@ pub fn policy_forward(model: &Transformer, batch: &SeqBatch) -> Result<PolicyFor
         let (logps, logits) = completion_logprobs(model, batch)?;
         return Ok(PolicyForward { logps, path: GradPath::Autograd { logits } });
     }
-    let fwd = handgrad::forward(
-        model,
-        &batch.input_ids,
-        &batch.attention_mask,
-        &batch.position_ids,
-        batch.prompt_width - 1,
-        &batch.completion_ids,
-    )?;
+    let fwd = hand_written_forward(model, batch)?;
     // A leaf variable: the loss's backward stops here and hands its gradient to the model's.
     let leaf = Var::from_tensor(&fwd.logps)?;
     Ok(PolicyForward { logps: leaf.as_tensor().clone(), path: GradPath::HandWritten { leaf, fwd: Box::new(fwd) } })
@@ -113,9 +106,21 @@ pub fn policy_forward(model: &Transformer, batch: &SeqBatch) -> Result<PolicyFor
 /// Completion log-probabilities `[B, Lc]` without gradient (π_old, π_ref).
 pub fn no_grad_logprobs(model: &Transformer, batch: &SeqBatch) -> Result<Tensor> {
     if handgrad::supported(model) {
-        return Ok(policy_forward(model, batch)?.logps.detach());
+        return Ok(hand_written_forward(model, batch)?.logps);
     }
     Ok(completion_logprobs(&model.detached()?, batch)?.0.detach())
+}
+
+/// [`handgrad::forward`] over the batch's completions (predicted from column P − 1 on).
+fn hand_written_forward(model: &Transformer, batch: &SeqBatch) -> Result<handgrad::TrainForward> {
+    Ok(handgrad::forward(
+        model,
+        &batch.input_ids,
+        &batch.attention_mask,
+        &batch.position_ids,
+        batch.prompt_width - 1,
+        &batch.completion_ids,
+    )?)
 }
 
 impl PolicyForward {
@@ -128,12 +133,7 @@ impl PolicyForward {
     pub fn mean_entropy(&self, mask: &Tensor) -> Result<f64> {
         match &self.path {
             GradPath::Autograd { logits } => mean_entropy(logits, mask),
-            GradPath::HandWritten { fwd, .. } => {
-                let mask = mask.to_dtype(DType::F32)?;
-                let num = (&fwd.entropy * &mask)?.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-                let den = mask.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-                Ok(num / den.max(1.0))
-            }
+            GradPath::HandWritten { fwd, .. } => masked_mean_scalar(&fwd.entropy, &mask.to_dtype(DType::F32)?),
         }
     }
 

@@ -447,7 +447,7 @@ impl GrpoTrainer<'_> {
     }
 
     /// Packs micro-batches once (with π_old and π_ref log-probs where needed).
-    fn prepare(&self, samples: &[Scored], micro: usize, needs_old: bool) -> Result<Vec<Micro>> {
+    fn prepare(&self, samples: &[Scored], micro: usize, old_up_front: bool) -> Result<Vec<Micro>> {
         let mut out = Vec::new();
         for chunk in samples.chunks(micro.max(1)) {
             let pairs: Vec<(&[u32], &[u32])> =
@@ -457,7 +457,7 @@ impl GrpoTrainer<'_> {
             let adv: Vec<f32> = chunk.iter().map(|s| s.advantage as f32).collect();
             let advantages = Tensor::from_vec(adv, chunk.len(), self.policy.device())?;
             let (old, reference) = measure(Phase::NoGradLogps, || -> Result<_> {
-                let old = if needs_old { Some(no_grad_logprobs(&self.policy, &batch)?) } else { None };
+                let old = if old_up_front { Some(no_grad_logprobs(&self.policy, &batch)?) } else { None };
                 Ok((old, self.reference.as_ref().map(|r| no_grad_logprobs(r, &batch)).transpose()?))
             })?;
             out.push(Micro { batch, mask, advantages, old, reference });

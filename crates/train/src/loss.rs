@@ -83,7 +83,7 @@ fn masked_row_mean(x: &Tensor, mask: &Tensor) -> Result<Tensor> {
 }
 
 /// Masked mean over all elements as a plain number.
-fn masked_mean_scalar(x: &Tensor, mask: &Tensor) -> Result<f64> {
+pub(crate) fn masked_mean_scalar(x: &Tensor, mask: &Tensor) -> Result<f64> {
     let num = (x * mask)?.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
     let den = mask.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
     Ok(num / den.max(1.0))

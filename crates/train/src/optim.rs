@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 
+use aha_model::fused::cpu_slices;
 use candle_core::{backprop::GradStore, DType, Tensor, Var, WithDType};
 use rayon::prelude::*;
 
@@ -45,8 +46,8 @@ impl Grads {
         let mut total = 0f64;
         for g in self.0.iter().flatten() {
             total += match g.dtype() {
-                DType::F32 if g.device().is_cpu() => with_cpu_slices::<f32, _>(&[g], |x| sum_squares(x[0]))?,
-                DType::F64 if g.device().is_cpu() => with_cpu_slices::<f64, _>(&[g], |x| sum_squares(x[0]))?,
+                DType::F32 if g.device().is_cpu() => cpu_slices::<f32, _>(&[g], |x| sum_squares(x[0]))?,
+                DType::F64 if g.device().is_cpu() => cpu_slices::<f64, _>(&[g], |x| sum_squares(x[0]))?,
                 _ => g.sqr()?.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?,
             };
         }
@@ -197,24 +198,6 @@ impl AdamW {
     }
 }
 
-/// `f` over the contiguous data of CPU tensors as `T`, without copying them (a non-contiguous
-/// tensor is made contiguous first).
-fn with_cpu_slices<T: WithDType, R>(tensors: &[&Tensor], f: impl FnOnce(&[&[T]]) -> R) -> Result<R> {
-    let owned = tensors.iter().map(|t| t.contiguous()).collect::<candle_core::Result<Vec<_>>>()?;
-    let guards: Vec<_> = owned.iter().map(|t| t.storage_and_layout()).collect();
-    let mut slices = Vec::with_capacity(guards.len());
-    for (storage, layout) in &guards {
-        let candle_core::Storage::Cpu(cpu) = &**storage else {
-            return Err(crate::error::TrainError::Other("expected a CPU tensor".into()));
-        };
-        let Some((a, b)) = layout.contiguous_offsets() else {
-            return Err(crate::error::TrainError::Other("expected a contiguous tensor".into()));
-        };
-        slices.push(&cpu.as_slice::<T>()?[a..b]);
-    }
-    Ok(f(&slices))
-}
-
 /// Σ x² in f64, over fixed blocks summed in block order (the result does not depend on the
 /// thread count).
 fn sum_squares<T: WithDType>(x: &[T]) -> f64 {
@@ -283,7 +266,7 @@ fn update_fused(var: &Var, g: &Tensor, mo: &mut Moments, c: Coeffs) -> Result<bo
 fn update_typed<T: WithDType>(var: &Var, g: &Tensor, mo: &mut Moments, c: Coeffs) -> Result<()> {
     let p = var.as_tensor();
     // Reads every input in place (no copies); one pass writes the three results.
-    let (np, nm, nv) = with_cpu_slices::<T, _>(&[p, g, &mo.m, &mo.v], |x| adamw_flat(c, x[0], x[1], x[2], x[3]))?;
+    let (np, nm, nv) = cpu_slices::<T, _>(&[p, g, &mo.m, &mo.v], |x| adamw_flat(c, x[0], x[1], x[2], x[3]))?;
     let (shape, dev) = (p.shape().clone(), p.device().clone());
     mo.m = Tensor::from_vec(nm, shape.clone(), &dev)?;
     mo.v = Tensor::from_vec(nv, shape.clone(), &dev)?;

@@ -29,6 +29,19 @@ fn batch(device: &Device) -> SeqBatch {
     build_batch(&pairs, device).unwrap()
 }
 
+/// The GRPO loss of `logps` on [`batch`] with advantages ±1, π_old ≠ π_θ (so the ratio is not
+/// 1) and β > 0 (so the KL path is in the graph too).
+fn grpo_loss_with_kl(logps: &Tensor, b: &SeqBatch) -> Tensor {
+    let adv = Tensor::new(&[1.0f32, -1.0], &Device::Cpu).unwrap();
+    let old = (logps.detach() - 0.05).unwrap();
+    let reference = (logps.detach() + 0.1).unwrap();
+    let inp =
+        LossInputs { logps, old_logps: &old, ref_logps: Some(&reference), advantages: &adv, mask: &b.completion_mask };
+    let cfg = GrpoLossConfig { beta: 0.04, ..Default::default() };
+    let norm = LossNorm { max_completion_length: 4, grad_accum_steps: 1, dapo_active_tokens: 6.0 };
+    grpo_loss(&inp, &cfg, &norm).unwrap().loss
+}
+
 #[test]
 fn every_parameter_gets_a_gradient_through_the_grpo_loss() {
     for tie in [true, false] {
@@ -37,20 +50,7 @@ fn every_parameter_gets_a_gradient_through_the_grpo_loss() {
         let opt = AdamW::new(named_vars(&lm.varmap), Default::default()).unwrap();
         let b = batch(&Device::Cpu);
         let (logps, _) = completion_logprobs(&lm.model, &b).unwrap();
-        let adv = Tensor::new(&[1.0f32, -1.0], &Device::Cpu).unwrap();
-        // π_old ≠ π_θ so the ratio is not 1; β > 0 adds the KL path too.
-        let old = (logps.detach() - 0.05).unwrap();
-        let reference = (logps.detach() + 0.1).unwrap();
-        let inp = LossInputs {
-            logps: &logps,
-            old_logps: &old,
-            ref_logps: Some(&reference),
-            advantages: &adv,
-            mask: &b.completion_mask,
-        };
-        let cfg = GrpoLossConfig { beta: 0.04, ..Default::default() };
-        let norm = LossNorm { max_completion_length: 4, grad_accum_steps: 1, dapo_active_tokens: 6.0 };
-        let loss = grpo_loss(&inp, &cfg, &norm).unwrap().loss;
+        let loss = grpo_loss_with_kl(&logps, &b);
         let grads = opt.collect(&loss.backward().unwrap());
         let missing: Vec<&str> = opt
             .params()
@@ -160,21 +160,7 @@ fn policy_forward_gradients_match_autograd() {
         assert!(aha_model::handgrad::supported(&lm.model) || std::env::var("AHA_AUTOGRAD").is_ok());
         let opt = AdamW::new(named_vars(&lm.varmap), Default::default()).unwrap();
         let b = batch(&Device::Cpu);
-        let adv = Tensor::new(&[1.0f32, -1.0], &Device::Cpu).unwrap();
-        let loss_of = |logps: &Tensor| {
-            let old = (logps.detach() - 0.05).unwrap();
-            let reference = (logps.detach() + 0.1).unwrap();
-            let inp = LossInputs {
-                logps,
-                old_logps: &old,
-                ref_logps: Some(&reference),
-                advantages: &adv,
-                mask: &b.completion_mask,
-            };
-            let cfg = GrpoLossConfig { beta: 0.04, ..Default::default() };
-            let norm = LossNorm { max_completion_length: 4, grad_accum_steps: 1, dapo_active_tokens: 6.0 };
-            grpo_loss(&inp, &cfg, &norm).unwrap().loss
-        };
+        let loss_of = |logps: &Tensor| grpo_loss_with_kl(logps, &b);
         let (logps, _) = completion_logprobs(&lm.model, &b).unwrap();
         let want = opt.collect(&loss_of(&logps).backward().unwrap());
         let fwd = policy_forward(&lm.model, &b).unwrap();
