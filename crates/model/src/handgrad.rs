@@ -164,6 +164,11 @@ impl<'a> Mat<'a> {
         Self { data, off, rows, cols, rs, cs: 1 }
     }
 
+    /// The block of rows `r0..r1` and columns `c0..c1` (no copy).
+    fn sub(self, (r0, r1): (usize, usize), (c0, c1): (usize, usize)) -> Self {
+        Self { off: self.off + r0 * self.rs + c0 * self.cs, rows: r1 - r0, cols: c1 - c0, ..self }
+    }
+
     /// The transpose (no copy).
     fn t(self) -> Self {
         Self { rows: self.cols, cols: self.rows, rs: self.cs, cs: self.rs, ..self }
@@ -177,37 +182,71 @@ impl<'a> Mat<'a> {
 /// `dst[doff..]` (an `a.rows × b.cols` block with row stride `drs`) `= a · b`, or `+= a · b`
 /// when `acc`. `par` lets gemm split large products over rayon's pool.
 fn mm(dst: &mut [f32], doff: usize, drs: usize, a: Mat, b: Mat, acc: bool, par: bool) -> CResult<()> {
-    let (m, k, n) = (a.rows, a.cols, b.cols);
-    if b.rows != k {
-        bail!("hand-written backward: gemm shapes {m}×{k} · {}×{n}", b.rows);
-    }
-    if m == 0 || n == 0 {
+    let (m, n) = (a.rows, b.cols);
+    if !check_operands(a, b)? {
         return Ok(());
     }
     if doff + (m - 1) * drs + n > dst.len() || drs < n {
         bail!("hand-written backward: gemm output {m}×{n} does not fit");
     }
-    if k == 0 {
-        if !acc {
-            (0..m).for_each(|i| dst[doff + i * drs..doff + i * drs + n].fill(0.0));
-        }
-        return Ok(());
+    // SAFETY: the output block lies inside `dst` (checked just above) and `dst` is borrowed
+    // mutably, so nothing else aliases it; the operands were checked by `check_operands`.
+    unsafe { gemm_raw(dst.as_mut_ptr().add(doff), drs, a, b, acc, par) };
+    Ok(())
+}
+
+/// `a · b` as a new row-major `[a.rows, b.cols]` vector. Nothing is zeroed first: gemm
+/// overwrites every element.
+fn mm_new(a: Mat, b: Mat, par: bool) -> CResult<Vec<f32>> {
+    let (m, n) = (a.rows, b.cols);
+    if !check_operands(a, b)? {
+        return Ok(vec![0f32; m * n]);
+    }
+    let mut out = Vec::<f32>::with_capacity(m * n);
+    // SAFETY: the buffer has room for the `m × n` block with row stride `n`, which gemm writes
+    // in full without reading it (`acc` false); only then is the length set.
+    unsafe {
+        gemm_raw(out.as_mut_ptr(), n, a, b, false, par);
+        out.set_len(m * n);
+    }
+    Ok(out)
+}
+
+/// Checks that `a · b` is well formed and its operands in bounds; `false` when the product is
+/// empty or has `k = 0` (every element zero).
+fn check_operands(a: Mat, b: Mat) -> CResult<bool> {
+    let (m, k, n) = (a.rows, a.cols, b.cols);
+    if b.rows != k {
+        bail!("hand-written backward: gemm shapes {m}×{k} · {}×{n}", b.rows);
+    }
+    if m == 0 || n == 0 || k == 0 {
+        return Ok(false);
     }
     if a.last() >= a.data.len() || b.last() >= b.data.len() {
         bail!("hand-written backward: gemm operand out of bounds");
     }
+    Ok(true)
+}
+
+/// `dst = a · b` (or `+=` when `acc`) for a row-major block at `dst` with row stride `drs`.
+///
+/// # Safety
+/// `dst` must be valid for writes (and, when `acc`, reads) of the `a.rows × b.cols` block with
+/// row stride `drs ≥ b.cols`, not aliased by anything else, and the operands must have passed
+/// [`check_operands`] (non-empty, `k > 0`, in bounds).
+unsafe fn gemm_raw(dst: *mut f32, drs: usize, a: Mat, b: Mat, acc: bool, par: bool) {
+    let (m, k, n) = (a.rows, a.cols, b.cols);
     let threads = rayon::current_num_threads();
     let parallelism =
         if par && threads > 1 && m * n * k >= PAR_MIN_WORK { Parallelism::Rayon(threads) } else { Parallelism::None };
-    // SAFETY: every element gemm touches lies inside the slices (checked above: the last element
-    // of each operand and of the output block is in bounds, strides are non-negative), and
-    // `dst` is borrowed mutably, so nothing else aliases the output.
+    // SAFETY: the caller guarantees the output block; every operand element gemm reads lies
+    // inside its slice (the last one was checked, strides are non-negative).
     unsafe {
         gemm::gemm(
             m,
             n,
             k,
-            dst.as_mut_ptr().add(doff),
+            dst,
             1,
             drs as isize,
             acc,
@@ -225,14 +264,12 @@ fn mm(dst: &mut [f32], doff: usize, drs: usize, a: Mat, b: Mat, acc: bool, par: 
             parallelism,
         );
     }
-    Ok(())
 }
 
 /// `x · wᵀ (+ bias)`: `x` `[rows, inp]`, `w` `[out, inp]` → `[rows, out]`.
 fn linear(x: &[f32], rows: usize, w: &[f32], bias: Option<&[f32]>, out: usize) -> CResult<Vec<f32>> {
     let inp = w.len() / out.max(1);
-    let mut y = vec![0f32; rows * out];
-    mm(&mut y, 0, out, Mat::new(x, rows, inp), Mat::new(w, out, inp).t(), false, true)?;
+    let mut y = mm_new(Mat::new(x, rows, inp), Mat::new(w, out, inp).t(), true)?;
     if let Some(b) = bias {
         y.par_chunks_mut(out).with_min_len(grain(out)).for_each(|r| r.iter_mut().zip(b).for_each(|(o, &bv)| *o += bv));
     }
@@ -247,6 +284,24 @@ fn linear_param_grads(dy: &[f32], x: &[f32], rows: usize, dw: &mut [f32], db: Op
     mm(dw, 0, inp, Mat::new(dy, rows, out).t(), Mat::new(x, rows, inp), false, true)?;
     if let Some(db) = db {
         column_sums(dy, out, db);
+    }
+    Ok(())
+}
+
+/// The weight gradients of a stacked projection, straight into each parameter's buffer:
+/// `dW_p = dy[:, off..off+width]ᵀ · x` for each `(p, off, width)`.
+fn stacked_param_grads(
+    dy: &[f32],
+    x: &[f32],
+    rows: usize,
+    parts: &[(usize, usize, usize)],
+    gb: &mut GradBufs,
+) -> CResult<()> {
+    let out = dy.len() / rows.max(1);
+    let inp = x.len() / rows.max(1);
+    for &(p, off, width) in parts {
+        let dyp = Mat::view(dy, off, rows, width, out);
+        mm(&mut gb[p], 0, inp, dyp.t(), Mat::new(x, rows, inp), false, true)?;
     }
     Ok(())
 }
@@ -277,13 +332,11 @@ fn rms_forward(x: &[f32], w: &[f32], eps: f32) -> (Vec<f32>, Vec<f32>) {
     let d = w.len();
     let mut y = vec![0f32; x.len()];
     let mut rstd = vec![0f32; x.len() / d];
-    y.par_chunks_mut(d).zip(x.par_chunks(d)).zip(rstd.par_iter_mut()).with_min_len(grain(d)).for_each(
-        |((yr, xr), r)| {
-            let ss: f32 = xr.iter().map(|v| v * v).sum();
-            *r = 1.0 / (ss / d as f32 + eps).sqrt();
-            yr.iter_mut().zip(xr).zip(w).for_each(|((o, &xv), &wv)| *o = xv * *r * wv);
-        },
-    );
+    y.par_chunks_mut(d)
+        .zip(x.par_chunks(d))
+        .zip(rstd.par_iter_mut())
+        .with_min_len(grain(d))
+        .for_each(|((yr, xr), r)| *r = kernels::rms_row(xr, w, eps, yr));
     (y, rstd)
 }
 
@@ -301,13 +354,7 @@ fn rms_backward(x: &[f32], rstd: &[f32], w: &[f32], g: &[f32], dw: &mut [f32]) -
         .map(|(((dxb, xb), gb), rb)| {
             let mut part = vec![0f32; d];
             for (((dxr, xr), gr), &r) in dxb.chunks_mut(d).zip(xb.chunks(d)).zip(gb.chunks(d)).zip(rb) {
-                let dot: f32 = gr.iter().zip(w).zip(xr).map(|((&gv, &wv), &xv)| gv * wv * xv * r).sum();
-                let k = dot / d as f32;
-                for j in 0..d {
-                    let xh = xr[j] * r;
-                    dxr[j] = r * (gr[j] * w[j] - xh * k);
-                    part[j] += gr[j] * xh;
-                }
+                kernels::rms_backward_row(xr, gr, w, r, dxr, &mut part);
             }
             part
         })
@@ -323,45 +370,11 @@ fn rms_backward(x: &[f32], rstd: &[f32], w: &[f32], g: &[f32], dw: &mut [f32]) -
 /// `hd` side by side), HF's rotate-half layout; `cos`/`sin` are `[rows, hd]`. `inverse` applies
 /// the transpose (the backward).
 fn rope_inplace(x: &mut [f32], width: usize, roped: usize, cos: &[f32], sin: &[f32], hd: usize, inverse: bool) {
-    let half = hd / 2;
-    x.par_chunks_mut(width).zip(cos.par_chunks(hd)).zip(sin.par_chunks(hd)).with_min_len(grain(width)).for_each(
-        |((row, c), s)| {
-            for head in row[..roped].chunks_mut(hd) {
-                for i in 0..half {
-                    let (a, b) = (head[i], head[i + half]);
-                    if inverse {
-                        head[i] = a * c[i] + b * s[i + half];
-                        head[i + half] = b * c[i + half] - a * s[i];
-                    } else {
-                        head[i] = a * c[i] - b * s[i];
-                        head[i + half] = b * c[i + half] + a * s[i + half];
-                    }
-                }
-            }
-        },
-    );
-}
-
-/// `eˣ` in f32 without a libm call, so row loops vectorise: `2ⁿ · p(r)` with `x = n·ln2 + r`,
-/// `|r| ≤ ln2 / 2` and `p` the degree-7 Taylor polynomial (relative error below 2e-7 where the
-/// result is a normal float; inputs are clamped to [−87, 88], so it never returns 0 or ∞).
-#[inline(always)]
-fn exp(x: f32) -> f32 {
-    const LN2_HI: f32 = 0.693_145_75;
-    const LN2_LO: f32 = 1.428_606_8e-6;
-    // Adding and subtracting 1.5 · 2²³ rounds to the nearest integer without a branch.
-    const ROUND: f32 = 12_582_912.0;
-    let x = x.clamp(-87.0, 88.0);
-    let n = (x * std::f32::consts::LOG2_E + ROUND) - ROUND;
-    let r = x - n * LN2_HI - n * LN2_LO;
-    let p = 1.0
-        + r * (1.0
-            + r * (0.5 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r / 5040.0))))));
-    f32::from_bits(((n as i32 + 127) as u32) << 23) * p
-}
-
-fn sigmoid(a: f32) -> f32 {
-    1.0 / (1.0 + exp(-a))
+    x.par_chunks_mut(width)
+        .zip(cos.par_chunks(hd))
+        .zip(sin.par_chunks(hd))
+        .with_min_len(grain(width))
+        .for_each(|((row, c), s)| row[..roped].chunks_mut(hd).for_each(|head| kernels::rope_head(head, c, s, inverse)));
 }
 
 /// `silu(gate) · up` for rows of the stacked projection `gu` (`[rows, 2·inter]`, gate first).
@@ -369,9 +382,7 @@ fn swiglu(gu: &[f32], inter: usize) -> Vec<f32> {
     let mut out = vec![0f32; gu.len() / 2];
     out.par_chunks_mut(inter).zip(gu.par_chunks(2 * inter)).with_min_len(grain(inter)).for_each(|(o, row)| {
         let (g, u) = row.split_at(inter);
-        for ((ov, &gv), &uv) in o.iter_mut().zip(g).zip(u) {
-            *ov = gv * sigmoid(gv) * uv;
-        }
+        kernels::swiglu_row(g, u, o);
     });
     out
 }
@@ -386,11 +397,7 @@ fn swiglu_backward(gu: &[f32], inter: usize, d: &[f32]) -> Vec<f32> {
         .for_each(|((dr, row), dc)| {
             let (g, u) = row.split_at(inter);
             let (dg, du) = dr.split_at_mut(inter);
-            for i in 0..inter {
-                let s = sigmoid(g[i]);
-                du[i] = dc[i] * g[i] * s;
-                dg[i] = dc[i] * u[i] * s * (1.0 + g[i] * (1.0 - s));
-            }
+            kernels::swiglu_backward_row(g, u, dc, dg, du);
         });
     dgu
 }
@@ -462,37 +469,28 @@ fn attention_block(d: &Dims, b: usize, kvh: usize, qkv: &[f32], mask: &[f32]) ->
     let mut probs = Vec::with_capacity(g);
     for j in 0..g {
         let (q, keys, values) = head_views(d, qkv, b, kvh * g + j, kvh);
+        // Causal: the queries of rows i0..i1 see keys 0..i1 at most; the rest of `p` stays 0.
         let mut p = vec![0f32; t * t];
-        mm(&mut p, 0, t, q, keys.t(), false, false)?;
-        for (i, row) in p.chunks_mut(t).enumerate() {
-            masked_softmax_row(row, i, valid, scale);
+        for (i0, i1) in causal_blocks(t) {
+            mm(&mut p, i0 * t, t, q.sub((i0, i1), (0, hd)), keys.sub((0, i1), (0, hd)).t(), false, false)?;
+            for i in i0..i1 {
+                kernels::masked_softmax_row(&mut p[i * t..i * t + i1], i, valid, scale);
+            }
+            let pb = Mat::new(&p, t, t).sub((i0, i1), (0, i1));
+            mm(&mut out, (j * t + i0) * hd, hd, pb, values.sub((0, i1), (0, hd)), false, false)?;
         }
-        mm(&mut out, j * t * hd, hd, Mat::new(&p, t, t), values, false, false)?;
         probs.push(p);
     }
     Ok(AttnBlock { probs, out })
 }
 
-/// Softmax of `scale · row` over the keys query `i` may see (`j ≤ i`, valid); zero elsewhere
-/// (and everywhere when it may see none, as for left padding).
-fn masked_softmax_row(row: &mut [f32], i: usize, valid: &[f32], scale: f32) {
-    let allowed = |j: usize| j <= i && valid[j] > 0.5;
-    let mut max = f32::NEG_INFINITY;
-    for (j, &s) in row.iter().enumerate() {
-        if allowed(j) && s * scale > max {
-            max = s * scale;
-        }
-    }
-    if max == f32::NEG_INFINITY {
-        row.fill(0.0);
-        return;
-    }
-    let mut sum = 0f32;
-    for (j, s) in row.iter_mut().enumerate() {
-        *s = if allowed(j) { exp(*s * scale - max) } else { 0.0 };
-        sum += *s;
-    }
-    row.iter_mut().for_each(|s| *s /= sum);
+/// Query rows per block of the causal attention: rows `i0..i1` need keys `0..i1` only, so the
+/// masked upper triangle is (mostly) never computed.
+const CAUSAL_BLOCK: usize = 32;
+
+/// The `(i0, i1)` query-row blocks of a sequence of `t` positions.
+fn causal_blocks(t: usize) -> impl Iterator<Item = (usize, usize)> {
+    (0..t).step_by(CAUSAL_BLOCK).map(move |i0| (i0, (i0 + CAUSAL_BLOCK).min(t)))
 }
 
 /// Gradients of one (sequence, KV head) block: `dq` `[g, T, hd]`, `dk`, `dv` `[T, hd]`.
@@ -536,14 +534,18 @@ fn attention_block_backward(d: &Dims, b: usize, kvh: usize, tape: &LayerTape, do
         let (q_h, keys, values) = head_views(d, &tape.qkv, b, h, kvh);
         let p = &tape.probs[b * d.heads + h];
         let d_o = Mat::view(dout, b * t * qw + h * hd, t, hd, qw);
-        mm(&mut dp, 0, t, d_o, values.t(), false, false)?;
-        mm(&mut grads.dv, 0, hd, Mat::new(p, t, t).t(), d_o, true, false)?;
-        for (dpr, pr) in dp.chunks_mut(t).zip(p.chunks(t)) {
-            let dot: f32 = dpr.iter().zip(pr).map(|(a, b)| a * b).sum();
-            dpr.iter_mut().zip(pr).for_each(|(x, &pv)| *x = pv * (*x - dot) * scale);
+        for (i0, i1) in causal_blocks(t) {
+            let (rows, keys_in) = ((i0, i1), (0, i1));
+            let d_ob = d_o.sub(rows, (0, hd));
+            mm(&mut dp, i0 * t, t, d_ob, values.sub(keys_in, (0, hd)).t(), false, false)?;
+            mm(&mut grads.dv, 0, hd, Mat::new(p, t, t).sub(rows, keys_in).t(), d_ob, true, false)?;
+            for i in i0..i1 {
+                kernels::softmax_backward_row(&mut dp[i * t..i * t + i1], &p[i * t..i * t + i1], scale);
+            }
+            let dpb = Mat::new(&dp, t, t).sub(rows, keys_in);
+            mm(&mut grads.dq, (j * t + i0) * hd, hd, dpb, keys.sub(keys_in, (0, hd)), false, false)?;
+            mm(&mut grads.dk, 0, hd, dpb.t(), q_h.sub(rows, (0, hd)), true, false)?;
         }
-        mm(&mut grads.dq, j * t * hd, hd, Mat::new(&dp, t, t), keys, false, false)?;
-        mm(&mut grads.dk, 0, hd, Mat::new(&dp, t, t).t(), q_h, true, false)?;
     }
     Ok(grads)
 }
@@ -627,53 +629,30 @@ fn layer_backward(
     let (n, l, i2) = (d.rows(), QkvLayout::of(d), 2 * d.inter);
     // MLP: out = xmid + down(silu(gate) · up), gate and up one stacked projection.
     linear_param_grads(&dout, &tp.act, n, &mut gb[li.down], None)?;
-    let mut dact = vec![0f32; n * d.inter];
-    mm(&mut dact, 0, d.inter, Mat::new(&dout, n, d.hidden), Mat::new(w[li.down], d.hidden, d.inter), false, true)?;
+    let dact = mm_new(Mat::new(&dout, n, d.hidden), Mat::new(w[li.down], d.hidden, d.inter), true)?;
     let dgu = swiglu_backward(&tp.gu, d.inter, &dact);
     drop(dact);
-    let mut dwgu = vec![0f32; i2 * d.hidden];
-    linear_param_grads(&dgu, &tp.xn2, n, &mut dwgu, None)?;
-    unstack(&dwgu, &[(li.gate, 0), (li.up, d.inter * d.hidden)], gb);
-    let mut dxn2 = vec![0f32; n * d.hidden];
-    mm(
-        &mut dxn2,
-        0,
-        d.hidden,
-        Mat::new(&dgu, n, i2),
-        Mat::new(&stack(&[w[li.gate], w[li.up]]), i2, d.hidden),
-        false,
-        true,
-    )?;
+    stacked_param_grads(&dgu, &tp.xn2, n, &[(li.gate, 0, d.inter), (li.up, d.inter, d.inter)], gb)?;
+    let dxn2 = mm_new(Mat::new(&dgu, n, i2), Mat::new(&stack(&[w[li.gate], w[li.up]]), i2, d.hidden), true)?;
     drop(dgu);
     let mut dxmid = rms_backward(&tp.xmid, &tp.rstd2, w[li.ln2], &dxn2, &mut gb[li.ln2]);
     add_into(&mut dxmid, &dout);
     drop(dout);
     // Attention: xmid = x + o_proj(attention(rope(q), rope(k), v)), q/k/v one stacked projection.
     linear_param_grads(&dxmid, &tp.att, n, &mut gb[li.o], None)?;
-    let mut datt = vec![0f32; n * d.q_width()];
-    mm(
-        &mut datt,
-        0,
-        d.q_width(),
-        Mat::new(&dxmid, n, d.hidden),
-        Mat::new(w[li.o], d.hidden, d.q_width()),
-        false,
-        true,
-    )?;
+    let datt = mm_new(Mat::new(&dxmid, n, d.hidden), Mat::new(w[li.o], d.hidden, d.q_width()), true)?;
     let mut dqkv = attention_backward(d, tp, &datt)?;
     drop(datt);
     rope_inplace(&mut dqkv, l.width, l.v, cx.cos, cx.sin, d.head_dim, true);
     let (wqkv, _) = qkv_weights(w, li);
-    let mut dw = vec![0f32; l.width * d.hidden];
-    let mut db = vec![0f32; l.width];
-    linear_param_grads(&dqkv, &tp.xn1, n, &mut dw, Some(&mut db))?;
-    let h = d.hidden;
-    unstack(&dw, &[(li.q, 0), (li.k, l.k * h), (li.v, l.v * h)], gb);
+    let (kw, h) = (d.kv_width(), d.hidden);
+    stacked_param_grads(&dqkv, &tp.xn1, n, &[(li.q, 0, l.k), (li.k, l.k, kw), (li.v, l.v, kw)], gb)?;
     if let (Some(bq), Some(bk), Some(bv)) = (li.bq, li.bk, li.bv) {
+        let mut db = vec![0f32; l.width];
+        column_sums(&dqkv, l.width, &mut db);
         unstack(&db, &[(bq, 0), (bk, l.k), (bv, l.v)], gb);
     }
-    let mut dxn1 = vec![0f32; n * h];
-    mm(&mut dxn1, 0, h, Mat::new(&dqkv, n, l.width), Mat::new(&wqkv, l.width, h), false, true)?;
+    let dxn1 = mm_new(Mat::new(&dqkv, n, l.width), Mat::new(&wqkv, l.width, h), true)?;
     let mut dx = rms_backward(&tp.x, &tp.rstd1, w[li.ln1], &dxn1, &mut gb[li.ln1]);
     add_into(&mut dx, &dxmid);
     Ok(dx)
@@ -827,13 +806,12 @@ fn run_forward(tape: &mut Tape, w: &[&[f32]]) -> CResult<(Vec<f32>, Vec<f32>)> {
     let h_span = span_rows(&xf, &d, tape.start, tape.len);
     drop(xf);
     let m = d.batch * tape.len;
-    let mut logits = vec![0f32; m * d.vocab];
-    mm(&mut logits, 0, d.vocab, Mat::new(&h_span, m, h), Mat::new(w[tape.idx.head], d.vocab, h).t(), false, true)?;
+    let logits = mm_new(Mat::new(&h_span, m, h), Mat::new(w[tape.idx.head], d.vocab, h).t(), true)?;
     let stats: Vec<(f32, f32, f32)> = logits
         .par_chunks(d.vocab)
         .zip(tape.targets.par_iter())
         .with_min_len(grain(d.vocab))
-        .map(|(z, &tgt)| logprob_row(z, tgt as usize))
+        .map(|(z, &tgt)| kernels::logprob_row(z, tgt as usize))
         .collect();
     let mut logps = Vec::with_capacity(m);
     let mut entropy = Vec::with_capacity(m);
@@ -850,20 +828,6 @@ fn run_forward(tape: &mut Tape, w: &[&[f32]]) -> CResult<(Vec<f32>, Vec<f32>)> {
     tape.logits = logits;
     tape.lse = lse;
     Ok((logps, entropy))
-}
-
-/// `(log p(target), entropy, log-sum-exp)` of one row of logits (exponentials in f32, sums in
-/// f64).
-fn logprob_row(z: &[f32], target: usize) -> (f32, f32, f32) {
-    let max = z.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
-    let (mut sum, mut weighted) = (0f64, 0f64);
-    for &x in z {
-        let e = exp(x - max) as f64;
-        sum += e;
-        weighted += e * x as f64;
-    }
-    let lse = max as f64 + sum.ln();
-    ((z[target] as f64 - lse) as f32, (lse - weighted / sum) as f32, lse as f32)
 }
 
 /// The rows `start .. start + len` of every sequence of `x` (`[B·T, H]`) → `[B·len, H]`.
@@ -908,16 +872,13 @@ fn run_backward(tape: &Tape, w: &[&[f32]], dl: &[f32]) -> CResult<GradBufs> {
     // log p(target) = z[target] − lse: dz = dl · (onehot − softmax).
     let mut dz = vec![0f32; m * v];
     dz.par_chunks_mut(v).zip(tape.logits.par_chunks(v)).enumerate().with_min_len(grain(v)).for_each(|(r, (dr, zr))| {
-        let (g, l) = (dl[r], tape.lse[r]);
-        if g != 0.0 {
-            dr.iter_mut().zip(zr).for_each(|(o, &x)| *o = -g * exp(x - l));
-            dr[tape.targets[r] as usize] += g;
+        if dl[r] != 0.0 {
+            kernels::logprob_backward_row(zr, tape.lse[r], tape.targets[r] as usize, dl[r], dr);
         }
     });
     let head = tape.idx.head;
     mm(&mut gb[head], 0, h, Mat::new(&dz, m, v).t(), Mat::new(&tape.h_span, m, h), false, true)?;
-    let mut dh_span = vec![0f32; m * h];
-    mm(&mut dh_span, 0, h, Mat::new(&dz, m, v), Mat::new(w[head], v, h), false, true)?;
+    let dh_span = mm_new(Mat::new(&dz, m, v), Mat::new(w[head], v, h), true)?;
     drop(dz);
     let mut dxf = vec![0f32; d.rows() * h];
     for b in 0..d.batch {
@@ -939,5 +900,6 @@ fn run_backward(tape: &Tape, w: &[&[f32]], dl: &[f32]) -> CResult<GradBufs> {
     Ok(gb)
 }
 
+mod kernels;
 #[cfg(test)]
 mod tests;

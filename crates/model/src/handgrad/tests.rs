@@ -10,6 +10,7 @@ use candle_nn::{VarBuilder, VarMap};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+use super::kernels::exp;
 use super::*;
 use crate::config::ModelConfig;
 use crate::transformer::ParamInit;
