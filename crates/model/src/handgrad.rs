@@ -17,6 +17,11 @@
 //! Every loss aha trains (SFT cross-entropy, the GRPO objectives) is a function of those
 //! log-probabilities, so it stays in candle and only its small `[B, L]` graph is autograd.
 //!
+//! Shared prompts: sequences next to each other that agree on every position before the span
+//! (the G samples of one GRPO prompt) are packed so those positions are computed once — in the
+//! forward, the backward and the reference forward ([`attention`] has the layout). Per-row work
+//! runs over the packed rows; row kernels are in [`kernels`].
+//!
 //! Scope ([`supported`]): CPU, f32, Qwen2 / Llama (Qwen3's q/k norms take the autograd path).
 //! Reductions over rows (bias and norm-weight gradients, the embedding scatter) run in a fixed
 //! order, so results do not depend on the number of threads. `AHA_AUTOGRAD=1` turns the path off.
@@ -30,6 +35,7 @@ use rayon::prelude::*;
 use crate::config::Arch;
 use crate::error::Result;
 use crate::transformer::Transformer;
+use attention::Packing;
 
 type CResult<T> = candle_core::Result<T>;
 
@@ -52,7 +58,8 @@ pub fn supported(model: &Transformer) -> bool {
 #[derive(Debug, Clone, Copy)]
 struct Dims {
     batch: usize,
-    seq: usize,
+    /// Packed rows ([`Packing`]): `batch · seq` less the shared prefixes.
+    rows: usize,
     hidden: usize,
     heads: usize,
     kv_heads: usize,
@@ -64,7 +71,7 @@ struct Dims {
 
 impl Dims {
     fn rows(&self) -> usize {
-        self.batch * self.seq
+        self.rows
     }
     fn q_width(&self) -> usize {
         self.heads * self.head_dim
@@ -419,137 +426,6 @@ impl QkvLayout {
     }
 }
 
-/// One (sequence, KV head) block of the attention forward: the probabilities `[T, T]` of its
-/// `g` query heads and their outputs `[g, T, hd]`.
-struct AttnBlock {
-    probs: Vec<Vec<f32>>,
-    out: Vec<f32>,
-}
-
-/// Scaled, causal, key-masked softmax attention over the fused projection `qkv` (rows
-/// `b·T + t`); returns the output `[N, nh·hd]` and the probabilities per `(b, head)`.
-fn attention_forward(d: &Dims, qkv: &[f32], mask: &[f32]) -> CResult<(Vec<f32>, Vec<Vec<f32>>)> {
-    let blocks: Vec<AttnBlock> = (0..d.batch * d.kv_heads)
-        .into_par_iter()
-        .map(|task| attention_block(d, task / d.kv_heads, task % d.kv_heads, qkv, mask))
-        .collect::<CResult<_>>()?;
-    let (t, hd, qw, g) = (d.seq, d.head_dim, d.q_width(), d.group());
-    let mut out = vec![0f32; d.rows() * qw];
-    let mut probs = vec![Vec::new(); d.batch * d.heads];
-    for (task, block) in blocks.into_iter().enumerate() {
-        let (b, kvh) = (task / d.kv_heads, task % d.kv_heads);
-        for (j, p) in block.probs.into_iter().enumerate() {
-            let h = kvh * g + j;
-            for i in 0..t {
-                let dst = (b * t + i) * qw + h * hd;
-                out[dst..dst + hd].copy_from_slice(&block.out[(j * t + i) * hd..(j * t + i + 1) * hd]);
-            }
-            probs[b * d.heads + h] = p;
-        }
-    }
-    Ok((out, probs))
-}
-
-/// The `[T, hd]` views of one sequence's query head `h`, and key and value head `kvh`.
-fn head_views<'a>(d: &Dims, qkv: &'a [f32], b: usize, h: usize, kvh: usize) -> (Mat<'a>, Mat<'a>, Mat<'a>) {
-    let (t, hd, l) = (d.seq, d.head_dim, QkvLayout::of(d));
-    let row0 = b * t * l.width;
-    (
-        Mat::view(qkv, row0 + h * hd, t, hd, l.width),
-        Mat::view(qkv, row0 + l.k + kvh * hd, t, hd, l.width),
-        Mat::view(qkv, row0 + l.v + kvh * hd, t, hd, l.width),
-    )
-}
-
-fn attention_block(d: &Dims, b: usize, kvh: usize, qkv: &[f32], mask: &[f32]) -> CResult<AttnBlock> {
-    let (t, hd, g) = (d.seq, d.head_dim, d.group());
-    let scale = 1.0 / (hd as f32).sqrt();
-    let valid = &mask[b * t..(b + 1) * t];
-    let mut out = vec![0f32; g * t * hd];
-    let mut probs = Vec::with_capacity(g);
-    for j in 0..g {
-        let (q, keys, values) = head_views(d, qkv, b, kvh * g + j, kvh);
-        // Causal: the queries of rows i0..i1 see keys 0..i1 at most; the rest of `p` stays 0.
-        let mut p = vec![0f32; t * t];
-        for (i0, i1) in causal_blocks(t) {
-            mm(&mut p, i0 * t, t, q.sub((i0, i1), (0, hd)), keys.sub((0, i1), (0, hd)).t(), false, false)?;
-            for i in i0..i1 {
-                kernels::masked_softmax_row(&mut p[i * t..i * t + i1], i, valid, scale);
-            }
-            let pb = Mat::new(&p, t, t).sub((i0, i1), (0, i1));
-            mm(&mut out, (j * t + i0) * hd, hd, pb, values.sub((0, i1), (0, hd)), false, false)?;
-        }
-        probs.push(p);
-    }
-    Ok(AttnBlock { probs, out })
-}
-
-/// Query rows per block of the causal attention: rows `i0..i1` need keys `0..i1` only, so the
-/// masked upper triangle is (mostly) never computed.
-const CAUSAL_BLOCK: usize = 32;
-
-/// The `(i0, i1)` query-row blocks of a sequence of `t` positions.
-fn causal_blocks(t: usize) -> impl Iterator<Item = (usize, usize)> {
-    (0..t).step_by(CAUSAL_BLOCK).map(move |i0| (i0, (i0 + CAUSAL_BLOCK).min(t)))
-}
-
-/// Gradients of one (sequence, KV head) block: `dq` `[g, T, hd]`, `dk`, `dv` `[T, hd]`.
-struct AttnGrads {
-    dq: Vec<f32>,
-    dk: Vec<f32>,
-    dv: Vec<f32>,
-}
-
-/// The backward of [`attention_forward`] for upstream `dout` `[N, nh·hd]`: the gradient of the
-/// fused projection, `[N, nh·hd + 2·nkv·hd]`.
-fn attention_backward(d: &Dims, tape: &LayerTape, dout: &[f32]) -> CResult<Vec<f32>> {
-    let blocks: Vec<AttnGrads> = (0..d.batch * d.kv_heads)
-        .into_par_iter()
-        .map(|task| attention_block_backward(d, task / d.kv_heads, task % d.kv_heads, tape, dout))
-        .collect::<CResult<_>>()?;
-    let (t, hd, g, l) = (d.seq, d.head_dim, d.group(), QkvLayout::of(d));
-    let mut dqkv = vec![0f32; d.rows() * l.width];
-    for (task, blk) in blocks.into_iter().enumerate() {
-        let (b, kvh) = (task / d.kv_heads, task % d.kv_heads);
-        for i in 0..t {
-            let row = &mut dqkv[(b * t + i) * l.width..(b * t + i + 1) * l.width];
-            row[l.k + kvh * hd..l.k + (kvh + 1) * hd].copy_from_slice(&blk.dk[i * hd..(i + 1) * hd]);
-            row[l.v + kvh * hd..l.v + (kvh + 1) * hd].copy_from_slice(&blk.dv[i * hd..(i + 1) * hd]);
-            for j in 0..g {
-                let h = kvh * g + j;
-                row[h * hd..(h + 1) * hd].copy_from_slice(&blk.dq[(j * t + i) * hd..(j * t + i + 1) * hd]);
-            }
-        }
-    }
-    Ok(dqkv)
-}
-
-fn attention_block_backward(d: &Dims, b: usize, kvh: usize, tape: &LayerTape, dout: &[f32]) -> CResult<AttnGrads> {
-    let (t, hd, qw, g) = (d.seq, d.head_dim, d.q_width(), d.group());
-    let scale = 1.0 / (hd as f32).sqrt();
-    let mut grads = AttnGrads { dq: vec![0f32; g * t * hd], dk: vec![0f32; t * hd], dv: vec![0f32; t * hd] };
-    let mut dp = vec![0f32; t * t];
-    for j in 0..g {
-        let h = kvh * g + j;
-        let (q_h, keys, values) = head_views(d, &tape.qkv, b, h, kvh);
-        let p = &tape.probs[b * d.heads + h];
-        let d_o = Mat::view(dout, b * t * qw + h * hd, t, hd, qw);
-        for (i0, i1) in causal_blocks(t) {
-            let (rows, keys_in) = ((i0, i1), (0, i1));
-            let d_ob = d_o.sub(rows, (0, hd));
-            mm(&mut dp, i0 * t, t, d_ob, values.sub(keys_in, (0, hd)).t(), false, false)?;
-            mm(&mut grads.dv, 0, hd, Mat::new(p, t, t).sub(rows, keys_in).t(), d_ob, true, false)?;
-            for i in i0..i1 {
-                kernels::softmax_backward_row(&mut dp[i * t..i * t + i1], &p[i * t..i * t + i1], scale);
-            }
-            let dpb = Mat::new(&dp, t, t).sub(rows, keys_in);
-            mm(&mut grads.dq, (j * t + i0) * hd, hd, dpb, keys.sub(keys_in, (0, hd)), false, false)?;
-            mm(&mut grads.dk, 0, hd, dpb.t(), q_h.sub(rows, (0, hd)), true, false)?;
-        }
-    }
-    Ok(grads)
-}
-
 // ---------------------------------------------------------------------------------------------
 // Layers
 
@@ -560,7 +436,7 @@ struct LayerTape {
     xn1: Vec<f32>,
     /// The fused q/k/v projection, RoPE applied to q and k (`QkvLayout`).
     qkv: Vec<f32>,
-    probs: Vec<Vec<f32>>,
+    probs: Vec<attention::Probs>,
     att: Vec<f32>,
     xmid: Vec<f32>,
     rstd2: Vec<f32>,
@@ -573,6 +449,7 @@ struct LayerTape {
 /// Row-wise inputs shared by every layer.
 struct Ctx<'a> {
     d: Dims,
+    pk: &'a Packing,
     mask: &'a [f32],
     cos: &'a [f32],
     sin: &'a [f32],
@@ -603,7 +480,7 @@ fn layer_forward(cx: &Ctx, w: &[&[f32]], li: &LayerIdx, x: Vec<f32>) -> CResult<
     let (wqkv, bqkv) = qkv_weights(w, li);
     let mut qkv = linear(&xn1, n, &wqkv, bqkv.as_deref(), l.width)?;
     rope_inplace(&mut qkv, l.width, l.v, cx.cos, cx.sin, d.head_dim, false);
-    let (att, probs) = attention_forward(d, &qkv, cx.mask)?;
+    let (att, probs) = attention::forward(d, cx.pk, &qkv, cx.mask)?;
     let mut xmid = linear(&att, n, w[li.o], None, d.hidden)?;
     add_into(&mut xmid, &x);
     let (xn2, rstd2) = rms_forward(&xmid, w[li.ln2], d.eps);
@@ -641,7 +518,7 @@ fn layer_backward(
     // Attention: xmid = x + o_proj(attention(rope(q), rope(k), v)), q/k/v one stacked projection.
     linear_param_grads(&dxmid, &tp.att, n, &mut gb[li.o], None)?;
     let datt = mm_new(Mat::new(&dxmid, n, d.hidden), Mat::new(w[li.o], d.hidden, d.q_width()), true)?;
-    let mut dqkv = attention_backward(d, tp, &datt)?;
+    let mut dqkv = attention::backward(d, cx.pk, &tp.qkv, &tp.probs, cx.mask, &datt)?;
     drop(datt);
     rope_inplace(&mut dqkv, l.width, l.v, cx.cos, cx.sin, d.head_dim, true);
     let (wqkv, _) = qkv_weights(w, li);
@@ -683,10 +560,14 @@ pub struct TrainForward {
 /// Everything the backward reads, owned.
 struct Tape {
     d: Dims,
+    pk: Packing,
     params: Vec<(String, Tensor)>,
     idx: ParamIdx,
+    /// Token ids of the packed rows.
     ids: Vec<u32>,
+    /// The attention mask `[B, T]` (not packed).
     mask: Vec<f32>,
+    /// RoPE tables of the packed rows.
     cos: Vec<f32>,
     sin: Vec<f32>,
     layers: Vec<LayerTape>,
@@ -723,9 +604,17 @@ pub fn forward(
             "hand-written forward: targets {tb}×{len} from position {start} do not fit a {batch}×{seq} batch"
         )));
     }
+    let ids = token_ids(input_ids, cfg.vocab_size, "token")?;
+    let mask = attention_mask.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+    let pos = position_ids.flatten_all()?.to_dtype(DType::U32)?.to_vec1::<u32>()?;
+    let same = |a: usize, b: usize| {
+        let (ra, rb) = (a * seq..a * seq + start, b * seq..b * seq + start);
+        ids[ra.clone()] == ids[rb.clone()] && mask[ra.clone()] == mask[rb.clone()] && pos[ra] == pos[rb]
+    };
+    let pk = Packing::detect(batch, seq, start, same);
     let d = Dims {
         batch,
-        seq,
+        rows: pk.rows,
         hidden: cfg.hidden_size,
         heads: cfg.num_attention_heads,
         kv_heads: cfg.num_key_value_heads,
@@ -734,18 +623,19 @@ pub fn forward(
         vocab: cfg.vocab_size,
         eps: cfg.rms_norm_eps as f32,
     };
-    let ids = token_ids(input_ids, d.vocab, "token")?;
     let targets = token_ids(targets, d.vocab, "target")?;
-    let mask = attention_mask.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
     let (cos, sin) = model.rope_tables(position_ids)?;
-    let cos = cos.flatten_all()?.to_vec1::<f32>()?;
-    let sin = sin.flatten_all()?.to_vec1::<f32>()?;
+    let src = pk.sources();
+    let ids = gather_rows(&ids, 1, &src);
+    let cos = gather_rows(&cos.flatten_all()?.to_vec1::<f32>()?, d.head_dim, &src);
+    let sin = gather_rows(&sin.flatten_all()?.to_vec1::<f32>()?, d.head_dim, &src);
     let params = model.named_parameters();
     let names: Vec<String> = params.iter().map(|(n, _)| n.clone()).collect();
     let idx = ParamIdx::build(&names, cfg.num_hidden_layers)?;
     let tensors: Vec<Tensor> = params.iter().map(|(_, t)| t.clone()).collect();
     let mut tape = Tape {
         d,
+        pk,
         params,
         idx,
         ids,
@@ -772,6 +662,13 @@ pub fn forward(
     })
 }
 
+/// Rows `src[i]` of `x` (rows of `width` elements), in order.
+fn gather_rows<T: Copy>(x: &[T], width: usize, src: &[usize]) -> Vec<T> {
+    let mut out = Vec::with_capacity(src.len() * width);
+    src.iter().for_each(|&r| out.extend_from_slice(&x[r * width..(r + 1) * width]));
+    out
+}
+
 /// A model error carrying `msg`.
 fn invalid(msg: String) -> crate::error::ModelError {
     candle_core::Error::Msg(msg).into()
@@ -795,7 +692,7 @@ fn run_forward(tape: &mut Tape, w: &[&[f32]]) -> CResult<(Vec<f32>, Vec<f32>)> {
     x.par_chunks_mut(h).zip(tape.ids.par_iter()).for_each(|(row, &id)| {
         row.copy_from_slice(&embed[id as usize * h..(id as usize + 1) * h]);
     });
-    let cx = Ctx { d, mask: &tape.mask, cos: &tape.cos, sin: &tape.sin };
+    let cx = Ctx { d, pk: &tape.pk, mask: &tape.mask, cos: &tape.cos, sin: &tape.sin };
     let mut layers = Vec::with_capacity(tape.idx.layers.len());
     for li in &tape.idx.layers {
         let (out, lt) = layer_forward(&cx, w, li, x)?;
@@ -803,7 +700,7 @@ fn run_forward(tape: &mut Tape, w: &[&[f32]]) -> CResult<(Vec<f32>, Vec<f32>)> {
         x = out;
     }
     let (xf, rstd_final) = rms_forward(&x, w[tape.idx.norm], d.eps);
-    let h_span = span_rows(&xf, &d, tape.start, tape.len);
+    let h_span = span_rows(&xf, &d, &tape.pk, tape.start, tape.len);
     drop(xf);
     let m = d.batch * tape.len;
     let logits = mm_new(Mat::new(&h_span, m, h), Mat::new(w[tape.idx.head], d.vocab, h).t(), true)?;
@@ -830,12 +727,14 @@ fn run_forward(tape: &mut Tape, w: &[&[f32]]) -> CResult<(Vec<f32>, Vec<f32>)> {
     Ok((logps, entropy))
 }
 
-/// The rows `start .. start + len` of every sequence of `x` (`[B·T, H]`) → `[B·len, H]`.
-fn span_rows(x: &[f32], d: &Dims, start: usize, len: usize) -> Vec<f32> {
+/// The rows of positions `start .. start + len` of every sequence of `x` (packed rows) →
+/// `[B·len, H]`.
+fn span_rows(x: &[f32], d: &Dims, pk: &Packing, start: usize, len: usize) -> Vec<f32> {
     let h = d.hidden;
     let mut out = Vec::with_capacity(d.batch * len * h);
-    for b in 0..d.batch {
-        let from = (b * d.seq + start) * h;
+    for b in (0..d.batch).filter(|_| len > 0) {
+        // The span lies after the shared prefix, so its rows are consecutive.
+        let from = pk.row(b, start) * h;
         out.extend_from_slice(&x[from..from + len * h]);
     }
     out
@@ -881,13 +780,13 @@ fn run_backward(tape: &Tape, w: &[&[f32]], dl: &[f32]) -> CResult<GradBufs> {
     let dh_span = mm_new(Mat::new(&dz, m, v), Mat::new(w[head], v, h), true)?;
     drop(dz);
     let mut dxf = vec![0f32; d.rows() * h];
-    for b in 0..d.batch {
-        let to = (b * d.seq + tape.start) * h;
+    for b in (0..d.batch).filter(|_| tape.len > 0) {
+        let to = tape.pk.row(b, tape.start) * h;
         dxf[to..to + tape.len * h].copy_from_slice(&dh_span[b * tape.len * h..(b + 1) * tape.len * h]);
     }
     let mut dx = rms_backward(&tape.x_last, &tape.rstd_final, w[tape.idx.norm], &dxf, &mut gb[tape.idx.norm]);
     drop(dxf);
-    let cx = Ctx { d, mask: &tape.mask, cos: &tape.cos, sin: &tape.sin };
+    let cx = Ctx { d, pk: &tape.pk, mask: &tape.mask, cos: &tape.cos, sin: &tape.sin };
     for (li, lt) in tape.idx.layers.iter().zip(&tape.layers).rev() {
         dx = layer_backward(&cx, w, li, lt, dx, &mut gb)?;
     }
@@ -900,6 +799,7 @@ fn run_backward(tape: &Tape, w: &[&[f32]], dl: &[f32]) -> CResult<GradBufs> {
     Ok(gb)
 }
 
+mod attention;
 mod kernels;
 #[cfg(test)]
 mod tests;

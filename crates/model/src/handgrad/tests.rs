@@ -1,7 +1,8 @@
 //! The hand-written forward and backward against candle's autograd through the model: the
 //! log-probabilities, entropies and every parameter gradient, for Qwen2 (biases, GQA, tied and
-//! untied heads) and Llama (no biases), with left-padded prompts and right-padded completions;
-//! and bit-identical results on 1 and 4 threads.
+//! untied heads) and Llama (no biases), with left-padded prompts and right-padded completions,
+//! and with GRPO-shaped groups of samples sharing their prompt's rows; and bit-identical results
+//! on 1 and 4 threads.
 
 use std::collections::HashMap;
 
@@ -72,23 +73,46 @@ const START: usize = 3;
 const LEN: usize = 5;
 
 fn batch(vocab: usize, seed: u64) -> Batch {
-    let (b, t) = (3usize, 9usize);
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let mut ids = vec![0u32; b * t];
-    let mut mask = vec![0f32; b * t];
-    let mut pos = vec![0u32; b * t];
-    for r in 0..b {
-        let (lo, hi) = match r {
-            1 => (3, t),
-            2 => (0, t - 2),
-            _ => (0, t),
-        };
-        for (p, c) in (lo..hi).enumerate() {
-            ids[r * t + c] = rng.random_range(1..vocab as u32);
-            mask[r * t + c] = 1.0;
-            pos[r * t + c] = p as u32;
+    let rows = [(0, 9), (3, 9), (0, 7)].map(|(lo, hi)| row(&mut rng, vocab, lo, hi));
+    finish(&rows, vocab, &mut rng)
+}
+
+/// A GRPO-shaped batch of 7 rows of width 9: two prompts of 4 positions with three samples
+/// each (the second prompt left-padded by 2) and one prompt with a single sample; samples of a
+/// prompt differ after it and some are right-padded. The span 3..8 starts at the last prompt
+/// position, so each group's first 3 positions are shared.
+fn grouped_batch(vocab: usize, seed: u64) -> Batch {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut rows = Vec::new();
+    for (lo, samples) in [(0, 3), (2, 3), (1, 1)] {
+        let prompt = row(&mut rng, vocab, lo, 4);
+        for s in 0..samples {
+            let mut r = row(&mut rng, vocab, lo, 9 - s);
+            r.0[..4].copy_from_slice(&prompt.0[..4]);
+            rows.push(r);
         }
     }
+    finish(&rows, vocab, &mut rng)
+}
+
+/// One row of width 9, real tokens at `lo..hi` (ids, mask, positions counting real tokens).
+fn row(rng: &mut ChaCha8Rng, vocab: usize, lo: usize, hi: usize) -> (Vec<u32>, Vec<f32>, Vec<u32>) {
+    let t = 9;
+    let (mut ids, mut mask, mut pos) = (vec![0u32; t], vec![0f32; t], vec![0u32; t]);
+    for (p, c) in (lo..hi).enumerate() {
+        ids[c] = rng.random_range(1..vocab as u32);
+        mask[c] = 1.0;
+        pos[c] = p as u32;
+    }
+    (ids, mask, pos)
+}
+
+fn finish(rows: &[(Vec<u32>, Vec<f32>, Vec<u32>)], vocab: usize, rng: &mut ChaCha8Rng) -> Batch {
+    let (b, t) = (rows.len(), 9usize);
+    let ids: Vec<u32> = rows.iter().flat_map(|r| r.0.clone()).collect();
+    let mask: Vec<f32> = rows.iter().flat_map(|r| r.1.clone()).collect();
+    let pos: Vec<u32> = rows.iter().flat_map(|r| r.2.clone()).collect();
     let targets: Vec<u32> = (0..b * LEN).map(|_| rng.random_range(0..vocab as u32)).collect();
     // Loss weights: zero at padding positions (as a completion mask makes them).
     let weights: Vec<f32> = (0..b * LEN)
@@ -135,9 +159,13 @@ fn span_diff(a: &Tensor, b: &Tensor, weights: &Tensor) -> f32 {
 }
 
 fn check_against_autograd(cfg: &ModelConfig) {
+    check_batch_against_autograd(cfg, &batch(cfg.vocab_size, 11));
+    check_batch_against_autograd(cfg, &grouped_batch(cfg.vocab_size, 12));
+}
+
+fn check_batch_against_autograd(cfg: &ModelConfig, bt: &Batch) {
     let (m, varmap) = model(cfg, 7);
-    let bt = batch(cfg.vocab_size, 11);
-    let (lp_ref, ent_ref) = autograd_logps(&m, &bt);
+    let (lp_ref, ent_ref) = autograd_logps(&m, bt);
     let loss = (&lp_ref * &bt.weights).unwrap().sum_all().unwrap();
     let grads_ref = loss.backward().unwrap();
 
@@ -180,7 +208,7 @@ fn results_do_not_depend_on_thread_count() {
     let cfg = ModelConfig { hidden_size: 64, intermediate_size: 256, head_dim: 16, ..config(Arch::Qwen2, true, true) };
     assert!(3 * 9 * cfg.intermediate_size * cfg.hidden_size >= PAR_MIN_WORK);
     let (m, _) = model(&cfg, 3);
-    let bt = batch(cfg.vocab_size, 5);
+    let bt = grouped_batch(cfg.vocab_size, 5);
     let run = |threads: usize| {
         let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
         pool.install(|| {
@@ -193,6 +221,32 @@ fn results_do_not_depend_on_thread_count() {
         })
     };
     assert_eq!(run(1), run(4));
+}
+
+#[test]
+fn samples_of_one_prompt_share_its_rows() {
+    let bt = grouped_batch(37, 1);
+    let ids = bt.ids.to_vec2::<u32>().unwrap().concat();
+    let mask = bt.mask.to_vec2::<f32>().unwrap().concat();
+    let same =
+        |a: usize, b: usize| ids[a * 9..a * 9 + START] == ids[b * 9..b * 9 + START] && mask[a * 9] == mask[b * 9];
+    let pk = Packing::detect(7, 9, START, same);
+    let counts: Vec<usize> = pk.groups.iter().map(|g| g.count).collect();
+    assert_eq!(counts, [3, 3, 1]);
+    // Three prefixes of 3 rows, seven suffixes of 6.
+    assert_eq!(pk.rows, 3 * 3 + 7 * 6);
+    assert_eq!(pk.row(4, 1), pk.row(3, 1));
+    assert_ne!(pk.row(4, 3), pk.row(3, 3));
+    let src = pk.sources();
+    assert_eq!(src.len(), pk.rows);
+    for b in 0..7 {
+        for t in 0..9 {
+            let s = src[pk.row(b, t)];
+            assert_eq!(ids[s], ids[b * 9 + t], "row of ({b}, {t})");
+        }
+    }
+    // Nothing shared without a prefix.
+    assert_eq!(Packing::detect(7, 9, 0, |_, _| true).rows, 63);
 }
 
 #[test]
