@@ -283,27 +283,9 @@ fn linear(x: &[f32], rows: usize, w: &[f32], bias: Option<&[f32]>, out: usize) -
     Ok(y)
 }
 
-/// The backward of [`linear`]: writes `dw = dyᵀ · x` and `db = Σ rows dy`; returns nothing for
-/// `x` (the caller accumulates `dy · w` where it needs it).
-fn linear_param_grads(dy: &[f32], x: &[f32], rows: usize, dw: &mut [f32], db: Option<&mut [f32]>) -> CResult<()> {
-    let out = dy.len() / rows.max(1);
-    let inp = x.len() / rows.max(1);
-    mm(dw, 0, inp, Mat::new(dy, rows, out).t(), Mat::new(x, rows, inp), false, true)?;
-    if let Some(db) = db {
-        column_sums(dy, out, db);
-    }
-    Ok(())
-}
-
-/// The weight gradients of a stacked projection, straight into each parameter's buffer:
-/// `dW_p = dy[:, off..off+width]ᵀ · x` for each `(p, off, width)`.
-fn stacked_param_grads(
-    dy: &[f32],
-    x: &[f32],
-    rows: usize,
-    parts: &[(usize, usize, usize)],
-    gb: &mut GradBufs,
-) -> CResult<()> {
+/// The weight gradients of a (possibly stacked) projection `y = x · Wᵀ`, straight into each
+/// parameter's buffer: `dW_p = dy[:, off..off+width]ᵀ · x` for each `(p, off, width)`.
+fn weight_grads(dy: &[f32], x: &[f32], rows: usize, parts: &[(usize, usize, usize)], gb: &mut GradBufs) -> CResult<()> {
     let out = dy.len() / rows.max(1);
     let inp = x.len() / rows.max(1);
     for &(p, off, width) in parts {
@@ -505,25 +487,25 @@ fn layer_backward(
     let d = &cx.d;
     let (n, l, i2) = (d.rows(), QkvLayout::of(d), 2 * d.inter);
     // MLP: out = xmid + down(silu(gate) · up), gate and up one stacked projection.
-    linear_param_grads(&dout, &tp.act, n, &mut gb[li.down], None)?;
+    weight_grads(&dout, &tp.act, n, &[(li.down, 0, d.hidden)], gb)?;
     let dact = mm_new(Mat::new(&dout, n, d.hidden), Mat::new(w[li.down], d.hidden, d.inter), true)?;
     let dgu = swiglu_backward(&tp.gu, d.inter, &dact);
     drop(dact);
-    stacked_param_grads(&dgu, &tp.xn2, n, &[(li.gate, 0, d.inter), (li.up, d.inter, d.inter)], gb)?;
+    weight_grads(&dgu, &tp.xn2, n, &[(li.gate, 0, d.inter), (li.up, d.inter, d.inter)], gb)?;
     let dxn2 = mm_new(Mat::new(&dgu, n, i2), Mat::new(&stack(&[w[li.gate], w[li.up]]), i2, d.hidden), true)?;
     drop(dgu);
     let mut dxmid = rms_backward(&tp.xmid, &tp.rstd2, w[li.ln2], &dxn2, &mut gb[li.ln2]);
     add_into(&mut dxmid, &dout);
     drop(dout);
     // Attention: xmid = x + o_proj(attention(rope(q), rope(k), v)), q/k/v one stacked projection.
-    linear_param_grads(&dxmid, &tp.att, n, &mut gb[li.o], None)?;
+    weight_grads(&dxmid, &tp.att, n, &[(li.o, 0, d.hidden)], gb)?;
     let datt = mm_new(Mat::new(&dxmid, n, d.hidden), Mat::new(w[li.o], d.hidden, d.q_width()), true)?;
     let mut dqkv = attention::backward(d, cx.pk, &tp.qkv, &tp.probs, cx.mask, &datt)?;
     drop(datt);
     rope_inplace(&mut dqkv, l.width, l.v, cx.cos, cx.sin, d.head_dim, true);
     let (wqkv, _) = qkv_weights(w, li);
     let (kw, h) = (d.kv_width(), d.hidden);
-    stacked_param_grads(&dqkv, &tp.xn1, n, &[(li.q, 0, l.k), (li.k, l.k, kw), (li.v, l.v, kw)], gb)?;
+    weight_grads(&dqkv, &tp.xn1, n, &[(li.q, 0, l.k), (li.k, l.k, kw), (li.v, l.v, kw)], gb)?;
     if let (Some(bq), Some(bk), Some(bv)) = (li.bq, li.bk, li.bv) {
         let mut db = vec![0f32; l.width];
         column_sums(&dqkv, l.width, &mut db);
