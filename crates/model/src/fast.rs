@@ -125,8 +125,10 @@ fn scalar_stripe(x: &[f32], w: &[f32], m: usize, k: usize, j0: usize, j1: usize,
     }
 }
 
-/// Dot product with eight independent partial sums (so the compiler can vectorise it).
-fn dot(a: &[f32], b: &[f32]) -> f32 {
+/// Dot product with eight independent partial sums (so the compiler can vectorise it; inlined,
+/// it takes the target features of its caller — the training row kernels use it too).
+#[inline(always)]
+pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
     let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
     let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();

@@ -7,6 +7,8 @@
 //! never contracts `a · b + c` into an FMA by itself and every reduction here runs in eight
 //! fixed lanes, so both builds (and every thread count) give the same bits.
 
+use crate::fast::dot;
+
 /// Defines `fn $name` whose body is compiled for the baseline target and, on x86-64, again with
 /// AVX2 + FMA, the second chosen at run time when the CPU supports it.
 macro_rules! multiversion {
@@ -41,7 +43,8 @@ fn avx2_fma() -> bool {
     std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
 }
 
-/// Reduction lanes: sums and maxima run in this many independent accumulators.
+/// Reduction lanes: sums and maxima run in this many independent accumulators (as in
+/// [`crate::fast::dot`], the dot product used here).
 const LANES: usize = 8;
 
 /// `eˣ` in f32 without a libm call, so row loops vectorise: `2ⁿ · p(r)` with `x = n·ln2 + r`,
@@ -70,20 +73,6 @@ pub(super) fn exp(x: f32) -> f32 {
 #[inline(always)]
 fn sigmoid(a: f32) -> f32 {
     1.0 / (1.0 + exp(-a))
-}
-
-/// `Σ aᵢ·bᵢ` in [`LANES`] fixed lanes.
-#[inline(always)]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; LANES];
-    let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
-    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
-    for (x, y) in ca.zip(cb) {
-        for l in 0..LANES {
-            acc[l] += x[l] * y[l];
-        }
-    }
-    acc.iter().sum::<f32>() + tail
 }
 
 /// `max aᵢ` (−∞ for an empty slice), in [`LANES`] lanes.
