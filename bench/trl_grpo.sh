@@ -1,12 +1,18 @@
 #!/usr/bin/env bash
-# TRL GRPOTrainer vs `aha bench grpo`, interleaved, in one invocation (issue 6 item 7; the spec is
-# ../shared/bench/trl_grpo/README.md). Not part of CI. Run it on an otherwise idle machine.
+# TRL GRPOTrainer vs `aha bench grpo`, interleaved, in one invocation. Not part of CI. Run it on an
+# otherwise idle machine. What is measured, and the results: BENCHMARKS.md ("GRPO step vs TRL").
+#
+# The TRL side is a peer benchmark kept outside this repository: a directory holding bench_trl.py
+# (TRL GRPOTrainer on CPU; the README beside it is the spec that `aha bench grpo` mirrors), setup.sh
+# (makes its venv) and artifacts/ (tokenizer.json, dataset.jsonl; byte-identical copies are
+# committed in crates/aha/tests/fixtures/trl_grpo/). Point TRL_DIR at that directory; unset, the
+# script looks for it as shared/bench/trl_grpo in the directory that contains this checkout.
 #
 #   bench/trl_grpo.sh                          # 3 repeats x (generate_only, beta 0, beta 0.001) x (TRL, aha), 12 steps
 #   REPEATS=1 STEPS=4 WAIT_S=0 bench/trl_grpo.sh   # smoke run
 #
 # 1. makes the TRL venv (if missing) as an overlay over $BASE_VENV (torch + transformers already
-#    there; nothing CUDA is downloaded) with the shared setup.sh, into $TRL_VENV (gitignored);
+#    there; nothing CUDA is downloaded) with the peer benchmark's setup.sh, into $TRL_VENV (gitignored);
 # 2. makes bench_trl.py's workdir (tokenizer, dataset, seed-0 model) if missing, with bench_trl.py's
 #    own `prepare`, and checks it holds exactly the spec's artifacts;
 # 3. builds aha (release) and runs bench/trl_grpo_compare.py: every measurement in its own process,
@@ -14,12 +20,17 @@
 #    use < $MAX_BUSY cores); prints median step time TRL vs aha, the ratio, peak RSS, tokens/step.
 #
 # Environment: REPEATS (3), STEPS (12), BETAS (0,0.001), GENERATE (1; 0 skips generate_only),
-# WAIT_S (1800), MAX_BUSY (0.15), THREADS (2: torch threads / aha's RAYON_NUM_THREADS), OUT (runs/trl_grpo_compare.json), TRL_DIR (../shared/bench/trl_grpo),
+# WAIT_S (1800), MAX_BUSY (0.15), THREADS (2: torch threads / aha's RAYON_NUM_THREADS), OUT (runs/trl_grpo_compare.json), TRL_DIR (see above),
 # TRL_VENV (bench/.venv-trl), BASE_VENV (bench/.venv), WORKDIR (/tmp/trl_bench_work).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
-trl_dir=$(cd "${TRL_DIR:-$root/../shared/bench/trl_grpo}" && pwd)
+trl_default="$(dirname "$root")/shared/bench/trl_grpo"
+if [ ! -f "${TRL_DIR:-$trl_default}/bench_trl.py" ]; then
+    echo "no TRL GRPO benchmark (bench_trl.py) in ${TRL_DIR:-$trl_default}: set TRL_DIR to its directory" >&2
+    exit 1
+fi
+trl_dir=$(cd "${TRL_DIR:-$trl_default}" && pwd)
 venv=${TRL_VENV:-$root/bench/.venv-trl}
 base=${BASE_VENV:-$root/bench/.venv}
 workdir=${WORKDIR:-/tmp/trl_bench_work}

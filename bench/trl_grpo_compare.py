@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
-"""Runs TRL's GRPO benchmark workers (../shared/bench/trl_grpo/bench_trl.py) and `aha bench grpo`
-interleaved, each measurement in its own process, and prints step time TRL vs aha, their ratio,
-peak RSS and completion tokens per step. Driven by bench/trl_grpo.sh (which prepares the venv, the
-seed-0 model and the release binary); stdlib only.
+"""Runs TRL's GRPO benchmark workers (bench_trl.py of the peer benchmark, TRL_DIR in
+bench/trl_grpo.sh) and `aha bench grpo` interleaved, each measurement in its own process, and
+prints step time TRL vs aha, their ratio, peak RSS and completion tokens per step. Driven by
+bench/trl_grpo.sh (which prepares the venv, the seed-0 model and the release binary); stdlib only.
 
 Before every measurement it waits (up to --wait-s) until other processes use < --max-busy cores
 (5 s window, /proc/stat), as bench_trl.py does, and records the CPU others used during the run.

@@ -1,8 +1,9 @@
 """Dumps Python's verdicts of the TRL benchmark's two rewards on tricky and random strings, for the
 parity test in crates/aha/src/cmd/bench/trl_rewards.rs.
 
-The regexes and the reward logic are copied verbatim from ../shared/bench/trl_grpo/bench_trl.py
-(`accuracy_reward`, `format_reward`). Standard library only (no venv needed).
+The regexes and the reward logic are copied verbatim from bench_trl.py of the TRL GRPO peer
+benchmark (the directory bench/trl_grpo.sh calls TRL_DIR): `accuracy_reward`, `format_reward`.
+Standard library only (no venv needed).
 
 Usage: python3 scripts/make_trl_reward_cases.py crates/aha/tests/fixtures/trl_grpo/reward_cases.jsonl
 """

@@ -1,4 +1,4 @@
-"""Dump reasoning-gym verdicts (the outside referee of issue 3, must-show 4).
+"""Dump reasoning-gym verdicts (the outside referee of crates/reward/tests/referee.rs).
 
 Generates Countdown and basic-arithmetic items with reasoning-gym, builds candidate answers (right,
 right-but-reformatted, wrong, malformed) and records `score_answer` for each into

@@ -2,7 +2,7 @@
 //!
 //! candle allocates a fresh buffer for every tensor op. With glibc's defaults, buffers above the
 //! mmap threshold are mapped and unmapped each time, so a training step spends much of its time
-//! in page faults (DESIGN §6: 70 of 168 CPU-seconds were system time on a 125 M model). The
+//! in page faults (docs/DESIGN.md §6: 70 of 168 CPU-seconds were system time on a 125 M model). The
 //! policy, measured in `BENCHMARKS.md` ("Rollout and training speed"):
 //! - with the `mimalloc` feature, mimalloc is the global allocator;
 //! - otherwise, on glibc, [`init`] keeps freed memory in the heap for reuse: no mmap for large

@@ -2,13 +2,14 @@
 //! validated once, then saved as resolved JSON beside the run and in every checkpoint.
 //!
 //! Precedence, lowest to highest: the built-in defaults of every field, then the named
-//! `preset` (only `r1` so far: the DeepSeek-R1 paper's values, DESIGN §1), then the file's own
+//! `preset` (only `r1` so far: the DeepSeek-R1 paper's values, docs/DESIGN.md §1), then the file's own
 //! values. Tables merge key by key; arrays (`[[rewards]]`, `stop_strings`) are replaced whole.
 //! Every table denies unknown fields, and every error names the file (TOML errors also give
 //! the line, column and field). Relative paths are taken from the working directory.
 
 use std::path::{Path, PathBuf};
 
+use aha_model::ExecRequest;
 use aha_reward::{RewardSpec, RewardsConfig};
 use aha_train::config::OptimConfig;
 use aha_train::data::DataConfig;
@@ -26,7 +27,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Preset {
-    /// DeepSeek-R1 (DESIGN §1): lr 3e-6, β 0.001 with the reference replaced every 400 steps,
+    /// DeepSeek-R1 (docs/DESIGN.md §1): lr 3e-6, β 0.001 with the reference replaced every 400 steps,
     /// clip ε 10, temperature 1, 32 prompts × 16 samples, max length 32 768, 16 minibatches,
     /// one inner epoch.
     R1,
@@ -90,6 +91,10 @@ pub struct GrpoConfig {
     pub preset: Option<Preset>,
     /// The model: an HF directory, a `.gguf` file or a hub repo id (downloaded when missing).
     pub model: String,
+    /// Where and how the model runs (`[exec]`: `device`, `dtype`, `backend`); `--device`,
+    /// `--dtype` and `--backend` override it. Default CPU, f32, auto.
+    #[serde(default)]
+    pub exec: ExecRequest,
     /// The run directory (metrics, checkpoints, plots, the resolved config).
     pub output_dir: PathBuf,
     /// Seed of data order, rollouts and task generation. Default 0.
@@ -207,6 +212,10 @@ impl SftSettings {
 pub struct SftConfig {
     /// The model: an HF directory, a `.gguf` file or a hub repo id (downloaded when missing).
     pub model: String,
+    /// Where and how the model runs (`[exec]`: `device`, `dtype`, `backend`); `--device`,
+    /// `--dtype` and `--backend` override it. Default CPU, f32, auto.
+    #[serde(default)]
+    pub exec: ExecRequest,
     /// The run directory.
     pub output_dir: PathBuf,
     /// Seed of the data order. Default 0.

@@ -6,6 +6,7 @@
 mod alloc;
 mod cmd;
 mod config;
+mod exec_args;
 mod pipeline;
 mod runs;
 mod threads;

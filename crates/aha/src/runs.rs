@@ -4,11 +4,10 @@
 
 use std::path::{Path, PathBuf};
 
-use aha_model::{load_model, LoadedModel, ModelSpec};
+use aha_model::{load_model, ExecRequest, LoadedModel, ModelSpec};
 use aha_train::checkpoint::latest_checkpoint;
 use aha_train::data::Skipped;
 use anyhow::{bail, Context, Result};
-use candle_core::{DType, Device};
 
 /// The resolved config, beside the run's metrics (checkpoints hold it in `trainer_state.json`).
 pub const RESOLVED_CONFIG: &str = "aha_config.json";
@@ -16,7 +15,12 @@ pub const RESOLVED_CONFIG: &str = "aha_config.json";
 /// Loads the starting model: the latest checkpoint of `run_dir` when resuming, else `model`.
 /// Returns the checkpoint used, if any. A run directory that already holds checkpoints is not
 /// overwritten without `--resume`.
-pub fn load_start(model: &str, run_dir: &Path, resume: bool) -> Result<(LoadedModel, Option<PathBuf>)> {
+pub fn load_start(
+    model: &str,
+    run_dir: &Path,
+    resume: bool,
+    exec: &ExecRequest,
+) -> Result<(LoadedModel, Option<PathBuf>)> {
     let latest = latest_checkpoint(run_dir)?;
     let from = match (latest, resume) {
         (Some(dir), true) => Some(dir),
@@ -38,7 +42,7 @@ pub fn load_start(model: &str, run_dir: &Path, resume: bool) -> Result<(LoadedMo
         None => ModelSpec::parse(model),
     };
     let what = from.as_ref().map_or_else(|| model.to_string(), |d| d.display().to_string());
-    let lm = load_model(&spec, &Device::Cpu, DType::F32).with_context(|| format!("loading the model from {what}"))?;
+    let lm = load_model(&spec, exec).with_context(|| format!("loading the model from {what}"))?;
     Ok((lm, from))
 }
 

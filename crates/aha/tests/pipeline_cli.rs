@@ -1,7 +1,7 @@
 //! `aha pipeline` through the built binary: a pipeline of tiny stages end to end (every kind,
 //! the eval table after each, the report), resume skipping done stages, recipe errors that
 //! name the field before anything runs, and `recipes/r1.toml`: its values against the paper
-//! (DESIGN §1) and one step of its first RL stage with a tiny model substituted.
+//! (docs/DESIGN.md §1) and one step of its first RL stage with a tiny model substituted.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -221,7 +221,7 @@ fn f(v: &toml::Value) -> f64 {
     v.as_float().or_else(|| v.as_integer().map(|i| i as f64)).unwrap()
 }
 
-/// Every value DESIGN §1 gives, as `recipes/r1.toml` states it.
+/// Every value docs/DESIGN.md §1 gives, as `recipes/r1.toml` states it.
 #[test]
 fn r1_recipe_matches_the_paper() {
     let t = r1();

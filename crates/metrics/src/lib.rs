@@ -4,7 +4,7 @@
 //!   event files under `RUN_DIR/tb/` (TFRecord framing and the `Event` protobuf are encoded by hand in
 //!   [`tensorboard`]); [`MetricsWriter::log_samples`] appends sample completions to `samples.jsonl`.
 //! - [`read_metrics`] reads `metrics.jsonl` back, tolerating a truncated last line.
-//! - [`reflection_frequency`] counts DESIGN §1's reflection words per 1 000 words.
+//! - [`reflection_frequency`] counts the reflection words of docs/DESIGN.md §1 per 1 000 words.
 //! - [`pass_at_k`], [`majority_vote`], [`mean`], [`median`]: evaluation statistics; [`EvalRecord`] is the
 //!   `eval_*.json` schema.
 //! - [`draw_report`] draws PNG plots and `report.md` for a run directory (`aha report`).

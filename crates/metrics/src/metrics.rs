@@ -1,8 +1,8 @@
-//! `Metrics`: the named scalars of one training step, and the standard metric names (DESIGN §2).
+//! `Metrics`: the named scalars of one training step, and the standard metric names (docs/DESIGN.md §2).
 
 use std::collections::BTreeMap;
 
-/// Standard metric names, TRL's where they exist (DESIGN §2). Trainers use these constants so that
+/// Standard metric names, TRL's where they exist (docs/DESIGN.md §2). Trainers use these constants so that
 /// `metrics.jsonl`, TensorBoard and `aha report` agree on spelling.
 pub mod names {
     /// Mean total (weighted) reward over the step's samples.
@@ -21,7 +21,7 @@ pub mod names {
     pub const COMPLETION_MAX_LENGTH: &str = "completions/max_length";
     /// Fraction of completions cut off at the length limit.
     pub const COMPLETION_CLIPPED_RATIO: &str = "completions/clipped_ratio";
-    /// Reflection words per 1 000 words of the step's completions (DESIGN §1 word list).
+    /// Reflection words per 1 000 words of the step's completions (docs/DESIGN.md §1 word list).
     pub const REFLECTION_PER_1K_WORDS: &str = "completions/reflection_per_1k_words";
     /// Mean k3 KL estimate to the reference model.
     pub const KL: &str = "kl";

@@ -63,6 +63,9 @@ fn parse_metrics(text: &str, path: &Path) -> Result<MetricsLog> {
         if line.trim().is_empty() {
             continue;
         }
+        if is_run_header(line) {
+            continue;
+        }
         match parse_line(line) {
             Ok(record) => {
                 by_step.insert(record.step, record);
@@ -72,6 +75,12 @@ fn parse_metrics(text: &str, path: &Path) -> Result<MetricsLog> {
         }
     }
     Ok(MetricsLog { records: by_step.into_values().collect(), truncated_tail })
+}
+
+/// A run header line (`{"run":…}` without a step), written by `MetricsWriter::log_run_header`.
+fn is_run_header(line: &str) -> bool {
+    serde_json::from_str::<serde_json::Value>(line)
+        .is_ok_and(|v| v.get("run").is_some_and(|r| r.is_object()) && v.get("step").is_none())
 }
 
 fn parse_line(line: &str) -> std::result::Result<StepRecord, String> {
@@ -98,6 +107,14 @@ mod tests {
 
     fn parse(text: &str) -> Result<MetricsLog> {
         parse_metrics(text, Path::new("metrics.jsonl"))
+    }
+
+    #[test]
+    fn run_headers_are_skipped() {
+        let log = parse("{\"run\":{\"backend\":\"cpu-handwritten\"},\"wall_time\":1}\n{\"step\":1,\"reward\":0.5}\n")
+            .unwrap();
+        assert_eq!(log.series("reward"), vec![(1, 0.5)]);
+        assert!(parse("{\"run\":1}\n{\"step\":1}\n").is_err(), "a non-object `run` is not a header");
     }
 
     #[test]

@@ -1,11 +1,11 @@
 //! Reflection-word frequency: how often a model's completions say "wait", "verify", "check"… per 1 000
-//! words, the emergent behaviour DeepSeek-R1 tracked (DESIGN §1).
+//! words, the emergent behaviour DeepSeek-R1 tracked (docs/DESIGN.md §1).
 //!
 //! Words are maximal runs of alphanumeric characters or `_` (regex `\w+`), so matching is on word
 //! boundaries: "Wait," counts, "waiting" and "checkpoint" do not, and "don't" is two words. Matching ignores
 //! ASCII case. The frequency is reflection words per 1 000 words of all the text pooled.
 
-/// The reflection words of DESIGN §1, in its order.
+/// The reflection words of docs/DESIGN.md §1, in its order.
 pub const REFLECTION_WORDS: [&str; 10] =
     ["wait", "mistake", "however", "but", "retry", "error", "verify", "wrong", "evaluate", "check"];
 

@@ -108,6 +108,14 @@ impl MetricsWriter {
         self.tb.write_event(&event)
     }
 
+    /// Writes a run header line `{"run":{…},"wall_time":…}` to `metrics.jsonl` (what ran: the
+    /// execution plan, the command); a resumed run appends another. Readers skip these lines.
+    pub fn log_run_header(&mut self, header: &serde_json::Value) -> Result<()> {
+        let line = serde_json::json!({ "run": header, "wall_time": unix_time() }).to_string() + "\n";
+        let path = self.run_dir.join(METRICS_FILE);
+        self.metrics.write_all(line.as_bytes()).map_err(|e| MetricsError::io(&path, e))
+    }
+
     /// Appends sample completions of `step` to `samples.jsonl`, one JSON object per sample.
     pub fn log_samples(&mut self, step: u64, samples: &[SampleLog]) -> Result<()> {
         let path = self.run_dir.join(SAMPLES_FILE);

@@ -34,6 +34,9 @@ pub enum ModelError {
         /// What is wrong with it.
         reason: String,
     },
+    /// A device, dtype or backend that cannot be used (names the flag or field and the feature).
+    #[error("{0}")]
+    Device(String),
     /// A configuration that is internally inconsistent (no file involved).
     #[error("invalid model config: {0}")]
     InvalidConfig(String),

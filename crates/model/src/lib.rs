@@ -7,12 +7,12 @@
 
 pub mod chat_template;
 pub mod config;
+pub mod cpu;
 pub mod error;
-mod fast;
-pub mod fused;
-pub mod handgrad;
+pub mod exec;
 pub mod io;
 pub mod kv_cache;
+pub mod ops;
 pub mod rollout;
 pub mod sampling;
 pub mod tiny;
@@ -22,10 +22,11 @@ pub mod transformer;
 pub use chat_template::{ChatMessage, ChatTemplate};
 pub use config::{Arch, Llama3RopeScaling, ModelConfig};
 pub use error::{ModelError, Result};
+pub use exec::{Backend, DTypeSpec, DeviceSpec, ExecPlan, ExecRequest, Kernels, Mode};
 pub use io::{load_model, save_pretrained, LoadedModel, ModelSpec};
 pub use kv_cache::KvCache;
 pub use rollout::{rollout, FinishReason, RolloutConfig, Sample, SampleTiming};
 pub use sampling::{sample_rng, sample_token, Sampled, SamplingParams};
-pub use tiny::{init_tiny, TinySpec};
+pub use tiny::{init_tiny, init_tiny_on, TinySpec};
 pub use tokenizer::AhaTokenizer;
 pub use transformer::{ParamInit, ParamSpec, Transformer};

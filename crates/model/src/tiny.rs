@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::Tensor;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde_json::{json, Map, Value as Json};
@@ -19,6 +19,7 @@ use serde_json::{json, Map, Value as Json};
 use crate::chat_template::CHATML_TEMPLATE;
 use crate::config::{Arch, ModelConfig};
 use crate::error::{ModelError, Result};
+use crate::exec::ExecRequest;
 use crate::io::{build_from_source, save_pretrained, LoadedModel, WeightSource};
 use crate::tokenizer::AhaTokenizer;
 use crate::transformer::{ParamInit, Transformer};
@@ -111,9 +112,15 @@ impl TinySpec {
 /// Creates a tiny random model (seeded, reproducible) with the byte-level tokenizer, saves it
 /// to `out_dir` as a Hugging Face directory and returns it loaded on the CPU in f32.
 pub fn init_tiny(out_dir: &Path, spec: &TinySpec, seed: u64) -> Result<LoadedModel> {
+    init_tiny_on(out_dir, spec, seed, &ExecRequest::default())
+}
+
+/// [`init_tiny`] on the device, dtype and backend `exec` asks for (the weights are drawn in f32
+/// on the host, then converted).
+pub fn init_tiny_on(out_dir: &Path, spec: &TinySpec, seed: u64, exec: &ExecRequest) -> Result<LoadedModel> {
     let config = spec.config()?;
     let mut source = SeededInit::new(&config, seed)?;
-    let (varmap, model) = build_from_source(&config, &mut source, &Device::Cpu, DType::F32)?;
+    let (varmap, model) = build_from_source(&config, &mut source, exec)?;
     let tokenizer = tiny_tokenizer(spec.max_position_embeddings)?;
     save_pretrained(out_dir, &config, &model, &tokenizer)?;
     Ok(LoadedModel { config, varmap, model, tokenizer, source: out_dir.to_path_buf() })
@@ -197,7 +204,7 @@ impl SeededInit {
                 ParamInit::Ones => vec![1.0; n],
                 ParamInit::Zeros => vec![0.0; n],
             };
-            tensors.insert(spec.name, Tensor::from_vec(data, spec.shape, &Device::Cpu)?);
+            tensors.insert(spec.name, Tensor::from_vec(data, spec.shape, &crate::io::host())?);
         }
         Ok(Self { tensors })
     }
@@ -249,7 +256,7 @@ mod tests {
         let w = |m: &LoadedModel| m.model.named_parameters()[0].1.flatten_all().unwrap().to_vec1::<f32>().unwrap();
         assert_eq!(w(&a), w(&b));
         assert_ne!(w(&a), w(&c));
-        let back = crate::io::load_hf_dir(&dir.path().join("a"), &Device::Cpu, DType::F32).unwrap();
+        let back = crate::io::load_hf_dir(&dir.path().join("a"), &crate::exec::ExecRequest::default()).unwrap();
         assert_eq!(w(&back), w(&a));
         assert_eq!(back.tokenizer.chat_template().unwrap().source(), CHATML_TEMPLATE);
     }

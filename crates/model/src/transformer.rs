@@ -2,19 +2,21 @@
 //! as sampling.
 //!
 //! Reads top to bottom: RMSNorm → RoPE → attention → MLP → block → model. Parameter names are
-//! Hugging Face's, so a `safetensors` file from `transformers` loads without renaming. Every
-//! op on the training path has a backward in candle (DESIGN §6: no fused `softmax_last_dim`,
-//! `rms_norm` or `rope` kernels, which silently cut gradients). Attention softmax runs in f32
-//! whatever the model dtype, as `transformers`' eager attention does.
+//! Hugging Face's, so a `safetensors` file from `transformers` loads without renaming.
+//!
+//! The model carries its execution plan (`exec.rs`) and a [`Mode`]: every row op goes through
+//! `ops.rs` with the [`Kernels`] the plan gives for that mode, so which code runs is decided
+//! once, when the model is built, and read here. In [`Mode::Train`] every op has a backward.
 
-use candle_core::{DType, Device, Module, Tensor, D};
+use candle_core::{DType, Device, Tensor, D};
 use candle_nn::{Init, VarBuilder};
 
 use crate::config::{Arch, Llama3RopeScaling, ModelConfig};
+use crate::cpu::infer;
 use crate::error::Result;
-use crate::fast;
-use crate::fused;
+use crate::exec::{Backend, ExecPlan, Kernels, Mode};
 use crate::kv_cache::KvCache;
+use crate::ops;
 
 /// Additive attention bias for disallowed positions (scores are f32 when it is applied).
 const MASKED: f64 = -1e30;
@@ -56,7 +58,7 @@ fn get(vb: &VarBuilder, shape: &[usize], name: &str, init: ParamInit) -> Result<
 // ---------------------------------------------------------------------------------------------
 // RMSNorm
 
-/// Root-mean-square norm written out (x · rsqrt(mean(x²) + ε) · w) so it is differentiable.
+/// Root-mean-square norm, x · rsqrt(mean(x²) + ε) · w.
 #[derive(Debug, Clone)]
 struct RmsNorm {
     weight: Tensor,
@@ -69,20 +71,8 @@ impl RmsNorm {
     }
 
     /// `x`: `[..., dim]` → same shape. Computed in f32 (f64 stays f64), returned in `x`'s dtype.
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        if fast::eligible(x) && fast::eligible(&self.weight) {
-            // Inference: candle's fused kernel (same f32 arithmetic, no backward).
-            return Ok(candle_nn::ops::rms_norm(&x.contiguous()?, &self.weight, self.eps as f32)?);
-        }
-        if fused::supported(x) {
-            // Training on CPU: one fused kernel with its own backward.
-            return Ok(fused::rms_norm(x, &self.weight, self.eps)?);
-        }
-        let dtype = x.dtype();
-        let x = x.to_dtype(upcast(dtype))?;
-        let mean_sq = x.sqr()?.mean_keepdim(D::Minus1)?;
-        let normed = x.broadcast_mul(&(mean_sq + self.eps)?.sqrt()?.recip()?)?;
-        Ok(normed.to_dtype(dtype)?.broadcast_mul(&self.weight)?)
+    fn forward(&self, x: &Tensor, k: Kernels) -> Result<Tensor> {
+        ops::rms_norm(x, &self.weight, self.eps, k)
     }
 }
 
@@ -104,21 +94,8 @@ impl Linear {
     }
 
     /// `x`: `[..., in]` → `[..., out]`.
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let mut dims = x.dims().to_vec();
-        let inp = dims.pop().unwrap_or(1);
-        let rows: usize = dims.iter().product();
-        let x2 = x.reshape((rows, inp))?;
-        dims.push(self.weight.dim(0)?);
-        if let Some(y) = fast::linear(&x2, &self.weight, self.bias.as_ref())? {
-            return Ok(y.reshape(dims)?);
-        }
-        let y = x2.matmul(&self.weight.t()?)?;
-        let y = match &self.bias {
-            Some(b) => y.broadcast_add(b)?,
-            None => y,
-        };
-        Ok(y.reshape(dims)?)
+    fn forward(&self, x: &Tensor, k: Kernels) -> Result<Tensor> {
+        linear_nd(x, &self.weight, self.bias.as_ref(), k)
     }
 }
 
@@ -174,15 +151,6 @@ fn llama3_scale(freq: f32, s: &Llama3RopeScaling) -> f32 {
     }
 }
 
-/// Applies RoPE to `x`: `[B, heads, T, head_dim]` with `cos`/`sin`: `[B, 1, T, head_dim]`.
-fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
-    let half = x.dim(D::Minus1)? / 2;
-    let x1 = x.narrow(D::Minus1, 0, half)?;
-    let x2 = x.narrow(D::Minus1, half, half)?;
-    let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
-    Ok((x.broadcast_mul(cos)? + rotated.broadcast_mul(sin)?)?)
-}
-
 // ---------------------------------------------------------------------------------------------
 // Attention
 
@@ -221,29 +189,24 @@ impl Attention {
     }
 
     /// Projects `x` `[B, T, H]` to `q` `[B, nh, T, hd]` and `k`, `v` `[B, nkv, T, hd]`, with RoPE.
-    fn qkv(&self, x: &Tensor, rope: &(Tensor, Tensor)) -> Result<(Tensor, Tensor, Tensor)> {
+    fn qkv(&self, x: &Tensor, rope: &(Tensor, Tensor), kn: Kernels) -> Result<(Tensor, Tensor, Tensor)> {
         let (b, t, _) = x.dims3()?;
         let (cos, sin) = rope;
         // `[B, T, n·hd]` → `[B, n, T, hd]` (q/k norm first, RoPE when `rotate`).
         let heads = |y: Tensor, n: usize, norm: &Option<RmsNorm>, rotate: bool| -> Result<Tensor> {
             let y = y.reshape((b, t, n, self.head_dim))?;
             let y = match norm {
-                Some(nm) => nm.forward(&y)?,
+                Some(nm) => nm.forward(&y, kn)?,
                 None => y,
             };
-            if rotate && fused::supported(&y) && fused::supported(cos) {
-                return Ok(fused::rope_transposed(&y, cos, sin)?);
-            }
-            let y = y.transpose(1, 2)?.contiguous()?;
             if rotate {
-                apply_rope(&y, cos, sin)
-            } else {
-                Ok(y)
+                return ops::rope_transposed(&y, cos, sin, kn);
             }
+            Ok(y.transpose(1, 2)?.contiguous()?)
         };
-        let q = heads(self.q_proj.forward(x)?, self.n_heads, &self.q_norm, true)?;
-        let k = heads(self.k_proj.forward(x)?, self.n_kv, &self.k_norm, true)?;
-        let v = heads(self.v_proj.forward(x)?, self.n_kv, &None, false)?;
+        let q = heads(self.q_proj.forward(x, kn)?, self.n_heads, &self.q_norm, true)?;
+        let k = heads(self.k_proj.forward(x, kn)?, self.n_kv, &self.k_norm, true)?;
+        let v = heads(self.v_proj.forward(x, kn)?, self.n_kv, &None, false)?;
         Ok((q, k, v))
     }
 
@@ -252,30 +215,24 @@ impl Attention {
     ///
     /// GQA without copying keys: the `g` query heads of one KV head are folded into the query
     /// length (`[B, nkv, g·T, hd]`), matching HF's `repeat_kv` head order.
-    fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor, bias: &Tensor) -> Result<Tensor> {
+    fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor, bias: &Tensor, kn: Kernels) -> Result<Tensor> {
         let (b, nh, t, hd) = q.dims4()?;
         let s = k.dim(2)?;
         let g = nh / self.n_kv;
         let q = q.reshape((b, self.n_kv, g * t, hd))?;
         let scale = 1.0 / (hd as f64).sqrt();
         let scores = q.matmul(&k.t()?)?.reshape((b, nh, t, s))?;
-        let probs = if fused::supported(&scores) {
-            fused::masked_softmax(&scores, &bias.to_dtype(scores.dtype())?, scale)?
-        } else {
-            let cd = upcast(v.dtype());
-            let scores = (scores * scale)?.to_dtype(cd)?.broadcast_add(&bias.to_dtype(cd)?)?;
-            candle_nn::ops::softmax(&scores, D::Minus1)?.to_dtype(v.dtype())?
-        };
+        let probs = ops::masked_softmax(&scores, bias, scale, kn)?;
         let out = probs.reshape((b, self.n_kv, g * t, s))?.matmul(v)?; // [B, nkv, g·T, hd]
         let out = out.reshape((b, nh, t, hd))?.transpose(1, 2)?; // [B, T, nh, hd]
         Ok(out.reshape((b, t, nh * hd))?)
     }
 
-    /// One new token per row against the cache (after `append`): the fused CPU kernel, or
-    /// `None` when it does not apply.
+    /// One new token per row against the cache (after `append`): the CPU inference kernel, or
+    /// `None` when a buffer is not contiguous f32.
     fn attend_one(&self, q: &Tensor, cache: &KvCache, layer: usize) -> Result<Option<Tensor>> {
         let (keys, values, valid) = cache.buffers(layer);
-        let shape = fast::AttnShape {
+        let shape = infer::AttnShape {
             batch: q.dim(0)?,
             heads: self.n_heads,
             kv_heads: self.n_kv,
@@ -283,12 +240,12 @@ impl Attention {
             max_len: cache.max_len(),
             total: cache.len() + 1,
         };
-        fast::decode_attention(q, keys, values, valid, shape)
+        infer::decode_attention(q, keys, values, valid, shape)
     }
 
-    fn forward(&self, x: &Tensor, rope: &(Tensor, Tensor), bias: &Tensor) -> Result<Tensor> {
-        let (q, k, v) = self.qkv(x, rope)?;
-        self.o_proj.forward(&self.attend(&q, &k, &v, bias)?)
+    fn forward(&self, x: &Tensor, rope: &(Tensor, Tensor), bias: &Tensor, kn: Kernels) -> Result<Tensor> {
+        let (q, k, v) = self.qkv(x, rope, kn)?;
+        self.o_proj.forward(&self.attend(&q, &k, &v, bias, kn)?, kn)
     }
 
     fn forward_cached(
@@ -298,15 +255,16 @@ impl Attention {
         bias: &Tensor,
         cache: &mut KvCache,
         layer: usize,
+        kn: Kernels,
     ) -> Result<Tensor> {
-        let (q, k, v) = self.qkv(x, rope)?;
+        let (q, k, v) = self.qkv(x, rope, kn)?;
         let (k, v) = cache.append(layer, &k, &v)?;
-        if q.dim(2)? == 1 {
+        if q.dim(2)? == 1 && kn == Kernels::CpuInfer {
             if let Some(out) = self.attend_one(&q, cache, layer)? {
-                return self.o_proj.forward(&out);
+                return self.o_proj.forward(&out, kn);
             }
         }
-        self.o_proj.forward(&self.attend(&q, &k, &v, bias)?)
+        self.o_proj.forward(&self.attend(&q, &k, &v, bias, kn)?, kn)
     }
 }
 
@@ -331,13 +289,9 @@ impl Mlp {
         })
     }
 
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let (gate, up) = (self.gate_proj.forward(x)?, self.up_proj.forward(x)?);
-        if fused::supported(&gate) {
-            return self.down_proj.forward(&fused::swiglu(&gate, &up)?);
-        }
-        let gate = candle_nn::Activation::Silu.forward(&gate)?;
-        self.down_proj.forward(&(gate * up)?)
+    fn forward(&self, x: &Tensor, k: Kernels) -> Result<Tensor> {
+        let (gate, up) = (self.gate_proj.forward(x, k)?, self.up_proj.forward(x, k)?);
+        self.down_proj.forward(&ops::swiglu(&gate, &up, k)?, k)
     }
 }
 
@@ -361,14 +315,14 @@ impl Block {
         })
     }
 
-    fn residual_mlp(&self, x: Tensor) -> Result<Tensor> {
-        let h = self.mlp.forward(&self.post_attention_layernorm.forward(&x)?)?;
+    fn residual_mlp(&self, x: Tensor, k: Kernels) -> Result<Tensor> {
+        let h = self.mlp.forward(&self.post_attention_layernorm.forward(&x, k)?, k)?;
         Ok((x + h)?)
     }
 
-    fn forward(&self, x: &Tensor, rope: &(Tensor, Tensor), bias: &Tensor) -> Result<Tensor> {
-        let a = self.self_attn.forward(&self.input_layernorm.forward(x)?, rope, bias)?;
-        self.residual_mlp((x + a)?)
+    fn forward(&self, x: &Tensor, rope: &(Tensor, Tensor), bias: &Tensor, k: Kernels) -> Result<Tensor> {
+        let a = self.self_attn.forward(&self.input_layernorm.forward(x, k)?, rope, bias, k)?;
+        self.residual_mlp((x + a)?, k)
     }
 
     fn forward_cached(
@@ -378,17 +332,19 @@ impl Block {
         bias: &Tensor,
         cache: &mut KvCache,
         layer: usize,
+        k: Kernels,
     ) -> Result<Tensor> {
-        let normed = self.input_layernorm.forward(x)?;
-        let a = self.self_attn.forward_cached(&normed, rope, bias, cache, layer)?;
-        self.residual_mlp((x + a)?)
+        let normed = self.input_layernorm.forward(x, k)?;
+        let a = self.self_attn.forward_cached(&normed, rope, bias, cache, layer, k)?;
+        self.residual_mlp((x + a)?, k)
     }
 }
 
 // ---------------------------------------------------------------------------------------------
 // Model
 
-/// A causal language model: embeddings, blocks, final norm, LM head.
+/// A causal language model: embeddings, blocks, final norm, LM head — and the execution plan
+/// and mode it runs with.
 #[derive(Debug, Clone)]
 pub struct Transformer {
     cfg: ModelConfig,
@@ -397,12 +353,40 @@ pub struct Transformer {
     norm: RmsNorm,
     lm_head: Tensor,
     rope: Rope,
+    plan: ExecPlan,
+    mode: Mode,
 }
 
 impl Transformer {
-    /// Builds the model from `vb` (HF names). With a `VarMap`-backed builder the parameters are
+    /// Builds the model from `vb` (HF names) with the backend `auto` picks for its device, dtype
+    /// and architecture, in [`Mode::Train`]. With a `VarMap`-backed builder the parameters are
     /// trainable variables; missing ones are created with `transformers`' default init.
     pub fn new(cfg: &ModelConfig, vb: VarBuilder) -> Result<Self> {
+        Self::with_backend(cfg, vb, Backend::Auto)
+    }
+
+    /// Like [`Transformer::new`] with the backend requested explicitly (an error when it does
+    /// not apply to the device, dtype or architecture).
+    pub fn with_backend(cfg: &ModelConfig, vb: VarBuilder, backend: Backend) -> Result<Self> {
+        let plan = ExecPlan::decide(vb.device(), vb.dtype(), cfg.arch, backend)?;
+        Self::with_plan(cfg, vb, plan)
+    }
+
+    /// A model with fresh trainable variables (`transformers`' default init, from candle's RNG)
+    /// where `exec` says, and the variable map an optimiser steps.
+    pub fn random(cfg: &ModelConfig, exec: &crate::exec::ExecRequest) -> Result<(Self, candle_nn::VarMap)> {
+        let plan = ExecPlan::for_request(exec, cfg.arch)?;
+        let varmap = candle_nn::VarMap::new();
+        let vb = VarBuilder::from_varmap(&varmap, plan.dtype(), plan.device());
+        Ok((Self::with_plan(cfg, vb, plan)?, varmap))
+    }
+
+    /// Builds the model in [`Mode::Train`] on a plan already decided for its device and dtype.
+    pub fn with_plan(cfg: &ModelConfig, vb: VarBuilder, plan: ExecPlan) -> Result<Self> {
+        Self::build(cfg, vb, plan, Mode::Train)
+    }
+
+    fn build(cfg: &ModelConfig, vb: VarBuilder, plan: ExecPlan, mode: Mode) -> Result<Self> {
         cfg.check()?;
         let (v, h) = (cfg.vocab_size, cfg.hidden_size);
         let embed_tokens = get(&vb.pp("model.embed_tokens"), &[v, h], "weight", ParamInit::Normal(INIT_STD))?;
@@ -416,7 +400,22 @@ impl Transformer {
             get(&vb.pp("lm_head"), &[v, h], "weight", ParamInit::Normal(INIT_STD))?
         };
         let rope = Rope::new(cfg, vb.device())?;
-        Ok(Self { cfg: cfg.clone(), embed_tokens, layers, norm, lm_head, rope })
+        Ok(Self { cfg: cfg.clone(), embed_tokens, layers, norm, lm_head, rope, plan, mode })
+    }
+
+    /// The execution plan (backend, device, dtype) this model was built with.
+    pub fn plan(&self) -> &ExecPlan {
+        &self.plan
+    }
+
+    /// Whether the model runs with gradients or for inference only.
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    /// The kernels its forward calls: the plan's for its mode.
+    pub fn kernels(&self) -> Kernels {
+        self.plan.kernels(self.mode)
     }
 
     /// The configuration this model was built from.
@@ -500,26 +499,27 @@ impl Transformer {
         out
     }
 
-    /// Rebuilds the model with every parameter passed through `f` (e.g. detach, deep copy, cast).
-    pub fn map_parameters(&self, f: impl Fn(&Tensor) -> candle_core::Result<Tensor>) -> Result<Self> {
+    /// Rebuilds the model in `mode` with every parameter passed through `f` (detach, deep copy),
+    /// on the same plan.
+    fn map_parameters(&self, mode: Mode, f: impl Fn(&Tensor) -> candle_core::Result<Tensor>) -> Result<Self> {
         let mut map = std::collections::HashMap::new();
         for (name, t) in self.named_parameters() {
             map.insert(name, f(&t)?);
         }
-        let dtype = map.values().next().map(Tensor::dtype).unwrap_or(self.dtype());
-        let vb = VarBuilder::from_tensors(map, dtype, self.device());
-        Self::new(&self.cfg, vb)
+        let vb = VarBuilder::from_tensors(map, self.dtype(), self.device());
+        Self::build(&self.cfg, vb, self.plan.clone(), mode)
     }
 
-    /// A view sharing storage with `self` but outside the autograd graph: sampling with it builds
-    /// no backward graph, and it sees in-place optimiser updates of the original's variables.
+    /// A view sharing storage with `self` but outside the autograd graph, in [`Mode::Infer`]:
+    /// sampling with it builds no backward graph and may use inference kernels, and it sees
+    /// in-place optimiser updates of the original's variables.
     pub fn detached(&self) -> Result<Self> {
-        self.map_parameters(|t| Ok(t.detach()))
+        self.map_parameters(Mode::Infer, |t| Ok(t.detach()))
     }
 
-    /// An independent frozen copy (a reference model or π_old snapshot).
+    /// An independent frozen copy in [`Mode::Infer`] (a reference model or π_old snapshot).
     pub fn frozen_copy(&self) -> Result<Self> {
-        self.map_parameters(|t| t.detach().copy())
+        self.map_parameters(Mode::Infer, |t| t.detach().copy())
     }
 
     /// Training forward over a padded batch.
@@ -538,25 +538,17 @@ impl Transformer {
         let causal = Tensor::tril2(t, DType::F32, self.device())?.unsqueeze(0)?.unsqueeze(0)?;
         let bias = attention_bias(&causal, attention_mask)?;
         let rope = self.rope.cos_sin(position_ids, self.dtype())?;
+        let k = self.kernels();
         let mut x = self.embed(input_ids)?;
         for block in &self.layers {
-            x = block.forward(&x, &rope, &bias)?;
+            x = block.forward(&x, &rope, &bias, k)?;
         }
-        self.norm.forward(&x)
+        self.norm.forward(&x, k)
     }
 
     /// Projects hidden states `[..., hidden]` to logits `[..., vocab]`.
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
-        let mut dims = hidden.dims().to_vec();
-        let h = dims.pop().unwrap_or(1);
-        let rows: usize = dims.iter().product();
-        let x2 = hidden.reshape((rows, h))?;
-        dims.push(self.cfg.vocab_size);
-        if let Some(y) = fast::linear(&x2, &self.lm_head, None)? {
-            return Ok(y.reshape(dims)?);
-        }
-        let logits = x2.matmul(&self.lm_head.t()?)?;
-        Ok(logits.reshape(dims)?)
+        linear_nd(hidden, &self.lm_head, None, self.kernels())
     }
 
     /// Incremental decode: runs `t` new tokens per row against the caller's cache and appends
@@ -590,12 +582,13 @@ impl Transformer {
         let causal = offset_causal(t, past, self.device())?;
         let bias = attention_bias(&causal, &cache.valid_prefix(past + t)?)?;
         let rope = self.rope.cos_sin(position_ids, self.dtype())?;
+        let k = self.kernels();
         let mut x = self.embed(input_ids)?;
         for (i, block) in self.layers.iter().enumerate() {
-            x = block.forward_cached(&x, &rope, &bias, cache, i)?;
+            x = block.forward_cached(&x, &rope, &bias, cache, i, k)?;
         }
         cache.advance(t);
-        self.norm.forward(&x)
+        self.norm.forward(&x, k)
     }
 
     /// RoPE tables `(cos, sin)` for `positions` `[B, T]` u32, each `[B, 1, T, head_dim]` f32.
@@ -618,14 +611,13 @@ fn offset_causal(t: usize, past: usize, device: &Device) -> Result<Tensor> {
     Ok(Tensor::from_vec(data, (1, 1, t, s), device)?)
 }
 
-/// The dtype softmax and RMS statistics are computed in: f32, or f64 for an f64 model (so an
-/// f64 model is f64 throughout, which finite-difference gradient checks rely on).
-fn upcast(dtype: DType) -> DType {
-    if dtype == DType::F64 {
-        DType::F64
-    } else {
-        DType::F32
-    }
+/// `x` `[..., in]` · `w` `[out, in]`ᵀ (+ bias) → `[..., out]`, as one 2-D product.
+fn linear_nd(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, k: Kernels) -> Result<Tensor> {
+    let mut dims = x.dims().to_vec();
+    let inp = dims.pop().unwrap_or(1);
+    let rows: usize = dims.iter().product();
+    dims.push(w.dim(0)?);
+    Ok(ops::linear(&x.reshape((rows, inp))?, w, bias, k)?.reshape(dims)?)
 }
 
 /// Combines a `[1, 1, T, S]` causal pattern with a `[B, S]` key validity mask into the additive

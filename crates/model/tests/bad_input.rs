@@ -7,7 +7,7 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use aha_model::{load_model, ModelSpec};
-use candle_core::{DType, Device};
+use candle_core::Device;
 
 /// A copy of the tiny Qwen2 fixture in a temp dir, to damage.
 fn copy_fixture() -> (tempfile::TempDir, PathBuf) {
@@ -22,7 +22,7 @@ fn copy_fixture() -> (tempfile::TempDir, PathBuf) {
 
 fn load_err(path: &Path) -> String {
     let spec = ModelSpec::parse(path.to_str().unwrap());
-    let e = load_model(&spec, &Device::Cpu, DType::F32).expect_err("loading should fail");
+    let e = load_model(&spec, &aha_model::ExecRequest::default()).expect_err("loading should fail");
     let s = e.to_string();
     println!("{s}");
     s

@@ -71,7 +71,7 @@ fn check(arch: &str) {
     }
     let file = tmp.path().join("model.gguf");
     write_gguf(&src, &cfg, &file);
-    let m = load_gguf(&file, None, &Device::Cpu, DType::F32).unwrap();
+    let m = load_gguf(&file, None, &aha_model::ExecRequest::default()).unwrap();
     assert_eq!(m.config.arch, cfg.arch);
     assert_eq!(m.config.tie_word_embeddings, cfg.tie_word_embeddings);
     assert_eq!(m.config.attention_bias, cfg.attention_bias);
@@ -95,8 +95,8 @@ fn check_without_rope_scaling(src: &Path, cfg: &ModelConfig) {
     std::fs::write(tmp.path().join("config.json"), plain.to_hf_json().to_string()).unwrap();
     let file = tmp.path().join("model.gguf");
     write_gguf(src, &plain, &file);
-    let a = load_gguf(&file, None, &Device::Cpu, DType::F32).unwrap();
-    let b = aha_model::io::load_hf_dir(tmp.path(), &Device::Cpu, DType::F32).unwrap();
+    let a = load_gguf(&file, None, &aha_model::ExecRequest::default()).unwrap();
+    let b = aha_model::io::load_hf_dir(tmp.path(), &aha_model::ExecRequest::default()).unwrap();
     let ids = Tensor::new(&[[5u32, 77, 200, 258, 3, 9]], &Device::Cpu).unwrap();
     let mask = Tensor::ones((1, 6), DType::U32, &Device::Cpu).unwrap();
     let pos = Tensor::new(&[[0u32, 1, 2, 3, 4, 5]], &Device::Cpu).unwrap();

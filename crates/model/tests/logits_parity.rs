@@ -20,7 +20,7 @@ struct Reference {
 
 fn load(arch: &str) -> (LoadedModel, Reference) {
     let dir = common::fixtures().join(format!("tiny-{arch}"));
-    let model = load_hf_dir(&dir, &Device::Cpu, DType::F32).unwrap();
+    let model = load_hf_dir(&dir, &aha_model::ExecRequest::default()).unwrap();
     let r = candle_core::safetensors::load(dir.join("reference.safetensors"), &Device::Cpu).unwrap();
     let u32_of = |k: &str| r[k].to_dtype(DType::U32).unwrap();
     let reference = Reference {

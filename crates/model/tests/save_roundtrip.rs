@@ -19,11 +19,11 @@ fn logits(m: &aha_model::LoadedModel) -> Tensor {
 fn save_then_load_is_identical() {
     for arch in ["qwen2", "qwen3", "llama"] {
         let src = common::fixtures().join(format!("tiny-{arch}"));
-        let a = load_hf_dir(&src, &Device::Cpu, DType::F32).unwrap();
+        let a = load_hf_dir(&src, &aha_model::ExecRequest::default()).unwrap();
         let tmp = tempfile::tempdir().unwrap();
         let out = tmp.path().join("ckpt");
         a.save_pretrained(&out).unwrap();
-        let b = load_hf_dir(&out, &Device::Cpu, DType::F32).unwrap();
+        let b = load_hf_dir(&out, &aha_model::ExecRequest::default()).unwrap();
         assert_eq!(a.config, b.config, "{arch}");
         assert_eq!(common::max_abs_diff(&logits(&a), &logits(&b)), 0.0, "{arch}");
         let tok_a = std::fs::read(src.join("tokenizer.json")).unwrap();
@@ -60,7 +60,7 @@ fn sharded_checkpoint_loads_like_a_single_file() {
     }
     let index = serde_json::json!({"metadata": {}, "weight_map": weight_map});
     std::fs::write(dir.join("model.safetensors.index.json"), index.to_string()).unwrap();
-    let a = load_hf_dir(&src, &Device::Cpu, DType::F32).unwrap();
-    let b = load_hf_dir(dir, &Device::Cpu, DType::F32).unwrap();
+    let a = load_hf_dir(&src, &aha_model::ExecRequest::default()).unwrap();
+    let b = load_hf_dir(dir, &aha_model::ExecRequest::default()).unwrap();
     assert_eq!(common::max_abs_diff(&logits(&a), &logits(&b)), 0.0);
 }

@@ -36,7 +36,7 @@ fn smollm2_gguf_logits_match_transformers() {
     };
     let text = std::fs::read_to_string(common::fixtures().join("smollm2/reference.json")).unwrap();
     let r: Value = serde_json::from_str(&text).unwrap();
-    let m = load_gguf(&file, None, &Device::Cpu, DType::F32).unwrap();
+    let m = load_gguf(&file, None, &aha_model::ExecRequest::default()).unwrap();
     assert_eq!(m.config.vocab_size, r["vocab_size"].as_u64().unwrap() as usize);
 
     let ids = ints(&r["input_ids"]);
@@ -78,7 +78,7 @@ fn smollm2_gguf_tokenizer_and_template_match_transformers() {
     };
     let text = std::fs::read_to_string(common::fixtures().join("smollm2/reference.json")).unwrap();
     let r: Value = serde_json::from_str(&text).unwrap();
-    let m = load_gguf(&file, None, &Device::Cpu, DType::F32).unwrap();
+    let m = load_gguf(&file, None, &aha_model::ExecRequest::default()).unwrap();
     let prompt =
         m.tokenizer.apply_chat_template(&[ChatMessage::new("user", "What is the capital of France?")], true).unwrap();
     assert_eq!(prompt, r["prompt_text"].as_str().unwrap());

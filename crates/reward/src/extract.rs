@@ -1,6 +1,6 @@
 //! Answer extraction from a completion, in linear time on any input.
 //!
-//! Policy (DESIGN §3): the chain of thought ends at the first `</think>`; nothing before it counts.
+//! Policy (docs/DESIGN.md §3): the chain of thought ends at the first `</think>`; nothing before it counts.
 //! After it there must be exactly one `<answer>…</answer>` block with non-blank content and nothing
 //! but whitespace after `</answer>`; otherwise there is no answer (a duplicated or hedged answer
 //! block, junk after the block or a completion cut off inside it all score as "no answer"). Inside

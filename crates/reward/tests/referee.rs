@@ -1,4 +1,4 @@
-//! reasoning-gym as an outside referee (must-show 4): aha's verdicts on the committed dump
+//! reasoning-gym as an outside referee: aha's verdicts on the committed dump
 //! `tests/fixtures/reasoning_gym.jsonl` (made by `scripts/reasoning-gym-referee.sh`) against
 //! reasoning-gym's `score_answer` (correct = score 1.0). Countdown uses aha's Countdown verifier,
 //! basic arithmetic aha's numeric verifier. Prints the agreement rate and every disagreement by

@@ -1,4 +1,4 @@
-//! Must-show 3 of issue 3: the sandbox contains hostile programs, the host is unchanged afterwards
+//! The sandbox (docs/DESIGN.md §3.7) contains hostile programs, the host is unchanged afterwards
 //! and the caller stays alive. Run as root (as CI does) these exercise run-uid isolation, and two of
 //! them re-run this binary as `nobody` to exercise user-namespace isolation and the refusal of
 //! run-uid isolation without root. Without root they are skipped with a note, or fail when `CI` is

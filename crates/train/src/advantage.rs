@@ -1,4 +1,4 @@
-//! Group-relative advantages (DESIGN §2): each sample's reward relative to its group.
+//! Group-relative advantages (docs/DESIGN.md §2): each sample's reward relative to its group.
 //!
 //! `A_i = (r_i − mean(r)) / (std(r) + 1e-4)`, std Bessel-corrected as in TRL. A sample whose
 //! every reward was unscorable (`None`) is left out of its group's statistics and gets A = 0;

@@ -6,7 +6,8 @@
 //! so every completion starts at column P and token j of a completion is predicted by the
 //! hidden state at column P − 1 + j. Position ids count real tokens only.
 
-use aha_model::{handgrad, Transformer};
+use aha_model::cpu::handgrad;
+use aha_model::{Kernels, Transformer};
 use candle_core::{DType, Device, Tensor, Var};
 
 use crate::error::Result;
@@ -73,7 +74,7 @@ pub fn completion_logprobs(model: &Transformer, batch: &SeqBatch) -> Result<(Ten
     let hidden = model.forward_hidden(&batch.input_ids, &batch.attention_mask, &batch.position_ids)?;
     let h = hidden.narrow(1, batch.prompt_width - 1, batch.completion_width)?;
     let logits = model.logits(&h)?;
-    let logps = token_logprobs(&logits, &batch.completion_ids)?;
+    let logps = token_logprobs(&logits, &batch.completion_ids, model.kernels())?;
     Ok((logps, logits))
 }
 
@@ -87,15 +88,15 @@ pub struct PolicyForward {
 }
 
 enum GradPath {
-    Autograd { logits: Tensor },
+    Autograd { logits: Tensor, kernels: Kernels },
     HandWritten { leaf: Var, fwd: Box<handgrad::TrainForward> },
 }
 
 /// The differentiable forward of `batch`'s completions under `model` (see [`PolicyForward`]).
 pub fn policy_forward(model: &Transformer, batch: &SeqBatch) -> Result<PolicyForward> {
-    if !handgrad::supported(model) {
+    if !model.plan().hand_written_grads() {
         let (logps, logits) = completion_logprobs(model, batch)?;
-        return Ok(PolicyForward { logps, path: GradPath::Autograd { logits } });
+        return Ok(PolicyForward { logps, path: GradPath::Autograd { logits, kernels: model.kernels() } });
     }
     let fwd = hand_written_forward(model, batch)?;
     // A leaf variable: the loss's backward stops here and hands its gradient to the model's.
@@ -105,7 +106,7 @@ pub fn policy_forward(model: &Transformer, batch: &SeqBatch) -> Result<PolicyFor
 
 /// Completion log-probabilities `[B, Lc]` without gradient (π_old, π_ref).
 pub fn no_grad_logprobs(model: &Transformer, batch: &SeqBatch) -> Result<Tensor> {
-    if handgrad::supported(model) {
+    if model.plan().hand_written_grads() {
         return Ok(hand_written_forward(model, batch)?.logps);
     }
     Ok(completion_logprobs(&model.detached()?, batch)?.0.detach())
@@ -132,7 +133,7 @@ impl PolicyForward {
     /// Mean per-token entropy over `mask` `[B, Lc]`.
     pub fn mean_entropy(&self, mask: &Tensor) -> Result<f64> {
         match &self.path {
-            GradPath::Autograd { logits } => mean_entropy(logits, mask),
+            GradPath::Autograd { logits, kernels } => mean_entropy(logits, mask, *kernels),
             GradPath::HandWritten { fwd, .. } => masked_mean_scalar(&fwd.entropy, &mask.to_dtype(DType::F32)?),
         }
     }

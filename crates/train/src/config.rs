@@ -96,7 +96,7 @@ impl Default for OptimConfig {
     }
 }
 
-/// The GRPO objective's settings (DESIGN §2).
+/// The GRPO objective's settings (docs/DESIGN.md §2).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct GrpoLossConfig {

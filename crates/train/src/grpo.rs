@@ -1,7 +1,7 @@
-//! The GRPO trainer. One step reads as one story (DESIGN §5):
+//! The GRPO trainer. One step reads as one story (docs/DESIGN.md §5):
 //! prompts → rollout → rewards → advantages → μ × minibatches of (loss → backward → AdamW).
 //!
-//! Exactly DESIGN §2: group advantages, TRL's four loss aggregations, token or sequence (GSPO)
+//! Exactly docs/DESIGN.md §2: group advantages, TRL's four loss aggregations, token or sequence (GSPO)
 //! ratios, k3 KL to a reference refreshed every N steps (β = 0 builds no reference), dynamic
 //! sampling, masking of truncated completions, grad accumulation, clipping, schedules. All
 //! randomness is derived from (seed, step), so a resumed run continues bit-identically.

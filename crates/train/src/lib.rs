@@ -1,4 +1,4 @@
-//! aha-train: the trainers. GRPO (DESIGN §2) and SFT, the AdamW optimiser and schedules,
+//! aha-train: the trainers. GRPO (docs/DESIGN.md §2) and SFT, the AdamW optimiser and schedules,
 //! checkpoints with exact resume, procedural tasks and datasets.
 //!
 //! The trainer sees the model as a map from token ids to logits and the rewards as a registry

@@ -1,4 +1,4 @@
-//! The GRPO objective (DESIGN §2), term for term as TRL's `GRPOTrainer._compute_loss`.
+//! The GRPO objective (docs/DESIGN.md §2), term for term as TRL's `GRPOTrainer._compute_loss`.
 //!
 //! Per token: `l = −min(ρ·A, clip(ρ, 1−ε_low, 1+ε_high)·A) + β·(e^{ref−logπ} − (ref−logπ) − 1)`,
 //! with ρ per token or, for GSPO, one per sequence (exp of the masked mean log-ratio). The
@@ -8,6 +8,7 @@
 //! With one inner iteration π_old = π_θ, so ρ = 1 and the printed loss is ≈ 0 (exactly 0 with
 //! β = 0 and zero-mean advantages) while its gradient is REINFORCE's: that is expected.
 
+use aha_model::Kernels;
 use candle_core::{DType, Tensor, D};
 
 use crate::config::{GrpoLossConfig, ImportanceLevel, LossType};
@@ -157,32 +158,19 @@ pub fn grpo_loss(inp: &LossInputs, cfg: &GrpoLossConfig, norm: &LossNorm) -> Res
     Ok(LossOutput { loss, stats: LossStats { clip_low, clip_high, clip_region, kl } })
 }
 
-/// Per-token log-probabilities of `targets` under `logits`.
+/// Per-token log-probabilities of `targets` under `logits`, with the model's kernels `k`.
 ///
-/// `logits`: `[B, L, V]`; `targets`: `[B, L]` u32 → `[B, L]` in f32 (computed in f32 whatever the
-/// logits dtype). Differentiable (log-softmax then gather).
-pub fn token_logprobs(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
-    if aha_model::fused::supported(logits) {
-        // CPU: one fused log-softmax + gather with its own backward.
-        let (b, l, v) = logits.dims3()?;
-        let flat = aha_model::fused::gather_logprobs(&logits.reshape((b * l, v))?, &targets.flatten_all()?)?;
-        return Ok(flat.reshape((b, l))?.to_dtype(DType::F32)?);
-    }
-    let logits = logits.to_dtype(DType::F32)?;
-    let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
-    let idx = targets.unsqueeze(D::Minus1)?.contiguous()?;
-    Ok(logp.gather(&idx, D::Minus1)?.squeeze(D::Minus1)?)
+/// `logits`: `[B, L, V]`; `targets`: `[B, L]` u32 → `[B, L]` in f32 (computed in f32, or f64 for
+/// f64 logits). Differentiable (log-softmax then gather).
+pub fn token_logprobs(logits: &Tensor, targets: &Tensor, k: Kernels) -> Result<Tensor> {
+    let (b, l, v) = logits.dims3()?;
+    let flat = aha_model::ops::gather_logprobs(&logits.reshape((b * l, v))?, &targets.flatten_all()?, k)?;
+    Ok(flat.reshape((b, l))?.to_dtype(DType::F32)?)
 }
 
 /// Mean per-token entropy of the distributions in `logits` (`[B, L, V]`) over `mask` (`[B, L]`).
-pub fn mean_entropy(logits: &Tensor, mask: &Tensor) -> Result<f64> {
-    if aha_model::fused::supported(logits) {
-        let (b, l, v) = logits.dims3()?;
-        let ent = aha_model::fused::row_entropy(&logits.detach().reshape((b * l, v))?)?.reshape((b, l))?;
-        return masked_mean_scalar(&ent.to_dtype(DType::F32)?, &mask.to_dtype(DType::F32)?);
-    }
-    let logits = logits.detach().to_dtype(DType::F32)?;
-    let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
-    let ent = (logp.exp()? * &logp)?.sum(D::Minus1)?.neg()?;
-    masked_mean_scalar(&ent, &mask.to_dtype(DType::F32)?)
+pub fn mean_entropy(logits: &Tensor, mask: &Tensor, k: Kernels) -> Result<f64> {
+    let (b, l, v) = logits.dims3()?;
+    let ent = aha_model::ops::row_entropy(&logits.reshape((b * l, v))?, k)?.reshape((b, l))?;
+    masked_mean_scalar(&ent.to_dtype(DType::F32)?, &mask.to_dtype(DType::F32)?)
 }

@@ -5,7 +5,8 @@
 
 use std::collections::BTreeMap;
 
-use aha_model::fused::cpu_slices;
+use aha_model::cpu::autograd::cpu_slices;
+use aha_model::exec::cpu_float;
 use candle_core::{backprop::GradStore, DType, Tensor, Var, WithDType};
 use rayon::prelude::*;
 
@@ -46,8 +47,8 @@ impl Grads {
         let mut total = 0f64;
         for g in self.0.iter().flatten() {
             total += match g.dtype() {
-                DType::F32 if g.device().is_cpu() => cpu_slices::<f32, _>(&[g], |x| sum_squares(x[0]))?,
-                DType::F64 if g.device().is_cpu() => cpu_slices::<f64, _>(&[g], |x| sum_squares(x[0]))?,
+                DType::F32 if cpu_float(g.device(), g.dtype()) => cpu_slices::<f32, _>(&[g], |x| sum_squares(x[0]))?,
+                DType::F64 if cpu_float(g.device(), g.dtype()) => cpu_slices::<f64, _>(&[g], |x| sum_squares(x[0]))?,
                 _ => g.sqr()?.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?,
             };
         }
@@ -252,7 +253,7 @@ fn adamw_flat<T: WithDType>(c: Coeffs, p: &[T], g: &[T], m: &[T], v: &[T]) -> (V
 /// The fused update for CPU f32/f64 parameters; `false` when it does not apply.
 fn update_fused(var: &Var, g: &Tensor, mo: &mut Moments, c: Coeffs) -> Result<bool> {
     let p = var.as_tensor();
-    if !aha_model::fused::supported(p) || g.dtype() != p.dtype() {
+    if !cpu_float(p.device(), p.dtype()) || g.dtype() != p.dtype() {
         return Ok(false);
     }
     match p.dtype() {

@@ -49,6 +49,20 @@ pub fn restore(trainer: &mut GrpoTrainer, run_dir: &Path) -> Result<Option<PathB
     Ok(Some(dir))
 }
 
+/// The run header of a training run's `metrics.jsonl`: what is trained (`kind`), the model's
+/// execution plan (backend, device, dtype), the step it starts from and aha's version. Also
+/// printed, so the log says which code path runs.
+pub fn run_header(kind: &str, model: &aha_model::Transformer, start_step: usize) -> serde_json::Value {
+    eprintln!("{kind}: {} ({:?} model)", model.plan().describe(), model.config().arch);
+    serde_json::json!({
+        "kind": kind,
+        "exec": model.plan().to_json(),
+        "arch": format!("{:?}", model.config().arch),
+        "start_step": start_step,
+        "aha_version": env!("CARGO_PKG_VERSION"),
+    })
+}
+
 /// Runs steps until `settings.max_steps`, writing metrics, samples and checkpoints.
 pub fn train(
     trainer: &mut GrpoTrainer,
@@ -59,6 +73,8 @@ pub fn train(
     mut on_step: impl FnMut(usize, &StepMetrics) -> Result<()>,
 ) -> Result<()> {
     let mut writer = MetricsWriter::create(run_dir).map_err(|e| TrainError::Other(e.to_string()))?;
+    let header = run_header("grpo", &trainer.policy, trainer.step);
+    writer.log_run_header(&header).map_err(|e| TrainError::Other(e.to_string()))?;
     let total = trainer.settings.max_steps;
     let mut bar = if opts.progress { TrainProgress::new(total as u64) } else { TrainProgress::hidden(total as u64) };
     bar.set_step(trainer.step as u64);

@@ -3,7 +3,7 @@
 //! Prompts are decoded in batches of `batch_prompts`; prompt `i` of the whole set always uses
 //! the random stream `(seed, i, sample)` (the rollout's `prompt_index_offset`), so a sample
 //! does not depend on the batch size. Every sample is scored by the whole reward registry, its
-//! final answer extracted (DESIGN §3: the last `<answer>` block after `</think>`, the last
+//! final answer extracted (docs/DESIGN.md §3.3: the `<answer>` block after `</think>`, the last
 //! `\boxed{}` inside it), and judged: *correct* when the reward named `correct_reward` scores
 //! it ≥ 1, *well formed* when the reward named `format_reward` does (or, when the registry has
 //! no such reward, when [`aha_reward::format::is_well_formed`] accepts it).

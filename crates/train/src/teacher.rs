@@ -7,7 +7,7 @@
 //! - `cot_words`: every step opens with a connective word, the English `so` or, with
 //!   probability `foreign_fraction`, the Chinese `故` ("therefore"). At 0.5 half of the chain
 //!   of thought's words are Chinese: the language mixing R1's language-consistency reward
-//!   removes (DESIGN §3).
+//!   removes (docs/DESIGN.md §3.6).
 
 use std::path::Path;
 

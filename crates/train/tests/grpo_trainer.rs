@@ -12,7 +12,7 @@ use aha_train::grpo::{GrpoSettings, GrpoTrainer, TextCodec};
 use aha_train::optim::{named_vars, AdamW};
 use aha_train::run::{ensure_finite, restore, save, RunOptions};
 use aha_train::tasks::{Split, TaskSpec};
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Tensor};
 use tempfile::TempDir;
 
 const REWARDS_TOML: &str = r#"
@@ -190,7 +190,7 @@ fn resume_is_exact(rows: usize, n: usize) {
         save(&first, &s.lm.tokenizer, &run_dir, &RunOptions::default(), &serde_json::json!({})).unwrap();
     }
     let ckpt = aha_train::checkpoint::latest_checkpoint(&run_dir).unwrap().unwrap();
-    let lm = load_model(&ModelSpec::HfDir(ckpt.clone()), &Device::Cpu, DType::F32).unwrap();
+    let lm = load_model(&ModelSpec::HfDir(ckpt.clone()), &aha_model::ExecRequest::default()).unwrap();
     let mut resumed = trainer(&s, &lm, &reg, cfg);
     assert_eq!(restore(&mut resumed, &run_dir).unwrap(), Some(ckpt));
     assert_eq!(resumed.step, n);
@@ -401,7 +401,7 @@ fn kill_9_during_a_save_leaves_the_previous_checkpoint_used_on_resume() {
     assert_eq!(ckpt.file_name().unwrap(), "step-000001");
     let s = setup(5);
     let reg = demo_registry_with_spread();
-    let lm = load_model(&ModelSpec::HfDir(ckpt.clone()), &Device::Cpu, DType::F32).unwrap();
+    let lm = load_model(&ModelSpec::HfDir(ckpt.clone()), &aha_model::ExecRequest::default()).unwrap();
     let mut resumed = trainer(&s, &lm, &reg, settings(LossType::Grpo));
     assert_eq!(restore(&mut resumed, &run_dir).unwrap(), Some(ckpt));
     assert_eq!((resumed.step, resumed.opt.steps_done()), (1, 1));

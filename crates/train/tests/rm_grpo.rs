@@ -41,8 +41,14 @@ fn a_model_reward_for_the_last_steps_is_called_only_there_and_enters_the_total()
     init_tiny(&dir.path().join("rm-base"), &tiny(), 4).unwrap();
     // A tiny reward model: a base with a fresh head (large enough to spread the scores), saved
     // and reopened the way GRPO loads one.
-    let mut base =
-        RewardModel::load(&ModelSpec::HfDir(dir.path().join("rm-base")), Some(PromptTemplate::Raw), 1.0, 9).unwrap();
+    let mut base = RewardModel::load(
+        &ModelSpec::HfDir(dir.path().join("rm-base")),
+        Some(PromptTemplate::Raw),
+        1.0,
+        9,
+        &Default::default(),
+    )
+    .unwrap();
     base.objective = Objective::Pairwise;
     let rm_dir = dir.path().join("rm");
     base.save(&rm_dir).unwrap();
@@ -52,7 +58,7 @@ fn a_model_reward_for_the_last_steps_is_called_only_there_and_enters_the_total()
     ))
     .unwrap();
     let max_steps = 4;
-    let model_rewards = ModelRewards::load(std::slice::from_ref(&spec), max_steps).unwrap();
+    let model_rewards = ModelRewards::load(std::slice::from_ref(&spec), max_steps, &Default::default()).unwrap();
     assert_eq!(model_rewards.rewards[0].from_step, 3);
 
     let task = TaskSpec::Arithmetic { min_operands: 2, max_operands: 3, max_value: 9 };
@@ -71,7 +77,7 @@ fn a_model_reward_for_the_last_steps_is_called_only_there_and_enters_the_total()
     let mut trainer =
         GrpoTrainer::new(settings, &lm.model, opt, &rows, prompt_ids, &registry, &lm.tokenizer, 11).unwrap();
     trainer.model_rewards = model_rewards;
-    let judge = RewardModel::open(&rm_dir).unwrap();
+    let judge = RewardModel::open(&rm_dir, &Default::default()).unwrap();
     for step in 1..=max_steps {
         let out = trainer.step().unwrap();
         let active = step > max_steps - 2;

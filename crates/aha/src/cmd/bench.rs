@@ -15,14 +15,16 @@ mod trl_rewards;
 
 use std::time::Instant;
 
+use aha_model::cpu::handgrad;
 use aha_model::rollout::{rollout, RolloutConfig};
-use aha_model::{handgrad, Arch, ModelConfig, Transformer};
+use aha_model::{Arch, ModelConfig, Transformer};
 use aha_train::config::OptimConfig;
 use aha_train::optim::{named_vars, AdamW};
 use anyhow::{Context, Result};
-use candle_core::{DType, Device, Tensor};
-use candle_nn::{VarBuilder, VarMap};
+use candle_core::{DType, Tensor};
 use clap::{Subcommand, ValueEnum};
+
+use crate::exec_args::ExecArgs;
 
 use cpu::CpuInfo;
 use rand::{Rng, SeedableRng};
@@ -41,7 +43,7 @@ enum Workload {
     Rollout(Opts),
     /// Training: batch 16 × 128 random tokens, forward + cross-entropy + backward + AdamW.
     Train(Opts),
-    /// GRPO steps exactly as `../shared/bench/trl_grpo/` (TRL GRPOTrainer), phase by phase.
+    /// GRPO steps exactly as TRL's GRPOTrainer benchmark (`bench/trl_grpo.sh`), phase by phase.
     Grpo(grpo::GrpoOpts),
 }
 
@@ -56,12 +58,15 @@ struct Opts {
     /// Unmeasured warm-up repetitions.
     #[arg(long, default_value_t = 1)]
     warmup: usize,
+    /// Device, dtype and backend (`--backend cpu-autograd` measures candle's autograd).
+    #[command(flatten)]
+    exec: ExecArgs,
     /// Also print one JSON line (`BENCH {...}`) for scripts.
     #[arg(long)]
     json: bool,
 }
 
-/// The two fixed shapes of issue 4.
+/// The two fixed model shapes of `aha bench rollout|train` (see `BENCHMARKS.md`).
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 enum Shape {
     /// vocab 512, hidden 256, 4 layers, 4 heads, 2 KV heads, intermediate 768, tied head.
@@ -200,8 +205,8 @@ fn random_ids(rng: &mut ChaCha8Rng, n: usize, vocab: usize) -> Vec<u32> {
 
 fn bench_rollout(opts: &Opts) -> Result<Report> {
     let cfg = opts.config.config();
-    let varmap = VarMap::new();
-    let model = Transformer::new(&cfg, VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu))?;
+    let (model, _) = Transformer::random(&cfg, &opts.exec.request())?;
+    println!("{}", model.plan().describe());
     let mut rng = ChaCha8Rng::seed_from_u64(0);
     let prompts: Vec<Vec<u32>> = (0..BATCH).map(|_| random_ids(&mut rng, PROMPT_LEN, cfg.vocab_size)).collect();
     let rcfg = RolloutConfig { group_size: 1, max_new_tokens: NEW_TOKENS, ..Default::default() };
@@ -226,15 +231,15 @@ fn bench_rollout(opts: &Opts) -> Result<Report> {
 
 fn bench_train(opts: &Opts) -> Result<Report> {
     let cfg = opts.config.config();
-    let varmap = VarMap::new();
-    let model = Transformer::new(&cfg, VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu))?;
+    let (model, varmap) = Transformer::random(&cfg, &opts.exec.request())?;
+    println!("{}", model.plan().describe());
     let optim = OptimConfig { learning_rate: 1e-4, weight_decay: 0.01, max_grad_norm: 0.0, ..OptimConfig::default() };
     let mut opt = AdamW::new(named_vars(&varmap), optim)?;
     let mut rng = ChaCha8Rng::seed_from_u64(0);
     let iters = opts.iters.unwrap_or(opts.config.default_iters());
     let mut batch = || -> Result<Tensor> {
         let ids = random_ids(&mut rng, BATCH * (TRAIN_LEN + 1), cfg.vocab_size);
-        Ok(Tensor::from_vec(ids, (BATCH, TRAIN_LEN + 1), &Device::Cpu)?)
+        Ok(Tensor::from_vec(ids, (BATCH, TRAIN_LEN + 1), model.device())?)
     };
     for _ in 0..opts.warmup {
         train_step(&model, &mut opt, &batch()?)?;
@@ -253,25 +258,27 @@ fn bench_train(opts: &Opts) -> Result<Report> {
 
 /// One training step: next-token cross-entropy over `seq` (`[B, T+1]` u32), backward, and aha's
 /// AdamW (PyTorch's defaults: weight decay 0.01, no clipping). On CPU in f32 the gradient comes
-/// from the hand-written backward, as in SFT and GRPO; `AHA_AUTOGRAD=1` measures candle's.
+/// from the model's plan, as in SFT and GRPO: the hand-written backward under `cpu-handwritten`,
+/// candle's autograd otherwise.
 fn train_step(model: &Transformer, opt: &mut AdamW, seq: &Tensor) -> Result<f32> {
     let (b, t1) = seq.dims2()?;
     let t = t1 - 1;
+    let dev = model.device();
     let input = seq.narrow(1, 0, t)?.contiguous()?;
     let target = seq.narrow(1, 1, t)?.contiguous()?;
-    let mask = Tensor::ones((b, t), DType::F32, &Device::Cpu)?;
-    let pos = Tensor::arange(0u32, t as u32, &Device::Cpu)?.unsqueeze(0)?.repeat((b, 1))?;
-    let (loss, grads) = if handgrad::supported(model) {
+    let mask = Tensor::ones((b, t), DType::F32, dev)?;
+    let pos = Tensor::arange(0u32, t as u32, dev)?.unsqueeze(0)?.repeat((b, 1))?;
+    let (loss, grads) = if model.plan().hand_written_grads() {
         // Mean next-token cross-entropy: its gradient with respect to each log-prob is −1 / tokens.
         let fwd = handgrad::forward(model, &input, &mask, &pos, 0, &target)?;
         let tokens = target.elem_count() as f64;
         let loss = fwd.logps.sum_all()?.to_scalar::<f32>()? / -(tokens as f32);
-        let dlogps = Tensor::full(-(1.0 / tokens) as f32, (b, t), &Device::Cpu)?;
+        let dlogps = Tensor::full(-(1.0 / tokens) as f32, (b, t), dev)?;
         (loss, opt.collect_named(fwd.backward(&dlogps)?)?)
     } else {
         let logits = model.forward(&input, &mask, &pos)?.reshape((b * t, ()))?;
-        let lp = aha_model::fused::gather_logprobs(&logits, &target.flatten_all()?)?;
-        let loss = lp.mean_all()?.neg()?;
+        let lp = aha_model::ops::gather_logprobs(&logits, &target.flatten_all()?, model.kernels())?;
+        let loss = lp.mean_all()?.neg()?.to_dtype(DType::F32)?;
         (loss.to_scalar::<f32>()?, opt.collect(&loss.backward()?))
     };
     opt.step(&grads, usize::MAX).context("AdamW step")?;

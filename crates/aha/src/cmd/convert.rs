@@ -3,9 +3,8 @@
 
 use std::path::PathBuf;
 
-use aha_model::{load_model, ModelSpec};
+use aha_model::{load_model, ExecRequest, ModelSpec};
 use anyhow::Context;
-use candle_core::{DType, Device};
 
 /// Convert a model to a Hugging Face directory.
 #[derive(Debug, clap::Args)]
@@ -24,7 +23,8 @@ pub struct Args {
 /// Runs `aha convert`.
 pub fn run(args: Args) -> anyhow::Result<()> {
     let spec = with_tokenizer(ModelSpec::parse(&args.model), args.tokenizer);
-    let m = load_model(&spec, &Device::Cpu, DType::F32).with_context(|| format!("loading {}", args.model))?;
+    // A file-format conversion: read into host memory in f32, whatever device training uses.
+    let m = load_model(&spec, &ExecRequest::default()).with_context(|| format!("loading {}", args.model))?;
     m.save_pretrained(&args.out).with_context(|| format!("saving {}", args.out.display()))?;
     println!("wrote {} ({:?}, {} layers)", args.out.display(), m.config.arch, m.config.num_hidden_layers);
     Ok(())

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use aha_metrics::{draw_report, write_eval, EvalRecord, Metrics, MetricsWriter, TrainProgress};
-use aha_model::{init_tiny, LoadedModel, TinySpec};
+use aha_model::{init_tiny_on, LoadedModel, TinySpec};
 use aha_reward::{Registry, RewardsConfig};
 use aha_train::config::{GrpoLossConfig, LrSchedule, OptimConfig};
 use aha_train::data::{CursorState, DataCursor, PromptRow};
@@ -26,6 +26,8 @@ use anyhow::{Context, Result};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde_json::json;
+
+use crate::exec_args::ExecArgs;
 
 /// Arguments of `aha demo`.
 #[derive(clap::Args, Debug)]
@@ -86,6 +88,9 @@ pub struct Args {
     /// Attention heads of the tiny model (2 KV heads).
     #[arg(long, default_value_t = 4)]
     pub heads: usize,
+    /// Device, dtype and backend (the published figures are CPU, f32, auto).
+    #[command(flatten)]
+    pub exec: ExecArgs,
 }
 
 /// The demo's fixed recipe.
@@ -167,8 +172,9 @@ pub fn run(args: Args) -> Result<()> {
     let plan = Plan::new(&args);
     std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
     clear_previous_run(&args.out)?;
-    let lm = init_tiny(&args.out.join("model-init"), &plan.model, args.seed).context("creating the tiny model")?;
-    eprintln!("[1/5] tiny model: {} parameters", param_count(&lm));
+    let lm = init_tiny_on(&args.out.join("model-init"), &plan.model, args.seed, &args.exec.request())
+        .context("creating the tiny model")?;
+    eprintln!("[1/5] tiny model: {} parameters, {}", param_count(&lm), lm.model.plan().describe());
     let train_set = plan.task.generate(args.seed, Split::Train, plan.train_size, plan.test_percent);
     let test_set = plan.task.generate(args.seed, Split::Test, plan.eval_questions, plan.test_percent);
     let registry = Registry::build(&RewardsConfig::from_toml_str(REWARDS_TOML)?)?;
@@ -186,7 +192,7 @@ pub fn run(args: Args) -> Result<()> {
     let plots = draw_report(&run_dir).context("drawing plots")?;
     let wall = start.elapsed().as_secs_f64();
     print_table(&before, &after, wall);
-    write_summary(&args, &plan, &before, &after, wall, &plots)?;
+    write_summary(&args, &plan, &before, &after, wall, &plots, lm.model.plan().to_json())?;
     Ok(())
 }
 
@@ -243,6 +249,7 @@ fn cold_start(lm: &LoadedModel, plan: &Plan, train_set: &[Problem], args: &Args)
     let mut cursor = DataCursor::new(examples.len(), args.seed, CursorState::default());
     let sft_dir = args.out.join("sft");
     let mut writer = MetricsWriter::create(&sft_dir)?;
+    writer.log_run_header(&aha_train::run::run_header("sft", &lm.model, 0))?;
     let mut bar = TrainProgress::new(args.sft_steps as u64);
     eprintln!(
         "[2/5] cold-start SFT: {} steps × {} traces ({}% with a slip)",
@@ -334,6 +341,7 @@ fn write_summary(
     after: &EvalRecord,
     wall: f64,
     plots: &[PathBuf],
+    plan_json: serde_json::Value,
 ) -> Result<()> {
     let summary = json!({
         "seed": args.seed,
@@ -357,6 +365,7 @@ fn write_summary(
         "grpo_temperature": plan.grpo.temperature,
         "num_iterations": plan.grpo.num_iterations,
         "wall_s": wall,
+        "exec": plan_json,
         "plots": plots,
     });
     let path = args.out.join("summary.json");

@@ -18,7 +18,8 @@ use aha_train::source::PromptSource;
 use aha_train::tasks::{Split, TaskSpec};
 use aha_train::template::PromptTemplate;
 use anyhow::{bail, Context, Result};
-use candle_core::{DType, Device};
+
+use crate::exec_args::ExecArgs;
 
 /// Model, questions, rewards and sampling: the flags `aha eval` and `aha sample` share.
 #[derive(clap::Args, Debug)]
@@ -83,6 +84,9 @@ pub struct SamplingArgs {
     /// Questions decoded together (results do not depend on it).
     #[arg(long, default_value_t = 8)]
     pub batch_prompts: usize,
+    /// Device, dtype and backend.
+    #[command(flatten)]
+    pub exec: ExecArgs,
 }
 
 impl SamplingArgs {
@@ -123,9 +127,9 @@ impl SamplingArgs {
         }
     }
 
-    /// Loads the model on the CPU in f32.
+    /// Loads the model where `--device`/`--dtype`/`--backend` say.
     pub fn load_model(&self) -> Result<LoadedModel> {
-        load_model(&ModelSpec::parse(&self.model), &Device::Cpu, DType::F32)
+        load_model(&ModelSpec::parse(&self.model), &self.exec.request())
             .with_context(|| format!("loading {}", self.model))
     }
 

@@ -9,6 +9,8 @@ use aha_model::{load_model, sample_rng, sample_token, ChatMessage, KvCache, Mode
 use anyhow::{bail, Context};
 use candle_core::{DType, Device, IndexOp, Tensor};
 
+use crate::exec_args::ExecArgs;
+
 /// Generate an answer to one prompt.
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -36,16 +38,20 @@ pub struct Args {
     /// For a GGUF model: a directory with `tokenizer.json` to use instead of the GGUF metadata.
     #[arg(long)]
     pub tokenizer: Option<PathBuf>,
+    /// Device, dtype and backend.
+    #[command(flatten)]
+    pub exec: ExecArgs,
 }
 
 /// Runs `aha generate`.
 pub fn run(args: Args) -> anyhow::Result<()> {
     let params = SamplingParams { temperature: args.temperature, top_p: args.top_p, ..SamplingParams::default() };
     params.validate()?;
-    let device = Device::Cpu;
     let spec = super::convert::with_tokenizer(ModelSpec::parse(&args.model), args.tokenizer.clone());
-    let m = load_model(&spec, &device, DType::F32).with_context(|| format!("loading {}", args.model))?;
+    let m = load_model(&spec, &args.exec.request()).with_context(|| format!("loading {}", args.model))?;
     let model = m.model.detached()?;
+    let device = model.device().clone();
+    eprintln!("{}", model.plan().describe());
     let mut messages = Vec::new();
     if let Some(s) = &args.system {
         messages.push(ChatMessage::new("system", s.clone()));
@@ -56,7 +62,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if prompt.len() >= max_len {
         bail!("the prompt has {} tokens, the model's context is {}", prompt.len(), m.config.max_position_embeddings);
     }
-    let mut cache = KvCache::new(&m.config, 1, max_len, DType::F32, &device)?;
+    let mut cache = KvCache::new(&m.config, 1, max_len, model.dtype(), &device)?;
     let mut rng = sample_rng(args.seed, 0, 0);
     let mut stream = m.tokenizer.stream(true);
     let mut out = std::io::stdout().lock();

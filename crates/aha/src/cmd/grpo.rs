@@ -21,6 +21,7 @@ use aha_train::TrainError;
 use anyhow::{bail, Context, Result};
 
 use crate::config::{load_grpo, EvalConfig, GrpoConfig};
+use crate::exec_args::ExecArgs;
 use crate::runs::{draw_plots, load_start, report_skipped, write_resolved_config};
 
 /// Arguments of `aha grpo`.
@@ -32,14 +33,18 @@ pub struct Args {
     /// Continue from the run directory's latest checkpoint.
     #[arg(long)]
     pub resume: bool,
+    /// Device, dtype and backend (over the config's `[exec]`).
+    #[command(flatten)]
+    pub exec: ExecArgs,
 }
 
 /// Runs `aha grpo`.
 pub fn run(args: Args) -> Result<()> {
-    let cfg = load_grpo(&args.config)?;
+    let mut cfg = load_grpo(&args.config)?;
+    cfg.exec = args.exec.over(cfg.exec);
     let config_json = serde_json::to_value(&cfg)?;
     let run_dir = cfg.output_dir.clone();
-    let (lm, from) = load_start(&cfg.model, &run_dir, args.resume)?;
+    let (lm, from) = load_start(&cfg.model, &run_dir, args.resume, &cfg.exec)?;
     let budget = prompt_budget(&lm, cfg.grpo.longest_completion()).context("[grpo].max_completion_length")?;
     let train_set = encode(train_rows(&cfg.data, cfg.seed)?, &lm, &cfg.data, budget)?;
     let registry = Registry::build(&cfg.rewards_config()).context("building the rewards")?;
@@ -139,7 +144,7 @@ fn build_trainer<'a>(
         cfg.seed,
     )?;
     trainer.model_rewards =
-        ModelRewards::load(&cfg.model_rewards(), cfg.grpo.max_steps).context("loading the reward models")?;
+        ModelRewards::load(&cfg.model_rewards(), cfg.grpo.max_steps, &cfg.exec).context("loading the reward models")?;
     Ok(trainer)
 }
 

@@ -9,6 +9,7 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 
+use crate::exec_args::ExecArgs;
 use crate::pipeline::recipe::Recipe;
 use crate::pipeline::run::{run as run_pipeline, Options};
 
@@ -29,11 +30,15 @@ pub struct Args {
     /// Only parse and check the recipe, then print its stages.
     #[arg(long)]
     pub check: bool,
+    /// Device, dtype and backend of every stage (over the recipe's `[exec]`).
+    #[command(flatten)]
+    pub exec: ExecArgs,
 }
 
 /// Runs `aha pipeline`.
 pub fn run(args: Args) -> Result<()> {
-    let recipe = Recipe::load(&args.recipe, &args.set)?;
+    let mut recipe = Recipe::load(&args.recipe, &args.set)?;
+    recipe.exec = args.exec.over(recipe.exec);
     if args.check {
         for s in &recipe.stages {
             let from = s.from.map_or_else(|| "base".to_string(), |i| recipe.stages[i].name.clone());

@@ -12,6 +12,7 @@ use aha_train::rm::{make_rows, train_reward_model, RewardModel, RmConfig, SynthK
 use anyhow::{bail, Context, Result};
 use serde_json::{Map, Value};
 
+use crate::exec_args::ExecArgs;
 use crate::runs::{draw_plots, write_resolved_config};
 
 /// Arguments of `aha rm`.
@@ -39,6 +40,9 @@ pub struct TrainArgs {
     /// The TOML config (see `examples/rm-helpful.toml`).
     #[arg(long)]
     pub config: PathBuf,
+    /// Device, dtype and backend (over the config's `[exec]`).
+    #[command(flatten)]
+    pub exec: ExecArgs,
 }
 
 /// Arguments of `aha rm score`.
@@ -56,6 +60,9 @@ pub struct ScoreArgs {
     /// Sequences per forward.
     #[arg(long, default_value_t = 32)]
     pub batch_size: usize,
+    /// Device, dtype and backend.
+    #[command(flatten)]
+    pub exec: ExecArgs,
 }
 
 /// Arguments of `aha rm make-data`.
@@ -86,7 +93,7 @@ fn parse_kind(s: &str) -> std::result::Result<SynthKind, String> {
 /// Runs `aha rm`.
 pub fn run(args: Args) -> Result<()> {
     match args.command {
-        RmCommand::Train(a) => train(&a.config),
+        RmCommand::Train(a) => train(&a.config, &a.exec),
         RmCommand::Score(a) => score(&a),
         RmCommand::MakeData(a) => make_data(&a),
     }
@@ -100,8 +107,9 @@ pub fn load_rm_config(path: &Path) -> Result<RmConfig> {
     Ok(cfg)
 }
 
-fn train(config: &Path) -> Result<()> {
-    let cfg = load_rm_config(config)?;
+fn train(config: &Path, exec: &ExecArgs) -> Result<()> {
+    let mut cfg = load_rm_config(config)?;
+    cfg.exec = exec.over(cfg.exec);
     write_resolved_config(&cfg.output_dir, &serde_json::to_value(&cfg)?)?;
     eprintln!("reward model ({:?}) from {} → {}", cfg.objective, cfg.model, cfg.output_dir.display());
     let report = train_reward_model(&cfg)?;
@@ -142,7 +150,8 @@ fn row_kind(obj: &Map<String, Value>) -> Option<RowKind> {
 }
 
 fn score(a: &ScoreArgs) -> Result<()> {
-    let rm = RewardModel::open(&a.model).with_context(|| format!("loading {}", a.model.display()))?;
+    let rm =
+        RewardModel::open(&a.model, &a.exec.request()).with_context(|| format!("loading {}", a.model.display()))?;
     let text = std::fs::read_to_string(&a.data).with_context(|| format!("reading {}", a.data.display()))?;
     let mut rows: Vec<Map<String, Value>> = Vec::new();
     for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {

@@ -19,6 +19,7 @@ use aha_train::sft_data::{read_sft_jsonl, to_example};
 use anyhow::{bail, Context, Result};
 
 use crate::config::{load_sft, SftConfig};
+use crate::exec_args::ExecArgs;
 use crate::runs::{draw_plots, load_start, report_skipped, write_resolved_config};
 
 /// Non-finite steps in a row that abort the run.
@@ -33,6 +34,9 @@ pub struct Args {
     /// Continue from the run directory's latest checkpoint.
     #[arg(long)]
     pub resume: bool,
+    /// Device, dtype and backend (over the config's `[exec]`).
+    #[command(flatten)]
+    pub exec: ExecArgs,
 }
 
 /// Where an SFT run stands.
@@ -45,10 +49,11 @@ struct SftRun {
 
 /// Runs `aha sft`.
 pub fn run(args: Args) -> Result<()> {
-    let cfg = load_sft(&args.config)?;
+    let mut cfg = load_sft(&args.config)?;
+    cfg.exec = args.exec.over(cfg.exec);
     let config_json = serde_json::to_value(&cfg)?;
     let run_dir = cfg.output_dir.clone();
-    let (lm, from) = load_start(&cfg.model, &run_dir, args.resume)?;
+    let (lm, from) = load_start(&cfg.model, &run_dir, args.resume, &cfg.exec)?;
     let examples = load_examples(&cfg, &lm)?;
     let total = cfg.sft.total_steps(examples.len());
     let mut opt = AdamW::new(named_vars(&lm.varmap), cfg.optim.clone())?;
@@ -69,6 +74,7 @@ pub fn run(args: Args) -> Result<()> {
         run_dir.display()
     );
     let mut writer = MetricsWriter::create(&run_dir)?;
+    writer.log_run_header(&aha_train::run::run_header("sft", &lm.model, state.step))?;
     let mut bar = if cfg.run.progress { TrainProgress::new(total as u64) } else { TrainProgress::hidden(total as u64) };
     bar.set_step(state.step as u64);
     while state.step < total {

@@ -24,7 +24,7 @@
 
 use std::path::{Path, PathBuf};
 
-use aha_model::TinySpec;
+use aha_model::{ExecRequest, TinySpec};
 use aha_reward::language::Language;
 use aha_reward::RewardSpec;
 use aha_train::eval::EvalSettings;
@@ -206,6 +206,8 @@ pub struct Recipe {
     pub model: Option<String>,
     /// A tiny model to make as the base.
     pub init: Option<InitSpec>,
+    /// Where and how every stage runs its models (`[exec]`; a stage's own `[exec]` wins).
+    pub exec: ExecRequest,
     /// The evaluation after stages.
     pub eval: Option<PipelineEval>,
     /// The stages, in order.
@@ -225,6 +227,8 @@ struct Head {
     model: Option<String>,
     #[serde(default)]
     init: Option<InitSpec>,
+    #[serde(default)]
+    exec: ExecRequest,
     #[serde(default)]
     eval: Option<PipelineEval>,
     stages: Vec<Table>,
@@ -263,6 +267,7 @@ impl Recipe {
             output_dir: head.output_dir,
             model: head.model,
             init: head.init,
+            exec: head.exec,
             eval: head.eval,
             stages: Vec::new(),
             table,
@@ -382,6 +387,9 @@ impl Recipe {
         let mut t = s.table.clone();
         let model_s = Value::String(model.to_string());
         let out = Value::String(s.dir.display().to_string());
+        if matches!(s.kind, StageKind::Sft | StageKind::Grpo | StageKind::Rm) && !t.contains_key("exec") {
+            t.insert("exec".into(), Value::try_from(self.exec).map_err(|e| anyhow!("{at}: [exec]: {e}"))?);
+        }
         match s.kind {
             StageKind::Sft => {
                 if let Some(file) = self.data_file(s.index).filter(|_| s.sft_data != Some(SftData::Own)) {

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use aha_metrics::{write_eval, EvalRecord, TrainProgress};
-use aha_model::{init_tiny, load_model, LoadedModel, ModelSpec};
+use aha_model::{init_tiny, load_model, ExecRequest, LoadedModel, ModelSpec};
 use aha_reward::extract::thought;
 use aha_reward::language::consistency;
 use aha_train::checkpoint::{latest_checkpoint, write_atomic};
@@ -16,7 +16,6 @@ use aha_train::rejection::run_rejection;
 use aha_train::rm::synth::write_jsonl;
 use aha_train::rm::{make_rows, train_reward_model};
 use anyhow::{anyhow, bail, Context, Result};
-use candle_core::{DType, Device};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -156,7 +155,7 @@ fn run_stage(
                 bail!("[data].path {} does not exist", sft.data.path.display());
             }
             let cfg = write_stage_config(stage, &text)?;
-            crate::cmd::sft::run(crate::cmd::sft::Args { config: cfg, resume })?;
+            crate::cmd::sft::run(crate::cmd::sft::Args { config: cfg, resume, exec: Default::default() })?;
             (policy_of(stage)?, json!({}), None)
         }
         StageConfig::Grpo(grpo, text) => {
@@ -164,11 +163,11 @@ fn run_stage(
                 bail!("reward `{}`: the reward model {} does not exist", m.name, m.path.display());
             }
             let cfg = write_stage_config(stage, &text)?;
-            crate::cmd::grpo::run(crate::cmd::grpo::Args { config: cfg, resume })?;
+            crate::cmd::grpo::run(crate::cmd::grpo::Args { config: cfg, resume, exec: Default::default() })?;
             (policy_of(stage)?, json!({}), None)
         }
         StageConfig::Sample(job) => {
-            let lm = load(model)?;
+            let lm = load(model, &recipe.exec)?;
             let mut bar = TrainProgress::new(0);
             let samples = stage.dir.join(SAMPLES_FILE);
             let report = run_rejection(&lm, &job, &samples, &stage.dir.join(SAMPLE_SFT_FILE), &mut bar)?;
@@ -191,12 +190,14 @@ fn run_stage(
             draw_plots(&stage.dir);
             (model.to_string(), serde_json::to_value(&report)?, None)
         }
-        StageConfig::Eval(e) => (model.to_string(), json!({}), Some(evaluate(model, &e, &stage.dir, &stage.name)?)),
+        StageConfig::Eval(e) => {
+            (model.to_string(), json!({}), Some(evaluate(model, &recipe.exec, &e, &stage.dir, &stage.name)?))
+        }
     };
     let eval = match (eval, &recipe.eval) {
         (Some(e), _) => Some(e),
         (None, Some(pe)) if stage.kind.makes_policy() && stage.eval_after => {
-            Some(evaluate(&out_model, pe, &stage.dir, &stage.name)?)
+            Some(evaluate(&out_model, &recipe.exec, pe, &stage.dir, &stage.name)?)
         }
         // The policy did not change: carry the latest evaluation forward.
         _ => records.last().and_then(|r| r.eval.clone().map(|e| (e, r.cot_language))),
@@ -240,14 +241,20 @@ fn policy_of(stage: &Stage) -> Result<String> {
     Ok(dir.display().to_string())
 }
 
-fn load(model: &str) -> Result<LoadedModel> {
-    load_model(&ModelSpec::parse(model), &Device::Cpu, DType::F32).with_context(|| format!("loading {model}"))
+fn load(model: &str, exec: &ExecRequest) -> Result<LoadedModel> {
+    load_model(&ModelSpec::parse(model), exec).with_context(|| format!("loading {model}"))
 }
 
 /// Evaluates `model` as `pe` says, writing `eval/` (record and samples) and an eval record
 /// the stage's plots pick up; returns the record and the CoT language fraction.
-fn evaluate(model: &str, pe: &PipelineEval, dir: &Path, label: &str) -> Result<(EvalRecord, Option<f64>)> {
-    let lm = load(model)?;
+fn evaluate(
+    model: &str,
+    exec: &ExecRequest,
+    pe: &PipelineEval,
+    dir: &Path,
+    label: &str,
+) -> Result<(EvalRecord, Option<f64>)> {
+    let lm = load(model, exec)?;
     let job = EvalJob {
         data: pe.data.clone(),
         sampling: pe.sampling.clone(),

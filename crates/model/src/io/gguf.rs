@@ -15,21 +15,22 @@ use std::path::{Path, PathBuf};
 
 use candle_core::quantized::gguf_file::{Content, Value};
 use candle_core::quantized::tokenizer::TokenizerFromGguf;
-use candle_core::{DType, Device, Tensor};
+use candle_core::Tensor;
 use serde_json::{json, Map, Value as Json};
 
 use super::{build_from_source, LoadedModel, WeightSource};
 use crate::config::{Arch, ModelConfig};
 use crate::error::{ModelError, Result};
+use crate::exec::ExecRequest;
 use crate::tokenizer::{read_json_object_if_exists, AhaTokenizer, GENERATION_CONFIG_JSON, TOKENIZER_JSON};
 
 /// Loads a GGUF file (dequantised to `dtype`); see the module docs for the tokenizer.
-pub fn load_gguf(file: &Path, tokenizer_dir: Option<&Path>, device: &Device, dtype: DType) -> Result<LoadedModel> {
+pub fn load_gguf(file: &Path, tokenizer_dir: Option<&Path>, exec: &ExecRequest) -> Result<LoadedModel> {
     let (content, mut reader) = open(file)?;
     let config = config_from_content(&content, file)?;
     let tokenizer = gguf_tokenizer(&content, file, tokenizer_dir)?;
     let mut source = GgufSource { file: file.to_path_buf(), content: &content, reader: &mut reader, config: &config };
-    let (varmap, model) = build_from_source(&config, &mut source, device, dtype)?;
+    let (varmap, model) = build_from_source(&config, &mut source, exec)?;
     Ok(LoadedModel { config, varmap, model, tokenizer, source: file.to_path_buf() })
 }
 
@@ -218,10 +219,10 @@ impl WeightSource for GgufSource<'_> {
         }
         let q = self
             .content
-            .tensor(self.reader, &gname, &Device::Cpu)
+            .tensor(self.reader, &gname, &super::host())
             .map_err(|e| err(format!("cannot read GGUF tensor `{gname}`: {e}")))?;
         let t = q
-            .dequantize(&Device::Cpu)
+            .dequantize(&super::host())
             .map_err(|e| err(format!("cannot dequantise `{gname}` ({:?}): {e}", q.dtype())))?;
         // Norm weights and biases are 1-D; everything else is [out, in] already.
         let t = if t.dims() != expected && t.elem_count() == expected.iter().product::<usize>() && expected.len() == 1 {

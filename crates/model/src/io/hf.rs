@@ -9,13 +9,14 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::safetensors::Load;
-use candle_core::{DType, Device, Tensor};
+use candle_core::Tensor;
 use safetensors::SafeTensors;
 use serde_json::Value as Json;
 
 use super::{build_from_source, LoadedModel, WeightSource};
 use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
+use crate::exec::ExecRequest;
 use crate::tokenizer::{read_text, AhaTokenizer};
 
 /// The single-file weights name.
@@ -26,7 +27,7 @@ pub const SAFETENSORS_INDEX: &str = "model.safetensors.index.json";
 pub const CONFIG_JSON: &str = "config.json";
 
 /// Loads a Hugging Face model directory.
-pub fn load_hf_dir(dir: &Path, device: &Device, dtype: DType) -> Result<LoadedModel> {
+pub fn load_hf_dir(dir: &Path, exec: &ExecRequest) -> Result<LoadedModel> {
     if !dir.is_dir() {
         return Err(ModelError::MissingFile {
             path: dir.to_path_buf(),
@@ -42,7 +43,7 @@ pub fn load_hf_dir(dir: &Path, device: &Device, dtype: DType) -> Result<LoadedMo
     }
     let config = ModelConfig::from_hf_json_file(&config_path)?;
     let mut source = SafetensorsSource::open(dir)?;
-    let (varmap, model) = build_from_source(&config, &mut source, device, dtype)?;
+    let (varmap, model) = build_from_source(&config, &mut source, exec)?;
     let tokenizer = AhaTokenizer::from_dir(dir)?;
     Ok(LoadedModel { config, varmap, model, tokenizer, source: dir.to_path_buf() })
 }
@@ -149,7 +150,7 @@ impl WeightSource for SafetensorsSource {
         let (path, bytes) = &self.files[i];
         let st = SafeTensors::deserialize(bytes).map_err(|e| corrupt(path, bytes.len(), &e))?;
         let view = st.tensor(name).map_err(|e| corrupt(path, bytes.len(), &e))?;
-        view.load(&Device::Cpu).map_err(|e| ModelError::Tensor {
+        view.load(&super::host()).map_err(|e| ModelError::Tensor {
             path: path.clone(),
             tensor: name.to_string(),
             reason: format!("cannot be read: {e}"),

@@ -10,7 +10,7 @@ use std::net::{TcpListener, TcpStream};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 
 use super::*;
 use crate::io::{load_hf_dir, resolve_hub_repo_with};
@@ -190,8 +190,8 @@ fn downloads_a_tiny_model_then_uses_the_cache_alone() {
     assert!(seen.iter().any(|r| r.path.starts_with("/cdn/") && r.range.as_deref() == Some("bytes=0-")), "{seen:?}");
     assert!(seen.iter().all(|r| r.authorization.as_deref() == Some("Bearer hf_secret")), "{seen:?}");
 
-    let loaded = load_hf_dir(&snap, &Device::Cpu, DType::F32).unwrap();
-    let original = load_hf_dir(&tmp.path().join("src"), &Device::Cpu, DType::F32).unwrap();
+    let loaded = load_hf_dir(&snap, &crate::exec::ExecRequest::default()).unwrap();
+    let original = load_hf_dir(&tmp.path().join("src"), &crate::exec::ExecRequest::default()).unwrap();
     assert_eq!(loaded.config, original.config);
 
     let again = resolve_hub_repo_with(&opts, REPO, None).unwrap();
@@ -231,8 +231,8 @@ fn downloads_every_shard_of_a_sharded_checkpoint() {
         assert!(snap.join(shard).is_file(), "{shard}");
     }
     assert!(!snap.join(SAFETENSORS_FILE).exists());
-    let loaded = load_hf_dir(&snap, &Device::Cpu, DType::F32).unwrap();
-    let original = load_hf_dir(&src, &Device::Cpu, DType::F32).unwrap();
+    let loaded = load_hf_dir(&snap, &crate::exec::ExecRequest::default()).unwrap();
+    let original = load_hf_dir(&src, &crate::exec::ExecRequest::default()).unwrap();
     let (a, b) = (loaded.varmap.data().lock().unwrap(), original.varmap.data().lock().unwrap());
     assert_eq!(a.len(), b.len());
     for (name, var) in a.iter() {

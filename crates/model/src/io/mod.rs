@@ -19,11 +19,12 @@ mod seq_cls;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
-use candle_core::{DType, Device, Tensor, Var};
+use candle_core::{Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 
 use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
+use crate::exec::{ExecPlan, ExecRequest};
 use crate::tokenizer::AhaTokenizer;
 use crate::transformer::Transformer;
 
@@ -123,17 +124,25 @@ impl std::fmt::Debug for LoadedModel {
     }
 }
 
-/// Loads a model from any [`ModelSpec`] onto `device`, with parameters in `dtype` (f32 for
-/// training on CPU; GGUF tensors are dequantised).
-pub fn load_model(spec: &ModelSpec, device: &Device, dtype: DType) -> Result<LoadedModel> {
+/// Loads a model from any [`ModelSpec`] onto the requested device, with parameters in the
+/// requested dtype (GGUF tensors are dequantised) and the execution plan decided for it
+/// ([`crate::exec::ExecPlan::decide`], before any weight is read).
+pub fn load_model(spec: &ModelSpec, exec: &ExecRequest) -> Result<LoadedModel> {
     match spec {
-        ModelSpec::HfDir(dir) => load_hf_dir(dir, device, dtype),
-        ModelSpec::Gguf { file, tokenizer_dir } => load_gguf(file, tokenizer_dir.as_deref(), device, dtype),
+        ModelSpec::HfDir(dir) => load_hf_dir(dir, exec),
+        ModelSpec::Gguf { file, tokenizer_dir } => load_gguf(file, tokenizer_dir.as_deref(), exec),
         ModelSpec::HubRepo { repo_id, revision } => {
             let dir = resolve_hub_repo(repo_id, revision.as_deref())?;
-            load_hf_dir(&dir, device, dtype)
+            load_hf_dir(&dir, exec)
         }
     }
+}
+
+/// Where weight sources put what they read (files are read, GGUF blocks dequantised, fresh
+/// weights drawn in host memory); [`build_from_source`] then moves each tensor to the plan's
+/// device.
+pub(crate) fn host() -> candle_core::Device {
+    candle_core::Device::Cpu
 }
 
 /// Yields the tensor for one Hugging Face parameter name.
@@ -145,13 +154,15 @@ pub(crate) trait WeightSource {
     fn file_of(&self, name: &str) -> PathBuf;
 }
 
-/// Builds trainable variables and the transformer from a weight source, checking every shape.
+/// Builds trainable variables and the transformer from a weight source, checking every shape;
+/// the plan is decided first, so an unusable device or backend fails before any weight is read.
 pub(crate) fn build_from_source(
     cfg: &ModelConfig,
     source: &mut dyn WeightSource,
-    device: &Device,
-    dtype: DType,
+    exec: &ExecRequest,
 ) -> Result<(VarMap, Transformer)> {
+    let plan = ExecPlan::for_request(exec, cfg.arch)?;
+    let (device, dtype) = (plan.device().clone(), plan.dtype());
     let varmap = VarMap::new();
     {
         let mut data =
@@ -165,12 +176,12 @@ pub(crate) fn build_from_source(
                     reason: format!("shape {:?}, but config.json implies {:?}", t.dims(), spec.shape),
                 });
             }
-            let t = t.to_dtype(dtype)?.to_device(device)?;
+            let t = t.to_dtype(dtype)?.to_device(&device)?;
             data.insert(spec.name, Var::from_tensor(&t)?);
         }
     }
-    let vb = VarBuilder::from_varmap(&varmap, dtype, device);
-    let model = Transformer::new(cfg, vb)?;
+    let vb = VarBuilder::from_varmap(&varmap, dtype, &device);
+    let model = Transformer::with_plan(cfg, vb, plan)?;
     Ok((varmap, model))
 }
 

@@ -22,6 +22,7 @@ use super::hf::{SafetensorsSource, CONFIG_JSON};
 use super::{build_from_source, load_gguf, resolve_hub_repo, save_parts_with, ModelSpec, WeightSource};
 use crate::config::{Arch, ModelConfig};
 use crate::error::{ModelError, Result};
+use crate::exec::ExecRequest;
 use crate::tokenizer::AhaTokenizer;
 use crate::transformer::Transformer;
 
@@ -111,21 +112,20 @@ pub fn pooled_scores(
 /// one, else drawn from Normal(0, `head_std`) with `seed`.
 pub fn load_sequence_classifier(
     spec: &ModelSpec,
-    device: &Device,
-    dtype: DType,
+    exec: &ExecRequest,
     head_std: f64,
     seed: u64,
 ) -> Result<SequenceClassifier> {
     let parts = match spec {
-        ModelSpec::HfDir(dir) => load_dir(dir, device, dtype)?,
-        ModelSpec::HubRepo { repo_id, revision } => {
-            load_dir(&resolve_hub_repo(repo_id, revision.as_deref())?, device, dtype)?
-        }
+        ModelSpec::HfDir(dir) => load_dir(dir, exec)?,
+        ModelSpec::HubRepo { repo_id, revision } => load_dir(&resolve_hub_repo(repo_id, revision.as_deref())?, exec)?,
         ModelSpec::Gguf { file, tokenizer_dir } => {
-            let lm = load_gguf(file, tokenizer_dir.as_deref(), device, dtype)?;
+            let lm = load_gguf(file, tokenizer_dir.as_deref(), exec)?;
             let body_cfg = body_config(&lm.config);
             lock(&lm.varmap)?.remove("lm_head.weight");
-            let backbone = Transformer::new(&body_cfg, VarBuilder::from_varmap(&lm.varmap, dtype, device))?;
+            let plan = lm.model.plan().clone();
+            let vb = VarBuilder::from_varmap(&lm.varmap, plan.dtype(), plan.device());
+            let backbone = Transformer::with_plan(&body_cfg, vb, plan)?;
             Parts {
                 config: lm.config,
                 varmap: lm.varmap,
@@ -138,6 +138,8 @@ pub fn load_sequence_classifier(
     };
     let h = parts.config.hidden_size;
     let head_loaded = parts.score.is_some();
+    let (device, dtype) = (parts.backbone.device().clone(), parts.backbone.dtype());
+    let device = &device;
     let score = match parts.score {
         Some(t) => t.to_dtype(dtype)?.to_device(device)?,
         None => init_head(h, head_std, seed, device)?.to_dtype(dtype)?,
@@ -190,7 +192,7 @@ fn lock(varmap: &VarMap) -> Result<std::sync::MutexGuard<'_, std::collections::H
     varmap.data().lock().map_err(|_| ModelError::InvalidConfig("variable map lock poisoned".into()))
 }
 
-fn load_dir(dir: &Path, device: &Device, dtype: DType) -> Result<Parts> {
+fn load_dir(dir: &Path, exec: &ExecRequest) -> Result<Parts> {
     let config_path = dir.join(CONFIG_JSON);
     if !config_path.is_file() {
         return Err(ModelError::MissingFile {
@@ -201,7 +203,7 @@ fn load_dir(dir: &Path, device: &Device, dtype: DType) -> Result<Parts> {
     let config = ModelConfig::from_hf_json_file(&config_path)?;
     check_num_labels(&config_path)?;
     let mut source = SafetensorsSource::open(dir)?;
-    let (varmap, backbone) = build_from_source(&body_config(&config), &mut source, device, dtype)?;
+    let (varmap, backbone) = build_from_source(&body_config(&config), &mut source, exec)?;
     let expected = [NUM_LABELS, config.hidden_size];
     let score = if source.has(SCORE_WEIGHT) {
         let t = source.tensor(SCORE_WEIGHT, &expected)?;
@@ -300,7 +302,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         tiny(&dir.path().join("base"), true);
         let spec = ModelSpec::HfDir(dir.path().join("base"));
-        let m = load_sequence_classifier(&spec, &Device::Cpu, DType::F32, 0.5, 7).unwrap();
+        let m = load_sequence_classifier(&spec, &ExecRequest::default(), 0.5, 7).unwrap();
         assert!(!m.head_loaded);
         let (a, b): (&[u32], &[u32]) = (&[5, 6, 7, 8, 9], &[10, 11]);
         let alone = |r: &[u32]| {
@@ -319,7 +321,7 @@ mod tests {
     fn saves_the_hf_classification_layout_and_reloads_the_same_scores() {
         let dir = tempfile::tempdir().unwrap();
         tiny(&dir.path().join("base"), false);
-        let m = load_sequence_classifier(&ModelSpec::HfDir(dir.path().join("base")), &Device::Cpu, DType::F32, 0.5, 3)
+        let m = load_sequence_classifier(&ModelSpec::HfDir(dir.path().join("base")), &ExecRequest::default(), 0.5, 3)
             .unwrap();
         assert!(lock(&m.varmap).unwrap().get("lm_head.weight").is_none(), "no LM head is trained");
         let out = dir.path().join("rm");
@@ -331,7 +333,7 @@ mod tests {
         let st = candle_core::safetensors::load(out.join("model.safetensors"), &Device::Cpu).unwrap();
         assert_eq!(st[SCORE_WEIGHT].dims(), &[1, 16]);
         assert!(!st.contains_key("lm_head.weight") && st.contains_key("model.norm.weight"));
-        let back = load_sequence_classifier(&ModelSpec::HfDir(out), &Device::Cpu, DType::F32, 0.5, 99).unwrap();
+        let back = load_sequence_classifier(&ModelSpec::HfDir(out), &ExecRequest::default(), 0.5, 99).unwrap();
         assert!(back.head_loaded);
         let (i, k, p) = batch(&[&[1, 2, 3], &[4]], false);
         let s0 = m.forward_scores(&i, &k, &p).unwrap().to_vec1::<f32>().unwrap();

@@ -1,4 +1,4 @@
-//! Reward models (DESIGN §3, model-based rewards): the policy architecture with a scalar head,
+//! Reward models (docs/DESIGN.md §3.8, model-based rewards): the policy architecture with a scalar head,
 //! trained pairwise (Bradley–Terry) for helpfulness or pointwise (binary cross-entropy) for
 //! safety, saved as a Hugging Face sequence-classification checkpoint, and plugged into GRPO
 //! as named, weighted rewards that are only called during their active steps.

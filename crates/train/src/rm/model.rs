@@ -10,7 +10,7 @@
 use std::path::Path;
 
 use aha_model::io::{load_sequence_classifier, pooled_scores, ModelSpec, SequenceClassifier};
-use aha_model::Transformer;
+use aha_model::{ExecRequest, Transformer};
 use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 
@@ -47,20 +47,15 @@ pub struct RewardModel {
 impl RewardModel {
     /// Loads a reward-model directory (or any base model, with a fresh head of std `head_std`).
     /// The template is the one saved beside the weights, else `template`, else `chat`.
-    pub fn load(spec: &ModelSpec, template: Option<PromptTemplate>, head_std: f64, seed: u64) -> Result<Self> {
-        Self::load_on(spec, template, head_std, seed, &Device::Cpu, DType::F32)
-    }
-
-    /// [`RewardModel::load`] onto a given device and dtype.
-    pub fn load_on(
+    /// It runs where `exec` says.
+    pub fn load(
         spec: &ModelSpec,
         template: Option<PromptTemplate>,
         head_std: f64,
         seed: u64,
-        device: &Device,
-        dtype: DType,
+        exec: &ExecRequest,
     ) -> Result<Self> {
-        let inner = load_sequence_classifier(spec, device, dtype, head_std, seed)?;
+        let inner = load_sequence_classifier(spec, exec, head_std, seed)?;
         let meta = match spec {
             ModelSpec::HfDir(dir) => read_meta(dir)?,
             _ => None,
@@ -71,8 +66,8 @@ impl RewardModel {
     }
 
     /// Loads a trained reward model from its directory, which must hold a head.
-    pub fn open(dir: &Path) -> Result<Self> {
-        let rm = Self::load(&ModelSpec::HfDir(dir.to_path_buf()), None, 0.0, 0)?;
+    pub fn open(dir: &Path, exec: &ExecRequest) -> Result<Self> {
+        let rm = Self::load(&ModelSpec::HfDir(dir.to_path_buf()), None, 0.0, 0, exec)?;
         if !rm.inner.head_loaded {
             return Err(TrainError::Checkpoint {
                 path: dir.to_path_buf(),

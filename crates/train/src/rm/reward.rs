@@ -196,11 +196,11 @@ pub struct ModelRewards {
 
 impl ModelRewards {
     /// Loads each spec's reward model (a run of `max_steps` steps fixes the windows).
-    pub fn load(specs: &[ModelRewardSpec], max_steps: usize) -> Result<Self> {
+    pub fn load(specs: &[ModelRewardSpec], max_steps: usize, exec: &aha_model::ExecRequest) -> Result<Self> {
         let mut rewards = Vec::with_capacity(specs.len());
         for s in specs {
             s.validate()?;
-            let mut model = RewardModel::open(&s.path)
+            let mut model = RewardModel::open(&s.path, exec)
                 .map_err(|e| TrainError::Config(format!("reward `{}`: loading {}: {e}", s.name, s.path.display())))?;
             if let Some(t) = s.template {
                 model.template = t;

@@ -12,6 +12,7 @@ use std::time::Instant;
 
 use aha_metrics::{Metrics, MetricsWriter, TrainProgress};
 use aha_model::io::ModelSpec;
+use aha_model::ExecRequest;
 use candle_core::{DType, Tensor};
 use serde::{Deserialize, Serialize};
 
@@ -98,6 +99,10 @@ impl Default for RmTrainSettings {
 pub struct RmConfig {
     /// The base model (or a reward model to continue): HF directory, `.gguf` file, repo id.
     pub model: String,
+    /// Where and how the model runs (`[exec]`: `device`, `dtype`, `backend`); `--device`,
+    /// `--dtype` and `--backend` override it. Default CPU, f32, auto.
+    #[serde(default)]
+    pub exec: ExecRequest,
     /// The run directory (`final/`, metrics, report).
     pub output_dir: PathBuf,
     /// Seed of the head's initialisation and the data order. Default 0.
@@ -186,13 +191,15 @@ pub fn train_reward_model(cfg: &RmConfig) -> Result<RmReport> {
     cfg.validate()?;
     let t0 = Instant::now();
     let spec = ModelSpec::parse(&cfg.model);
-    let mut rm = RewardModel::load(&spec, Some(cfg.data.template), cfg.train.head_std, cfg.seed)?;
+    let mut rm = RewardModel::load(&spec, Some(cfg.data.template), cfg.train.head_std, cfg.seed, &cfg.exec)?;
     rm.objective = cfg.objective;
     let data = prepare_data(cfg, &rm)?;
     let total = cfg.total_steps(data.train.len());
     let out = &cfg.output_dir;
     std::fs::create_dir_all(out).map_err(crate::error::io_err(out))?;
     let mut writer = MetricsWriter::create(out).map_err(|e| TrainError::Other(e.to_string()))?;
+    let header = crate::run::run_header("rm", &rm.inner.backbone, 0);
+    writer.log_run_header(&header).map_err(|e| TrainError::Other(e.to_string()))?;
     let mut opt = AdamW::new(named_vars(&rm.inner.varmap), cfg.optim.clone())?;
     let mut cursor = DataCursor::new(data.train.len(), cfg.seed, CursorState::default());
     let mut bar =

@@ -1,7 +1,7 @@
-//! `aha bench grpo`: the GRPO step of `../shared/bench/trl_grpo/` (TRL `GRPOTrainer` on CPU),
+//! `aha bench grpo`: the GRPO step of TRL's CPU benchmark (`bench_trl.py`, TRL `GRPOTrainer`),
 //! mirrored exactly and measured the same way, so `bench/trl_grpo.sh` can put the two side by side.
 //!
-//! The spec (that README): the byte-level BPE `tokenizer.json` and the 512 prompts of its
+//! The spec (its README; see `BENCHMARKS.md`): the byte-level BPE `tokenizer.json` and the 512 prompts of its
 //! `artifacts/` (plain text, no chat template, no BOS; `<|endoftext|>` = id 1 ends a completion),
 //! Qwen2 "config A" (vocab 512, hidden 256, 4 layers, 4 heads, 2 KV heads, intermediate 768, tied,
 //! q/k/v biases; ideally the very seed-0 weights `bench_trl.py` saved, via `--model`), 8 prompts ×
@@ -21,18 +21,18 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use aha_model::rollout::{rollout, RolloutConfig};
-use aha_model::{AhaTokenizer, Arch, ModelConfig, Transformer};
+use aha_model::{AhaTokenizer, Arch, ExecRequest, ModelConfig, Transformer};
 use aha_reward::Registry;
 use aha_train::config::{GrpoLossConfig, ImportanceLevel, LossType, LrSchedule, OptimConfig, ScaleRewards};
 use aha_train::data::{read_jsonl, ColumnMap, PromptRow};
 use aha_train::grpo::{sampling_params, GrpoSettings, GrpoTrainer, StepMetrics, TextCodec};
 use aha_train::optim::{named_vars, AdamW};
 use anyhow::{bail, Context, Result};
-use candle_core::{DType, Device};
-use candle_nn::{VarBuilder, VarMap};
+use candle_nn::VarMap;
 use serde_json::{json, Map, Value};
 
 use super::trl_rewards::{TrlAccuracy, TrlCodec, TrlFormat};
+use crate::exec_args::ExecArgs;
 
 /// Options of `aha bench grpo`.
 #[derive(clap::Args, Debug)]
@@ -48,7 +48,7 @@ pub struct GrpoOpts {
     #[arg(long)]
     model: Option<PathBuf>,
     /// The directory with the spec's `tokenizer.json` and `dataset.jsonl`.
-    #[arg(long, default_value = "../shared/bench/trl_grpo/artifacts")]
+    #[arg(long, default_value = "crates/aha/tests/fixtures/trl_grpo")]
     artifacts: PathBuf,
     /// Also write the result as JSON to this file.
     #[arg(long)]
@@ -62,6 +62,9 @@ pub struct GrpoOpts {
     /// Seed of data order and sampling.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Device, dtype and backend.
+    #[command(flatten)]
+    exec: ExecArgs,
 }
 
 /// The spec's constants (`bench_trl.py`).
@@ -77,7 +80,8 @@ const EOS_TOKEN: &str = "<|endoftext|>";
 pub fn run(o: GrpoOpts) -> Result<()> {
     let tokenizer = load_tokenizer(&o.artifacts)?;
     let rows = load_rows(&o.artifacts)?;
-    let policy = load_policy(o.model.as_deref())?;
+    let policy = load_policy(o.model.as_deref(), &o.exec.request())?;
+    println!("{}", policy.model.plan().describe());
     let threads = candle_core::utils::get_num_threads();
     println!("aha bench grpo | model: {} | threads {threads} | allocator {}", policy.source, crate::alloc::describe());
     let mut result = if o.generate_only {
@@ -152,15 +156,13 @@ fn config_a() -> ModelConfig {
 }
 
 /// Loads `dir` (checked to be config A) or initialises config A randomly.
-fn load_policy(dir: Option<&Path>) -> Result<Policy> {
+fn load_policy(dir: Option<&Path>, exec: &ExecRequest) -> Result<Policy> {
     let Some(dir) = dir else {
-        let varmap = VarMap::new();
-        let model = Transformer::new(&config_a(), VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu))?;
+        let (model, varmap) = Transformer::random(&config_a(), exec)?;
         let source = "random init of config A (not TRL's seed-0 weights; pass --model for those)".to_string();
         return Ok(Policy { varmap, model, source });
     };
-    let lm = aha_model::io::load_hf_dir(dir, &Device::Cpu, DType::F32)
-        .with_context(|| format!("loading {}", dir.display()))?;
+    let lm = aha_model::io::load_hf_dir(dir, exec).with_context(|| format!("loading {}", dir.display()))?;
     let (got, want) = (&lm.config, config_a());
     let shape = |c: &ModelConfig| {
         (c.arch, c.vocab_size, c.hidden_size, c.intermediate_size, c.num_hidden_layers, c.num_attention_heads)

@@ -1,4 +1,4 @@
-//! The two rewards and the text codec of `../shared/bench/trl_grpo/bench_trl.py`, with Python's
+//! The two rewards and the text codec of TRL's GRPO benchmark script (`bench_trl.py`), with Python's
 //! semantics exactly (the existing `exact_match` and `format` kinds are stricter or normalise, so
 //! the benchmark does not use them):
 //!

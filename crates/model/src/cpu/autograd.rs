@@ -8,9 +8,10 @@
 //! one pass forward and one pass backward, written as a candle custom op with its own `bwd`, so
 //! autograd still works and nothing else in the model changes.
 //!
-//! Scope: CPU tensors in f32 or f64 ([`supported`]); inputs are made contiguous first. Other
-//! devices and dtypes (CUDA, bf16) take the composite candle ops in `transformer.rs`, which
-//! define the semantics these kernels reproduce (tests below compare values and gradients).
+//! Scope: CPU tensors in f32 or f64 (the plans `cpu-handwritten` and `cpu-autograd` in
+//! `exec.rs` call them, through `ops.rs`); inputs are made contiguous first. Other devices and
+//! dtypes (CUDA, bf16) take `ops/composite.rs`, which defines the semantics these kernels
+//! reproduce (the tests compare values and gradients against those functions).
 //! Work is split over rayon's pool in row blocks; small tensors stay on the calling thread.
 
 use std::sync::Mutex;
@@ -23,11 +24,6 @@ type CResult<T> = candle_core::Result<T>;
 
 /// Elements per rayon task (below this a kernel runs on the calling thread).
 const GRAIN: usize = 1 << 14;
-
-/// Whether the fused kernels apply to `t`: a CPU tensor in f32 or f64.
-pub fn supported(t: &Tensor) -> bool {
-    t.device().is_cpu() && matches!(t.dtype(), DType::F32 | DType::F64)
-}
 
 /// The float operations the kernels need, for f32 and f64.
 trait Real: WithDType {

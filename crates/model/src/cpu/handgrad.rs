@@ -22,9 +22,10 @@
 //! forward, the backward and the reference forward ([`attention`] has the layout). Per-row work
 //! runs over the packed rows; row kernels are in [`kernels`].
 //!
-//! Scope ([`supported`]): CPU, f32, Qwen2 / Llama (Qwen3's q/k norms take the autograd path).
+//! Scope: models whose execution plan is `cpu-handwritten` (CPU, f32, Qwen2 / Llama; Qwen3's q/k
+//! norms take `cpu-autograd`), decided in `exec.rs`; [`forward`] refuses any other.
 //! Reductions over rows (bias and norm-weight gradients, the embedding scatter) run in a fixed
-//! order, so results do not depend on the number of threads. `AHA_AUTOGRAD=1` turns the path off.
+//! order, so results do not depend on the number of threads.
 
 use std::collections::HashMap;
 
@@ -32,7 +33,6 @@ use candle_core::{bail, DType, Tensor};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-use crate::config::Arch;
 use crate::error::Result;
 use crate::transformer::Transformer;
 use attention::Packing;
@@ -43,13 +43,6 @@ type CResult<T> = candle_core::Result<T>;
 const PAR_MIN_WORK: usize = 1 << 18;
 /// Rows per rayon task in the row kernels (at least one).
 const ROW_GRAIN: usize = 1 << 13;
-
-/// Whether [`forward`] applies to `model`: CPU, f32, no q/k norms, and not turned off with
-/// `AHA_AUTOGRAD=1`.
-pub fn supported(model: &Transformer) -> bool {
-    let off = std::env::var("AHA_AUTOGRAD").map(|v| v == "1" || v.eq_ignore_ascii_case("true")).unwrap_or(false);
-    !off && model.device().is_cpu() && model.dtype() == DType::F32 && model.config().arch != Arch::Qwen3
-}
 
 // ---------------------------------------------------------------------------------------------
 // Shapes and parameters
@@ -578,6 +571,12 @@ pub fn forward(
     start: usize,
     targets: &Tensor,
 ) -> Result<TrainForward> {
+    if !model.plan().hand_written_grads() {
+        return Err(invalid(format!(
+            "the hand-written training forward needs the `cpu-handwritten` backend, not {}",
+            model.plan().describe()
+        )));
+    }
     let cfg = model.config();
     let (batch, seq) = input_ids.dims2()?;
     let (tb, len) = targets.dims2()?;
@@ -635,7 +634,7 @@ pub fn forward(
         len,
     };
     let (logps, entropy) =
-        crate::fused::cpu_slices(&tensors.iter().collect::<Vec<_>>(), |w| run_forward(&mut tape, w))??;
+        crate::cpu::autograd::cpu_slices(&tensors.iter().collect::<Vec<_>>(), |w| run_forward(&mut tape, w))??;
     let device = input_ids.device();
     Ok(TrainForward {
         logps: Tensor::from_vec(logps, (batch, len), device)?,
@@ -737,7 +736,7 @@ impl TrainForward {
             )));
         }
         let tensors: Vec<&Tensor> = tape.params.iter().map(|(_, t)| t).collect();
-        let bufs = crate::fused::cpu_slices(&tensors, |w| run_backward(&tape, w, &dl))??;
+        let bufs = crate::cpu::autograd::cpu_slices(&tensors, |w| run_backward(&tape, w, &dl))??;
         let mut out = Vec::with_capacity(bufs.len());
         for ((name, t), g) in tape.params.iter().zip(bufs) {
             out.push((name.clone(), Tensor::from_vec(g, t.shape(), t.device())?));

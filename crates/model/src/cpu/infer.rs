@@ -9,11 +9,12 @@
 //! row-times-row dot product wants) with AVX2/FMA when the CPU has it (detected at run time,
 //! scalar code otherwise) and split the work over candle's rayon pool.
 //!
-//! Every entry point returns `Ok(None)` when its fast path does not apply (not CPU, not f32,
-//! a tensor that tracks gradients, unsupported layout), and the caller then uses the ordinary
-//! differentiable candle ops. Training never goes through here.
+//! The execution plan decides when these run (`Kernels::CpuInfer`: a CPU f32 model in inference
+//! mode, see `exec.rs`). Entry points return `Ok(None)` only when a tensor's storage is not
+//! contiguous f32 (the caller then uses the composite op), and an error when an input tracks
+//! gradients: a training forward reaching an inference kernel is a bug, never a silent cut.
 
-use candle_core::{CpuStorage, DType, Storage, Tensor};
+use candle_core::{CpuStorage, Storage, Tensor};
 use rayon::prelude::*;
 
 use crate::error::Result;
@@ -21,13 +22,15 @@ use crate::error::Result;
 /// Work (multiply-adds) below which a kernel stays on the calling thread.
 const PARALLEL_MIN_MACS: usize = 1 << 17;
 
-/// Largest row count the matmul kernel takes; bigger products go to candle's gemm, which
-/// amortises its packing over many rows.
-const MAX_FAST_ROWS: usize = 256;
-
-/// Whether `t` may take a fast path: an f32 CPU tensor outside any autograd graph.
-pub(crate) fn eligible(t: &Tensor) -> bool {
-    t.device().is_cpu() && t.dtype() == DType::F32 && !t.track_op()
+/// An error when any of `tensors` tracks gradients (these kernels have no backward).
+fn check_untracked(tensors: &[&Tensor], kernel: &str) -> Result<()> {
+    if tensors.iter().any(|t| t.track_op()) {
+        return Err(crate::error::ModelError::InvalidConfig(format!(
+            "inference kernel `{kernel}` was given a tensor that tracks gradients (a training forward must use \
+             the model in Mode::Train)"
+        )));
+    }
+    Ok(())
 }
 
 /// Runs `f` on the contiguous f32 data of a CPU tensor; `None` when it is not one.
@@ -41,14 +44,15 @@ fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Option<R> {
 // ---------------------------------------------------------------------------------------------
 // x · Wᵀ (+ b)
 
-/// `x` `[m, k]` times `w` `[n, k]` transposed, plus `bias` `[n]`: `[m, n]`, or `None` when the
-/// fast path does not apply.
+/// `x` `[m, k]` times `w` `[n, k]` transposed, plus `bias` `[n]`: `[m, n]`, or `None` when a
+/// storage is not contiguous f32 or the shapes do not agree.
 pub(crate) fn linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Option<Tensor>> {
-    if !eligible(x) || !eligible(w) || bias.is_some_and(|b| !eligible(b)) {
-        return Ok(None);
+    check_untracked(&[x, w], "linear")?;
+    if let Some(b) = bias {
+        check_untracked(&[b], "linear")?;
     }
     let ((m, k), (n, k2)) = (x.dims2()?, w.dims2()?);
-    if k != k2 || m == 0 || m > MAX_FAST_ROWS {
+    if k != k2 || m == 0 {
         return Ok(None);
     }
     let out = with_f32(x, |xs| {
@@ -266,7 +270,7 @@ pub(crate) struct AttnShape {
 /// Attention of one new token per row: `q` `[B, nh, 1, hd]`, the cache's full key/value
 /// buffers `[B, nkv, max_len, hd]` and slot mask `[B, max_len]` (1 = real token). Slots
 /// `0..total` that are valid are attended (all are in the past, so no causal mask is needed).
-/// Returns `[B, 1, nh·hd]`, or `None` when the fast path does not apply.
+/// Returns `[B, 1, nh·hd]`, or `None` when a storage is not contiguous f32.
 pub(crate) fn decode_attention(
     q: &Tensor,
     keys: &Tensor,
@@ -274,9 +278,7 @@ pub(crate) fn decode_attention(
     valid: &Tensor,
     shape: AttnShape,
 ) -> Result<Option<Tensor>> {
-    if ![q, keys, values, valid].iter().all(|t| eligible(t)) {
-        return Ok(None);
-    }
+    check_untracked(&[q, keys, values, valid], "decode_attention")?;
     let out = with_f32(q, |qs| {
         with_f32(keys, |ks| with_f32(values, |vs| with_f32(valid, |ms| attend_all(qs, ks, vs, ms, shape))))
     });
@@ -401,11 +403,12 @@ mod tests {
     }
 
     #[test]
-    fn tracked_tensors_take_the_slow_path() -> Result<()> {
+    fn tracked_tensors_are_refused() -> Result<()> {
         let dev = Device::Cpu;
-        let x = Tensor::zeros((2, 8), DType::F32, &dev)?;
-        let w = candle_core::Var::zeros((4, 8), DType::F32, &dev)?;
-        assert!(linear(&x, w.as_tensor(), None)?.is_none());
+        let x = Tensor::zeros((2, 8), candle_core::DType::F32, &dev)?;
+        let w = candle_core::Var::zeros((4, 8), candle_core::DType::F32, &dev)?;
+        let e = linear(&x, w.as_tensor(), None).unwrap_err().to_string();
+        assert!(e.contains("tracks gradients"), "{e}");
         Ok(())
     }
 }

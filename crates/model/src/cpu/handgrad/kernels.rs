@@ -7,7 +7,7 @@
 //! never contracts `a · b + c` into an FMA by itself and every reduction here runs in eight
 //! fixed lanes, so both builds (and every thread count) give the same bits.
 
-use crate::fast::dot;
+use crate::cpu::infer::dot;
 
 /// Defines `fn $name` whose body is compiled for the baseline target and, on x86-64, again with
 /// AVX2 + FMA, the second chosen at run time when the CPU supports it.
@@ -44,7 +44,7 @@ fn avx2_fma() -> bool {
 }
 
 /// Reduction lanes: sums and maxima run in this many independent accumulators (as in
-/// [`crate::fast::dot`], the dot product used here).
+/// [`crate::cpu::infer::dot`], the dot product used here).
 const LANES: usize = 8;
 
 /// `eˣ` in f32 without a libm call, so row loops vectorise: `2ⁿ · p(r)` with `x = n·ln2 + r`,
