@@ -30,7 +30,9 @@ fn short_demo_writes_summary_metrics_and_plots() {
         assert!(summary[key].is_number(), "summary.json lacks {key}: {summary}");
     }
     let metrics = std::fs::read_to_string(out.join("grpo/metrics.jsonl")).unwrap();
-    assert_eq!(metrics.lines().count(), 2);
+    let header: serde_json::Value = serde_json::from_str(metrics.lines().next().unwrap()).unwrap();
+    assert_eq!(header["run"]["exec"]["backend"], "cpu-handwritten", "{header}");
+    assert_eq!(metrics.lines().filter(|l| l.contains("\"step\"")).count(), 2);
     assert!(out.join("grpo/report.png").exists());
     assert!(out.join("grpo/checkpoints/latest").exists());
 }

@@ -121,7 +121,10 @@ sampling = {{ k = 2, max_new_tokens = 8 }}
 
 fn metrics(run: &Path) -> Vec<Value> {
     let text = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
-    text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    let lines: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    // Each (re)start of a run writes a header line naming its execution plan, then step lines.
+    assert!(lines[0]["run"]["exec"]["backend"].is_string(), "no run header: {}", lines[0]);
+    lines.into_iter().filter(|v| v.get("step").is_some()).collect()
 }
 
 const STAGES: [&str; 7] = ["01-cold", "02-rl", "03-rejection", "04-sft2", "05-rm", "06-final", "07-check"];

@@ -23,6 +23,13 @@ fn rows(path: &Path) -> Vec<Value> {
     std::fs::read_to_string(path).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
 }
 
+/// The step lines of a run's `metrics.jsonl` (after the run header, which names the plan).
+fn step_rows(path: &Path) -> Vec<Value> {
+    let lines = rows(path);
+    assert!(lines[0]["run"]["exec"]["device"] == "cpu", "no run header: {}", lines[0]);
+    lines.into_iter().filter(|v| v.get("step").is_some()).collect()
+}
+
 fn write_rows(path: &Path, rows: &[Value]) {
     let text: String = rows.iter().map(|r| serde_json::to_string(r).unwrap() + "\n").collect();
     std::fs::write(path, text).unwrap();
@@ -92,9 +99,9 @@ fn pairwise_training_writes_an_hf_reward_model_and_evaluates_the_held_out_file()
     let st = candle_core::safetensors::load(final_dir.join("model.safetensors"), &candle_core::Device::Cpu).unwrap();
     assert_eq!(st["score.weight"].dims(), &[1, 32]);
     assert!(!st.contains_key("lm_head.weight") && st.contains_key("model.embed_tokens.weight"));
-    let metrics = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
-    assert_eq!(metrics.lines().count(), 4);
-    assert!(metrics.lines().nth(1).unwrap().contains("eval/accuracy"));
+    let metrics = step_rows(&out.join("metrics.jsonl"));
+    assert_eq!(metrics.len(), 4);
+    assert!(metrics[1].get("eval/accuracy").is_some());
 
     // `aha rm score` on the held-out file reproduces the report's accuracy.
     let scored_path = tmp.path().join("scored.jsonl");
@@ -172,7 +179,7 @@ fn grpo_calls_a_model_reward_only_in_its_last_steps() {
     let gcfg = tmp.path().join("grpo.toml");
     std::fs::write(&gcfg, grpo).unwrap();
     ok(&["grpo", "--config", gcfg.to_str().unwrap()]);
-    let lines: Vec<Value> = rows(&run.join("metrics.jsonl"));
+    let lines: Vec<Value> = step_rows(&run.join("metrics.jsonl"));
     assert_eq!(lines.len(), 3);
     for (i, m) in lines.iter().enumerate() {
         let last = i == 2;
