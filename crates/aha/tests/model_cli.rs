@@ -70,3 +70,41 @@ fn init_generate_convert() {
     assert_eq!(std::fs::read(copy.join("model.safetensors")).unwrap(), original);
     let _ = std::fs::remove_dir_all(&root);
 }
+
+/// `--device`, `--dtype` and `--backend` reach the model: every backend that applies samples the
+/// same text greedily, one that does not apply and CUDA in a CPU build are errors naming the flag.
+#[test]
+fn exec_flags_choose_the_backend_or_say_why_not() {
+    let root = tempfile::tempdir().unwrap();
+    let m = root.path().join("tiny");
+    let m = m.to_str().unwrap();
+    aha(&["init", "--out", m, "--layers", "1", "--hidden-size", "32", "--heads", "2", "--kv-heads", "1"]);
+    let gen = |extra: &[&str]| {
+        let mut args = vec!["generate", "--model", m, "--prompt", "1+2", "--max-new-tokens", "6", "--temperature", "0"];
+        args.extend_from_slice(extra);
+        Command::new(env!("CARGO_BIN_EXE_aha")).args(&args).output().unwrap()
+    };
+    let text = |o: &std::process::Output| (String::from_utf8_lossy(&o.stdout).to_string(), o.status.success());
+    let auto = gen(&[]);
+    assert!(String::from_utf8_lossy(&auto.stderr).contains("backend cpu-handwritten on cpu, f32"));
+    for backend in ["cpu-autograd", "composite"] {
+        let o = gen(&["--backend", backend]);
+        assert!(String::from_utf8_lossy(&o.stderr).contains(&format!("backend {backend} on cpu")));
+        assert_eq!(text(&o), text(&auto), "greedy text on {backend}");
+    }
+    let f64_run = gen(&["--dtype", "f64"]);
+    assert!(String::from_utf8_lossy(&f64_run.stderr).contains("backend cpu-autograd on cpu, f64"));
+    let bf16 = gen(&["--dtype", "bf16"]);
+    assert!(bf16.status.success() && String::from_utf8_lossy(&bf16.stderr).contains("backend composite on cpu, bf16"));
+
+    let refused = gen(&["--dtype", "bf16", "--backend", "cpu-handwritten"]);
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success() && err.contains("--backend") && err.contains("bf16"), "{err}");
+    let bad = gen(&["--device", "tpu"]);
+    assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("expected cpu, cuda or cuda:N"));
+    if !cfg!(feature = "cuda") {
+        let cuda = gen(&["--device", "cuda"]);
+        let err = String::from_utf8_lossy(&cuda.stderr);
+        assert!(!cuda.status.success() && err.contains("--device") && err.contains("--features cuda"), "{err}");
+    }
+}
