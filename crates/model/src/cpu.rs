@@ -6,7 +6,10 @@
 //!   entropy) as fused candle custom ops with their own backward, for a differentiable forward.
 //! - [`handgrad`]: the whole model's hand-written training forward and backward (f32), which
 //!   trains without candle's autograd.
+//! - [`rows`]: the row math both of the training paths (and the inference forward) run, written
+//!   once: compiled for baseline x86-64 and for AVX2 + FMA, picked at run time, same bits.
 
 pub mod autograd;
 pub mod handgrad;
 pub(crate) mod infer;
+pub mod rows;

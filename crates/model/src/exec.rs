@@ -6,16 +6,16 @@
 //! | backend | when `auto` picks it | training gradients | forward row ops | sampling |
 //! |---|---|---|---|---|
 //! | `cpu-handwritten` | CPU, f32, Qwen2 / Llama | `cpu::handgrad` (hand-written backward) | `cpu::autograd` fused kernels | `cpu::infer` kernels |
-//! | `cpu-autograd` | CPU, f32 Qwen3, or f64 | candle autograd | `cpu::autograd` fused kernels | `cpu::infer` (f32) |
-//! | `composite` | any other device or dtype (CUDA, bf16, f16) | candle autograd | `ops::composite` (candle ops) | `ops::composite` |
+//! | `cpu-autograd` | CPU, f32, Qwen3 | candle autograd | `cpu::autograd` fused kernels | `cpu::infer` kernels |
+//! | `composite` | any other device or dtype (CUDA, bf16, f16, f64) | candle autograd | `ops::composite` (candle ops) | `ops::composite` |
 //!
 //! The inputs are explicit: the device (`--device` / `device`), the dtype (`--dtype` / `dtype`),
 //! the architecture (from `config.json`) and an optional override (`--backend` / `backend`).
 //! [`ExecPlan::decide`] turns them into a plan or an error naming the flag; the model carries
 //! the plan ([`crate::Transformer::plan`]) and reads from it which kernels to call
-//! ([`ExecPlan::kernels`]); the trainer reads [`ExecPlan::hand_written_grads`] and the optimiser
-//! [`ExecPlan::fused_optimizer`]. Nothing else in the workspace inspects a device or a dtype to
-//! choose code.
+//! ([`ExecPlan::kernels`]); the trainer reads [`ExecPlan::hand_written_grads`], and the optimiser
+//! asks [`cpu_float`] whether it can update a parameter's storage in place. Nothing else in the
+//! workspace inspects a device or a dtype to choose code.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -184,9 +184,9 @@ pub enum Backend {
     Auto,
     /// CPU f32, Qwen2 / Llama: the hand-written forward + backward for training.
     CpuHandwritten,
-    /// CPU f32 / f64: candle's autograd over the fused differentiable CPU kernels.
+    /// CPU f32: candle's autograd over the fused differentiable CPU kernels.
     CpuAutograd,
-    /// Any device and dtype: candle's composite ops and autograd (CUDA, bf16, f16).
+    /// Any device and dtype: candle's composite ops and autograd (CUDA, bf16, f16, f64).
     Composite,
 }
 
@@ -250,7 +250,7 @@ pub enum Kernels {
     /// CPU f32 without gradients: candle's fused RMSNorm, the small-batch `x · Wᵀ` and one-token
     /// attention of `cpu::infer`, and the fused row kernels of `cpu::autograd`.
     CpuInfer,
-    /// CPU f32 / f64: the fused differentiable row kernels of `cpu::autograd` (own backward).
+    /// CPU f32: the fused differentiable row kernels of `cpu::autograd` (own backward).
     CpuFused,
     /// candle's composite ops ([`crate::ops::composite`]), differentiable on every device.
     Composite,
@@ -275,8 +275,8 @@ impl ExecPlan {
     /// Decides the plan from its explicit inputs. `requested` may be `Auto`; a backend that does
     /// not apply to the device, dtype or architecture is an error naming `--backend`.
     pub fn decide(device: &Device, dtype: DType, arch: Arch, requested: Backend) -> Result<Self> {
-        let fused_ok = cpu_float(device, dtype);
-        let handwritten_ok = fused_ok && dtype == DType::F32 && arch != Arch::Qwen3;
+        let fused_ok = device.is_cpu() && dtype == DType::F32;
+        let handwritten_ok = fused_ok && arch != Arch::Qwen3;
         let backend = match requested {
             Backend::Auto if handwritten_ok => Backend::CpuHandwritten,
             Backend::Auto if fused_ok => Backend::CpuAutograd,
@@ -284,9 +284,7 @@ impl ExecPlan {
             Backend::CpuHandwritten if !handwritten_ok => {
                 return Err(unusable(requested, "CPU, f32 and a Qwen2 or Llama model", device, dtype, arch))
             }
-            Backend::CpuAutograd if !fused_ok => {
-                return Err(unusable(requested, "CPU and f32 or f64", device, dtype, arch))
-            }
+            Backend::CpuAutograd if !fused_ok => return Err(unusable(requested, "CPU and f32", device, dtype, arch)),
             other => other,
         };
         Ok(Self { backend, device: device.clone(), dtype })
@@ -316,8 +314,8 @@ impl ExecPlan {
     pub fn kernels(&self, mode: Mode) -> Kernels {
         match (self.backend, mode) {
             (Backend::Composite | Backend::Auto, _) => Kernels::Composite,
-            (_, Mode::Infer) if self.dtype == DType::F32 => Kernels::CpuInfer,
-            _ => Kernels::CpuFused,
+            (_, Mode::Infer) => Kernels::CpuInfer,
+            (_, Mode::Train) => Kernels::CpuFused,
         }
     }
 
@@ -325,11 +323,6 @@ impl ExecPlan {
     /// than candle's autograd.
     pub fn hand_written_grads(&self) -> bool {
         self.backend == Backend::CpuHandwritten
-    }
-
-    /// Whether AdamW runs its fused one-pass CPU update (else candle ops).
-    pub fn fused_optimizer(&self) -> bool {
-        self.backend != Backend::Composite
     }
 
     /// One line for logs: `backend cpu-handwritten on cpu, f32`.
@@ -347,9 +340,8 @@ impl ExecPlan {
     }
 }
 
-/// Whether tensors on `device` in `dtype` can be read in place by the CPU kernels (CPU, f32 or
-/// f64): the one test behind the `cpu-*` backends, also used by the optimiser to pick its fused
-/// CPU update for parameters and gradients.
+/// Whether the optimiser's fused in-place CPU update (and gradient norm) can read tensors on
+/// `device` in `dtype`: CPU storage in f32 or f64.
 pub fn cpu_float(device: &Device, dtype: DType) -> bool {
     device.is_cpu() && matches!(dtype, DType::F32 | DType::F64)
 }
@@ -380,7 +372,7 @@ mod tests {
         assert_eq!(plan(DType::F32, Arch::Qwen2, Backend::Auto).unwrap().backend(), Backend::CpuHandwritten);
         assert_eq!(plan(DType::F32, Arch::Llama, Backend::Auto).unwrap().backend(), Backend::CpuHandwritten);
         assert_eq!(plan(DType::F32, Arch::Qwen3, Backend::Auto).unwrap().backend(), Backend::CpuAutograd);
-        assert_eq!(plan(DType::F64, Arch::Qwen2, Backend::Auto).unwrap().backend(), Backend::CpuAutograd);
+        assert_eq!(plan(DType::F64, Arch::Qwen2, Backend::Auto).unwrap().backend(), Backend::Composite);
         assert_eq!(plan(DType::BF16, Arch::Qwen2, Backend::Auto).unwrap().backend(), Backend::Composite);
     }
 
@@ -389,11 +381,12 @@ mod tests {
         let hw = plan(DType::F32, Arch::Qwen2, Backend::Auto).unwrap();
         assert_eq!(hw.kernels(Mode::Train), Kernels::CpuFused);
         assert_eq!(hw.kernels(Mode::Infer), Kernels::CpuInfer);
-        let f64p = plan(DType::F64, Arch::Qwen2, Backend::Auto).unwrap();
-        assert_eq!(f64p.kernels(Mode::Infer), Kernels::CpuFused);
+        let q3 = plan(DType::F32, Arch::Qwen3, Backend::Auto).unwrap();
+        assert_eq!((q3.kernels(Mode::Train), q3.kernels(Mode::Infer)), (Kernels::CpuFused, Kernels::CpuInfer));
+        assert!(!q3.hand_written_grads());
         let comp = plan(DType::F32, Arch::Qwen2, Backend::Composite).unwrap();
         assert_eq!(comp.kernels(Mode::Infer), Kernels::Composite);
-        assert!(!comp.hand_written_grads() && !comp.fused_optimizer());
+        assert!(!comp.hand_written_grads());
         assert!(Kernels::CpuInfer.small_batch_linear(256) && !Kernels::CpuInfer.small_batch_linear(257));
         assert!(!Kernels::CpuFused.small_batch_linear(1));
     }

@@ -20,7 +20,7 @@
 //! Shared prompts: sequences next to each other that agree on every position before the span
 //! (the G samples of one GRPO prompt) are packed so those positions are computed once — in the
 //! forward, the backward and the reference forward ([`attention`] has the layout). Per-row work
-//! runs over the packed rows; row kernels are in [`kernels`].
+//! runs over the packed rows; the row kernels are `cpu/rows.rs`, shared with `cpu/autograd.rs`.
 //!
 //! Scope: models whose execution plan is `cpu-handwritten` (CPU, f32, Qwen2 / Llama; Qwen3's q/k
 //! norms take `cpu-autograd`), decided in `exec.rs`; [`forward`] refuses any other.
@@ -33,6 +33,7 @@ use candle_core::{bail, DType, Tensor};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
+use crate::cpu::rows::{self, grain, rms_backward, rms_forward, ROW_GRAIN};
 use crate::error::Result;
 use crate::transformer::Transformer;
 use attention::Packing;
@@ -41,8 +42,6 @@ type CResult<T> = candle_core::Result<T>;
 
 /// Multiply-adds below which a gemm stays on the calling thread.
 const PAR_MIN_WORK: usize = 1 << 18;
-/// Rows per rayon task in the row kernels (at least one).
-const ROW_GRAIN: usize = 1 << 13;
 
 // ---------------------------------------------------------------------------------------------
 // Shapes and parameters
@@ -296,10 +295,6 @@ fn column_sums(m: &[f32], cols: usize, acc: &mut [f32]) {
     }
 }
 
-fn grain(row_len: usize) -> usize {
-    (ROW_GRAIN / row_len.max(1)).max(1)
-}
-
 fn add_into(dst: &mut [f32], src: &[f32]) {
     dst.par_chunks_mut(ROW_GRAIN).zip(src.par_chunks(ROW_GRAIN)).for_each(|(d, s)| {
         d.iter_mut().zip(s).for_each(|(a, &b)| *a += b);
@@ -309,45 +304,6 @@ fn add_into(dst: &mut [f32], src: &[f32]) {
 // ---------------------------------------------------------------------------------------------
 // Row kernels
 
-/// RMSNorm rows of `x` (`[rows, d]`): returns `(x · rstd · w, rstd)`.
-fn rms_forward(x: &[f32], w: &[f32], eps: f32) -> (Vec<f32>, Vec<f32>) {
-    let d = w.len();
-    let mut y = vec![0f32; x.len()];
-    let mut rstd = vec![0f32; x.len() / d];
-    y.par_chunks_mut(d)
-        .zip(x.par_chunks(d))
-        .zip(rstd.par_iter_mut())
-        .with_min_len(grain(d))
-        .for_each(|((yr, xr), r)| *r = kernels::rms_row(xr, w, eps, yr));
-    (y, rstd)
-}
-
-/// The backward of [`rms_forward`] for upstream `g`: returns `dx`, writes `dw` (summed over row
-/// blocks in block order).
-fn rms_backward(x: &[f32], rstd: &[f32], w: &[f32], g: &[f32], dw: &mut [f32]) -> Vec<f32> {
-    let d = w.len();
-    let block = grain(d) * d;
-    let mut dx = vec![0f32; x.len()];
-    let partials: Vec<Vec<f32>> = dx
-        .par_chunks_mut(block)
-        .zip(x.par_chunks(block))
-        .zip(g.par_chunks(block))
-        .zip(rstd.par_chunks(block / d))
-        .map(|(((dxb, xb), gb), rb)| {
-            let mut part = vec![0f32; d];
-            for (((dxr, xr), gr), &r) in dxb.chunks_mut(d).zip(xb.chunks(d)).zip(gb.chunks(d)).zip(rb) {
-                kernels::rms_backward_row(xr, gr, w, r, dxr, &mut part);
-            }
-            part
-        })
-        .collect();
-    dw.fill(0.0);
-    for part in &partials {
-        dw.iter_mut().zip(part).for_each(|(a, &p)| *a += p);
-    }
-    dx
-}
-
 /// RoPE in place on the first `roped` columns of each row of `x` (`[rows, width]`, heads of
 /// `hd` side by side), HF's rotate-half layout; `cos`/`sin` are `[rows, hd]`. `inverse` applies
 /// the transpose (the backward).
@@ -356,7 +312,7 @@ fn rope_inplace(x: &mut [f32], width: usize, roped: usize, cos: &[f32], sin: &[f
         .zip(cos.par_chunks(hd))
         .zip(sin.par_chunks(hd))
         .with_min_len(grain(width))
-        .for_each(|((row, c), s)| row[..roped].chunks_mut(hd).for_each(|head| kernels::rope_head(head, c, s, inverse)));
+        .for_each(|((row, c), s)| row[..roped].chunks_mut(hd).for_each(|head| rows::rope_head(head, c, s, inverse)));
 }
 
 /// `silu(gate) · up` for rows of the stacked projection `gu` (`[rows, 2·inter]`, gate first).
@@ -364,7 +320,7 @@ fn swiglu(gu: &[f32], inter: usize) -> Vec<f32> {
     let mut out = vec![0f32; gu.len() / 2];
     out.par_chunks_mut(inter).zip(gu.par_chunks(2 * inter)).with_min_len(grain(inter)).for_each(|(o, row)| {
         let (g, u) = row.split_at(inter);
-        kernels::swiglu_row(g, u, o);
+        rows::swiglu_row(g, u, o);
     });
     out
 }
@@ -379,7 +335,7 @@ fn swiglu_backward(gu: &[f32], inter: usize, d: &[f32]) -> Vec<f32> {
         .for_each(|((dr, row), dc)| {
             let (g, u) = row.split_at(inter);
             let (dg, du) = dr.split_at_mut(inter);
-            kernels::swiglu_backward_row(g, u, dc, dg, du);
+            rows::swiglu_backward_row(g, u, dc, dg, du);
         });
     dgu
 }
@@ -689,7 +645,7 @@ fn run_forward(tape: &mut Tape, w: &[&[f32]]) -> CResult<(Vec<f32>, Vec<f32>)> {
         .par_chunks(d.vocab)
         .zip(tape.targets.par_iter())
         .with_min_len(grain(d.vocab))
-        .map(|(z, &tgt)| kernels::logprob_row(z, tgt as usize))
+        .map(|(z, &tgt)| rows::logprob_row(z, tgt as usize))
         .collect();
     let mut logps = Vec::with_capacity(m);
     let mut entropy = Vec::with_capacity(m);
@@ -753,7 +709,7 @@ fn run_backward(tape: &Tape, w: &[&[f32]], dl: &[f32]) -> CResult<GradBufs> {
     let mut dz = vec![0f32; m * v];
     dz.par_chunks_mut(v).zip(tape.logits.par_chunks(v)).enumerate().with_min_len(grain(v)).for_each(|(r, (dr, zr))| {
         if dl[r] != 0.0 {
-            kernels::logprob_backward_row(zr, tape.lse[r], tape.targets[r] as usize, dl[r], dr);
+            rows::logprob_backward_row(zr, tape.lse[r], tape.targets[r] as usize, dl[r], dr);
         }
     });
     let head = tape.idx.head;
@@ -781,6 +737,5 @@ fn run_backward(tape: &Tape, w: &[&[f32]], dl: &[f32]) -> CResult<GradBufs> {
 }
 
 mod attention;
-mod kernels;
 #[cfg(test)]
 mod tests;

@@ -10,7 +10,8 @@
 
 use rayon::prelude::*;
 
-use super::{kernels, mm, CResult, Dims, Mat, QkvLayout};
+use super::{mm, CResult, Dims, Mat, QkvLayout};
+use crate::cpu::rows as kernels;
 
 /// Query rows per block of the causal attention: rows `i0..i1` need keys `0..i1` only.
 const CAUSAL_BLOCK: usize = 32;

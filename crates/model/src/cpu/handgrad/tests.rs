@@ -11,9 +11,9 @@ use candle_nn::{VarBuilder, VarMap};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use super::kernels::exp;
 use super::*;
 use crate::config::{Arch, ModelConfig};
+use crate::cpu::rows::exp;
 use crate::transformer::ParamInit;
 
 fn config(arch: Arch, tied: bool, bias: bool) -> ModelConfig {

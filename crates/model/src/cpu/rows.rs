@@ -1,5 +1,9 @@
-//! Row kernels of the hand-written training path: RMSNorm, RoPE, SwiGLU, masked softmax and
-//! log-softmax + gather, with their backwards, one row (or one head) per call.
+//! The row math of every CPU path, written once: RMSNorm, RoPE, SwiGLU, softmax (causal + key
+//! mask, or an additive bias), log-softmax + gather (with the entropy), their backwards, and the
+//! `exp` they share — one row (or one head) per call, plus the row-parallel RMSNorm both callers
+//! use. The hand-written training path (`cpu/handgrad.rs`) and the fused autograd ops
+//! (`cpu/autograd.rs`, which the inference forward also runs) call these; `ops/composite.rs`
+//! states the same math in candle ops, and the tests hold both to it.
 //!
 //! Each kernel is compiled twice by [`multiversion!`]: for the baseline x86-64 target the binary
 //! is built for (SSE2) and with AVX2 + FMA enabled, and picks the second at run time when the
@@ -7,7 +11,17 @@
 //! never contracts `a · b + c` into an FMA by itself and every reduction here runs in eight
 //! fixed lanes, so both builds (and every thread count) give the same bits.
 
+use rayon::prelude::*;
+
 use crate::cpu::infer::dot;
+
+/// Elements per rayon task in the row-parallel loops (at least one row).
+pub(crate) const ROW_GRAIN: usize = 1 << 13;
+
+/// Rows of `row_len` elements per rayon task.
+pub(crate) fn grain(row_len: usize) -> usize {
+    (ROW_GRAIN / row_len.max(1)).max(1)
+}
 
 /// Defines `fn $name` whose body is compiled for the baseline target and, on x86-64, again with
 /// AVX2 + FMA, the second chosen at run time when the CPU supports it.
@@ -52,7 +66,7 @@ const LANES: usize = 8;
 /// result is a normal float; inputs are clamped to [−87, 88], so it never returns 0 or ∞).
 /// No float→int conversion and no division, so every step is one vector instruction.
 #[inline(always)]
-pub(super) fn exp(x: f32) -> f32 {
+pub fn exp(x: f32) -> f32 {
     const LN2_HI: f32 = 0.693_145_75;
     const LN2_LO: f32 = 1.428_606_8e-6;
     // Adding 1.5 · 2²³ rounds to the nearest integer n, which then sits in the low mantissa
@@ -91,7 +105,7 @@ fn max(a: &[f32]) -> f32 {
 
 multiversion! {
     /// RMSNorm of one row: `y = x · rstd · w`; returns `rstd = 1 / √(mean x² + eps)`.
-    pub(super) fn rms_row(x: &[f32], w: &[f32], eps: f32, y: &mut [f32]) -> f32 {
+    pub(crate) fn rms_row(x: &[f32], w: &[f32], eps: f32, y: &mut [f32]) -> f32 {
         let r = 1.0 / (dot(x, x) / x.len() as f32 + eps).sqrt();
         y.iter_mut().zip(x).zip(w).for_each(|((o, &xv), &wv)| *o = xv * r * wv);
         r
@@ -100,7 +114,7 @@ multiversion! {
 
 multiversion! {
     /// The backward of [`rms_row`] for upstream `g`: writes `dx`, adds `g · x̂` to `dw_part`.
-    pub(super) fn rms_backward_row(x: &[f32], g: &[f32], w: &[f32], r: f32, dx: &mut [f32], dw_part: &mut [f32]) {
+    pub(crate) fn rms_backward_row(x: &[f32], g: &[f32], w: &[f32], r: f32, dx: &mut [f32], dw_part: &mut [f32]) {
         let mut acc = [0f32; LANES];
         let (cx, cg, cw) = (x.chunks_exact(LANES), g.chunks_exact(LANES), w.chunks_exact(LANES));
         let mut tail = 0f32;
@@ -124,7 +138,7 @@ multiversion! {
 multiversion! {
     /// RoPE (HF's rotate-half layout) in place on one head `v` of `hd` values, with that
     /// position's `cos`/`sin` rows; `inverse` applies the transpose (the backward).
-    pub(super) fn rope_head(v: &mut [f32], c: &[f32], s: &[f32], inverse: bool) {
+    pub(crate) fn rope_head(v: &mut [f32], c: &[f32], s: &[f32], inverse: bool) {
         let half = v.len() / 2;
         let (lo, hi) = v.split_at_mut(half);
         let (c_lo, c_hi) = c.split_at(half);
@@ -144,7 +158,7 @@ multiversion! {
 
 multiversion! {
     /// `out = silu(gate) · up` for one row.
-    pub(super) fn swiglu_row(gate: &[f32], up: &[f32], out: &mut [f32]) {
+    pub(crate) fn swiglu_row(gate: &[f32], up: &[f32], out: &mut [f32]) {
         for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
             *o = g * sigmoid(g) * u;
         }
@@ -153,7 +167,7 @@ multiversion! {
 
 multiversion! {
     /// The backward of [`swiglu_row`] for upstream `d`: writes `dgate` and `dup`.
-    pub(super) fn swiglu_backward_row(gate: &[f32], up: &[f32], d: &[f32], dgate: &mut [f32], dup: &mut [f32]) {
+    pub(crate) fn swiglu_backward_row(gate: &[f32], up: &[f32], d: &[f32], dgate: &mut [f32], dup: &mut [f32]) {
         for ((((dg, du), &g), &u), &dv) in dgate.iter_mut().zip(dup.iter_mut()).zip(gate).zip(up).zip(d) {
             let s = sigmoid(g);
             *du = dv * g * s;
@@ -165,39 +179,93 @@ multiversion! {
 multiversion! {
     /// Softmax of `scale · row` over the keys query `i` may see (`j ≤ i`, `valid[j] > 0.5`);
     /// zero elsewhere (and everywhere when it may see none, as for left padding).
-    pub(super) fn masked_softmax_row(row: &mut [f32], i: usize, valid: &[f32], scale: f32) {
+    pub(crate) fn masked_softmax_row(row: &mut [f32], i: usize, valid: &[f32], scale: f32) {
         let n = (i + 1).min(row.len()).min(valid.len());
         let (live, dead) = row.split_at_mut(n);
         dead.fill(0.0);
         let valid = &valid[..n];
         live.iter_mut().zip(valid).for_each(|(s, &v)| *s = if v > 0.5 { *s * scale } else { f32::NEG_INFINITY });
-        let top = max(live);
-        if top == f32::NEG_INFINITY {
-            live.fill(0.0);
-            return;
-        }
-        let mut acc = [0f32; LANES];
-        let mut chunks = live.chunks_exact_mut(LANES);
-        for c in &mut chunks {
-            for l in 0..LANES {
-                let e = if c[l] == f32::NEG_INFINITY { 0.0 } else { exp(c[l] - top) };
-                c[l] = e;
-                acc[l] += e;
-            }
-        }
-        let mut tail = 0f32;
-        for s in chunks.into_remainder() {
-            *s = if *s == f32::NEG_INFINITY { 0.0 } else { exp(*s - top) };
-            tail += *s;
-        }
-        let sum = acc.iter().sum::<f32>() + tail;
-        live.iter_mut().for_each(|s| *s /= sum);
+        softmax_in_place(live);
     }
 }
 
 multiversion! {
+    /// Softmax of `scale · row + bias` (`bias`: 0 where allowed, −1e30 where masked, as
+    /// `transformer.rs` builds it; a fully masked row comes out uniform, as candle's softmax).
+    pub(crate) fn biased_softmax_row(row: &mut [f32], bias: &[f32], scale: f32) {
+        row.iter_mut().zip(bias).for_each(|(s, &b)| *s = *s * scale + b);
+        softmax_in_place(row);
+    }
+}
+
+/// Softmax of `row` in place; `−∞` entries get 0, and a row of only `−∞` becomes all 0.
+#[inline(always)]
+fn softmax_in_place(live: &mut [f32]) {
+    let top = max(live);
+    if top == f32::NEG_INFINITY {
+        live.fill(0.0);
+        return;
+    }
+    let mut acc = [0f32; LANES];
+    let mut chunks = live.chunks_exact_mut(LANES);
+    for c in &mut chunks {
+        for l in 0..LANES {
+            let e = if c[l] == f32::NEG_INFINITY { 0.0 } else { exp(c[l] - top) };
+            c[l] = e;
+            acc[l] += e;
+        }
+    }
+    let mut tail = 0f32;
+    for s in chunks.into_remainder() {
+        *s = if *s == f32::NEG_INFINITY { 0.0 } else { exp(*s - top) };
+        tail += *s;
+    }
+    let sum = acc.iter().sum::<f32>() + tail;
+    live.iter_mut().for_each(|s| *s /= sum);
+}
+
+/// RMSNorm rows of `x` (`[rows, d]`): returns `(x · rstd · w, rstd)`.
+pub(crate) fn rms_forward(x: &[f32], w: &[f32], eps: f32) -> (Vec<f32>, Vec<f32>) {
+    let d = w.len();
+    let mut y = vec![0f32; x.len()];
+    let mut rstd = vec![0f32; x.len() / d];
+    y.par_chunks_mut(d)
+        .zip(x.par_chunks(d))
+        .zip(rstd.par_iter_mut())
+        .with_min_len(grain(d))
+        .for_each(|((yr, xr), r)| *r = rms_row(xr, w, eps, yr));
+    (y, rstd)
+}
+
+/// The backward of [`rms_forward`] for upstream `g`: returns `dx`, writes `dw` (summed over row
+/// blocks in block order, so the result never depends on how rayon split the work).
+pub(crate) fn rms_backward(x: &[f32], rstd: &[f32], w: &[f32], g: &[f32], dw: &mut [f32]) -> Vec<f32> {
+    let d = w.len();
+    let block = grain(d) * d;
+    let mut dx = vec![0f32; x.len()];
+    let partials: Vec<Vec<f32>> = dx
+        .par_chunks_mut(block)
+        .zip(x.par_chunks(block))
+        .zip(g.par_chunks(block))
+        .zip(rstd.par_chunks(block / d))
+        .map(|(((dxb, xb), gb), rb)| {
+            let mut part = vec![0f32; d];
+            for (((dxr, xr), gr), &r) in dxb.chunks_mut(d).zip(xb.chunks(d)).zip(gb.chunks(d)).zip(rb) {
+                rms_backward_row(xr, gr, w, r, dxr, &mut part);
+            }
+            part
+        })
+        .collect();
+    dw.fill(0.0);
+    for part in &partials {
+        dw.iter_mut().zip(part).for_each(|(a, &p)| *a += p);
+    }
+    dx
+}
+
+multiversion! {
     /// The backward of [`masked_softmax_row`] (with its `scale`) in place: `dp ← p · (dp − dp·p) · scale`.
-    pub(super) fn softmax_backward_row(dp: &mut [f32], p: &[f32], scale: f32) {
+    pub(crate) fn softmax_backward_row(dp: &mut [f32], p: &[f32], scale: f32) {
         let d = dot(dp, p);
         dp.iter_mut().zip(p).for_each(|(x, &pv)| *x = pv * (*x - d) * scale);
     }
@@ -206,7 +274,7 @@ multiversion! {
 multiversion! {
     /// `(log p(target), entropy, log-sum-exp)` of one row of logits (exponentials in f32, sums
     /// in f64).
-    pub(super) fn logprob_row(z: &[f32], target: usize) -> (f32, f32, f32) {
+    pub(crate) fn logprob_row(z: &[f32], target: usize) -> (f32, f32, f32) {
         let top = max(z);
         let (mut sum, mut weighted) = ([0f64; LANES], [0f64; LANES]);
         let chunks = z.chunks_exact(LANES);
@@ -234,7 +302,7 @@ multiversion! {
 multiversion! {
     /// The gradient of `g · log p(target)` with respect to one row of logits `z` whose
     /// log-sum-exp is `lse`: `g · (onehot(target) − softmax(z))`.
-    pub(super) fn logprob_backward_row(z: &[f32], lse: f32, target: usize, g: f32, dz: &mut [f32]) {
+    pub(crate) fn logprob_backward_row(z: &[f32], lse: f32, target: usize, g: f32, dz: &mut [f32]) {
         dz.iter_mut().zip(z).for_each(|(o, &x)| *o = -g * exp(x - lse));
         if let Some(t) = dz.get_mut(target) {
             *t += g;
@@ -290,13 +358,15 @@ mod tests {
             swiglu_backward_row(&g, &u, &x, &mut dg, &mut du);
             let mut p = z.clone();
             masked_softmax_row(&mut p, 60, &valid, 0.125);
+            let mut pb = z.clone();
+            biased_softmax_row(&mut pb, &x, 0.5);
             let mut dp = g.clone();
             softmax_backward_row(&mut dp, &p, 0.125);
             let (lp, ent, lse) = logprob_row(&z, 3);
             let mut dz = vec![0f32; n];
             logprob_backward_row(&z, lse, 3, -0.25, &mut dz);
             let scalars = vec![r, lp, ent, lse, exp(-3.3), exp(40.0)];
-            [y, dx, part, head, act, dg, du, p, dp, dz, scalars].concat()
+            [y, dx, part, head, act, dg, du, p, pb, dp, dz, scalars].concat()
         });
         assert_eq!(bits(&a), bits(&b));
         assert!(a.iter().all(|v| v.is_finite()));
