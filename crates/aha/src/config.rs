@@ -17,6 +17,7 @@ use aha_train::eval::EvalSettings;
 use aha_train::grpo::GrpoSettings;
 use aha_train::rm::ModelRewardSpec;
 use aha_train::run::RunOptions;
+pub use aha_train::sft::SftSettings;
 use aha_train::sft_data::SftColumns;
 use aha_train::template::PromptTemplate;
 use anyhow::{bail, Context, Result};
@@ -175,37 +176,6 @@ pub struct SftDataConfig {
     pub template: PromptTemplate,
 }
 
-/// Batch and length settings of SFT (`[sft]`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct SftSettings {
-    /// Passes over the data (used when `max_steps` is 0). Default 1.
-    pub epochs: usize,
-    /// Optimiser steps; 0 derives them from `epochs`. Default 0.
-    pub max_steps: usize,
-    /// Examples per optimiser step. Default 8.
-    pub batch_size: usize,
-    /// Examples per forward/backward (gradient accumulation); 0 = the whole batch. Default 0.
-    pub micro_batch_size: usize,
-}
-
-impl Default for SftSettings {
-    fn default() -> Self {
-        Self { epochs: 1, max_steps: 0, batch_size: 8, micro_batch_size: 0 }
-    }
-}
-
-impl SftSettings {
-    /// Optimiser steps for a dataset of `rows` examples.
-    pub fn total_steps(&self, rows: usize) -> usize {
-        if self.max_steps > 0 {
-            self.max_steps
-        } else {
-            self.epochs * rows.div_ceil(self.batch_size.max(1))
-        }
-    }
-}
-
 /// The whole `aha sft` config.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -330,16 +300,16 @@ impl GrpoConfig {
 
     fn validate_eval(&self, eval: &EvalConfig) -> Result<()> {
         let names: Vec<String> = self.rewards_config().rewards.iter().map(RewardSpec::name).collect();
-        if !names.contains(&eval.sampling.correct_reward) {
+        if !names.contains(&eval.sampling.generation.correct_reward) {
             bail!(
                 "[eval.sampling].correct_reward `{}` is not a configured reward ({names:?})",
-                eval.sampling.correct_reward
+                eval.sampling.generation.correct_reward
             );
         }
         if self.data.path.is_some() && eval.path.is_none() {
             bail!("[eval].path is required when [data].path is a JSONL file");
         }
-        if eval.questions == 0 || eval.sampling.k == 0 {
+        if eval.questions == 0 || eval.sampling.generation.k == 0 {
             bail!("[eval].questions and [eval.sampling].k must be positive");
         }
         eval.sampling.pass_at_list().context("[eval.sampling].pass_at")?;

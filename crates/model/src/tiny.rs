@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use candle_core::Tensor;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value as Json};
 
 use crate::chat_template::CHATML_TEMPLATE;
@@ -38,10 +39,12 @@ pub const TINY_SPECIAL_TOKENS: [(&str, bool); 7] = [
 /// The tiny tokenizer's vocabulary size: 256 bytes plus the added tokens.
 pub const TINY_VOCAB_SIZE: usize = 256 + TINY_SPECIAL_TOKENS.len();
 
-/// Architecture sizes of a tiny model (vocabulary size is fixed by the tokenizer).
-#[derive(Debug, Clone, PartialEq)]
+/// Architecture sizes of a tiny model (vocabulary size is fixed by the tokenizer). As a TOML
+/// table (a pipeline recipe's `[init]`), every key is optional and unknown keys are errors.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct TinySpec {
-    /// Transformer family.
+    /// Transformer family (`qwen2`, `qwen3`, `llama`). Default `qwen2`.
     pub arch: Arch,
     /// Residual width. Default 64.
     pub hidden_size: usize,

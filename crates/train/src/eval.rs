@@ -42,74 +42,28 @@ pub enum VoteRule {
 }
 
 /// How to sample and what to report. Defaults are the paper's: T 0.6, top-p 0.95.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+///
+/// The sampling and judging keys (`k`, `temperature`, `top_p`, `max_new_tokens`, `seed`,
+/// `batch_prompts`, `correct_reward`, `format_reward`, `task_fields`) are [`GenSettings`]'s,
+/// flattened into the same table; evaluation adds `pass_at` and `vote`. Unknown keys are errors.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct EvalSettings {
-    /// Samples per question. Default 4.
-    pub k: usize,
-    /// Sampling temperature. Default 0.6.
-    pub temperature: f64,
-    /// Nucleus threshold (1 disables). Default 0.95.
-    pub top_p: f64,
-    /// Maximum completion tokens. Default 256.
-    pub max_new_tokens: usize,
-    /// Sampling seed. Default 1234.
-    pub seed: u64,
-    /// Questions decoded together; results do not depend on it. Default 8.
-    pub batch_prompts: usize,
-    /// Name of the reward that decides correctness. Default `accuracy`.
-    pub correct_reward: String,
-    /// Name of the reward that decides well-formedness (the strict format check when absent).
-    /// Default `format`.
-    pub format_reward: String,
-    /// Row fields naming a row's task, tried in order, for the per-task breakdown.
-    /// Default `["task", "source"]`.
-    pub task_fields: Vec<String>,
+    /// Sampling and judging (see [`GenSettings`] for each key and its default).
+    #[serde(flatten)]
+    pub generation: GenSettings,
     /// The k' of pass@k' (each ≤ k); empty: the powers of two up to k. Default empty.
     pub pass_at: Vec<usize>,
     /// How answers are grouped for cons@k. Default `math`.
     pub vote: VoteRule,
 }
 
-impl Default for EvalSettings {
-    fn default() -> Self {
-        let g = GenSettings::default();
-        Self {
-            k: g.k,
-            temperature: g.temperature,
-            top_p: g.top_p,
-            max_new_tokens: g.max_new_tokens,
-            seed: g.seed,
-            batch_prompts: g.batch_prompts,
-            correct_reward: g.correct_reward,
-            format_reward: g.format_reward,
-            task_fields: g.task_fields,
-            pass_at: Vec::new(),
-            vote: VoteRule::default(),
-        }
-    }
-}
-
 impl EvalSettings {
-    /// The sampling half of these settings.
-    pub fn generation(&self) -> GenSettings {
-        GenSettings {
-            k: self.k,
-            temperature: self.temperature,
-            top_p: self.top_p,
-            max_new_tokens: self.max_new_tokens,
-            seed: self.seed,
-            batch_prompts: self.batch_prompts,
-            correct_reward: self.correct_reward.clone(),
-            format_reward: self.format_reward.clone(),
-            task_fields: self.task_fields.clone(),
-        }
-    }
-
     /// The k' reported as pass@k': `pass_at` when given, else 1, 2, 4, … up to k.
     pub fn pass_at_list(&self) -> Result<Vec<usize>> {
-        if let Some(&bad) = self.pass_at.iter().find(|&&x| x == 0 || x > self.k) {
-            return Err(TrainError::Config(format!("pass_at {bad} must lie in 1..=k (k = {})", self.k)));
+        let k = self.generation.k;
+        if let Some(&bad) = self.pass_at.iter().find(|&&x| x == 0 || x > k) {
+            return Err(TrainError::Config(format!("pass_at {bad} must lie in 1..=k (k = {k})")));
         }
         if !self.pass_at.is_empty() {
             let mut list = self.pass_at.clone();
@@ -117,7 +71,7 @@ impl EvalSettings {
             list.dedup();
             return Ok(list);
         }
-        Ok(std::iter::successors(Some(1usize), |x| x.checked_mul(2)).take_while(|&x| x <= self.k).collect())
+        Ok(std::iter::successors(Some(1usize), |x| x.checked_mul(2)).take_while(|&x| x <= k).collect())
     }
 }
 
@@ -169,9 +123,9 @@ pub fn evaluate_set(
     progress: &mut TrainProgress,
 ) -> Result<EvalOutput> {
     let pass_at = settings.pass_at_list()?;
-    let samples = generate_scored(model, set, codec, registry, &settings.generation(), progress)?;
+    let samples = generate_scored(model, set, codec, registry, &settings.generation, progress)?;
     let questions: Vec<QuestionEval> = samples.iter().map(|g| judge(g, settings.vote)).collect();
-    let record = summarise(&questions, &samples, settings.k, &pass_at)?;
+    let record = summarise(&questions, &samples, settings.generation.k, &pass_at)?;
     Ok(EvalOutput { record, questions, samples })
 }
 
@@ -282,7 +236,7 @@ pub const EVAL_SAMPLES: &str = "samples.jsonl";
 /// stderr, prompts too long for the context), builds the rewards, evaluates, and writes
 /// `eval.json` and `samples.jsonl` when `out_dir` is set.
 pub fn run_eval(lm: &LoadedModel, job: &EvalJob, progress: &mut TrainProgress) -> Result<EvalOutput> {
-    let set = load_questions(lm, &job.data, job.sampling.max_new_tokens)?;
+    let set = load_questions(lm, &job.data, job.sampling.generation.max_new_tokens)?;
     let registry = build_registry(&job.data, &job.rewards)?;
     let out = evaluate_set(&lm.model, &set, &lm.tokenizer, &registry, &job.sampling, progress)?;
     if let Some(dir) = &job.out_dir {
@@ -407,12 +361,36 @@ mod tests {
 
     #[test]
     fn pass_at_list_defaults_to_powers_of_two_and_checks_bounds() {
-        let s = |k, pass_at: Vec<usize>| EvalSettings { k, pass_at, ..EvalSettings::default() };
+        let s = |k, pass_at: Vec<usize>| EvalSettings {
+            generation: GenSettings { k, ..GenSettings::default() },
+            pass_at,
+            ..EvalSettings::default()
+        };
         assert_eq!(s(1, vec![]).pass_at_list().unwrap(), vec![1]);
         assert_eq!(s(12, vec![]).pass_at_list().unwrap(), vec![1, 2, 4, 8]);
         assert_eq!(s(16, vec![]).pass_at_list().unwrap(), vec![1, 2, 4, 8, 16]);
         assert_eq!(s(5, vec![5, 3, 3]).pass_at_list().unwrap(), vec![3, 5]);
         assert!(s(4, vec![5]).pass_at_list().is_err());
         assert!(s(4, vec![0]).pass_at_list().is_err());
+    }
+
+    #[test]
+    fn settings_read_one_flat_table_and_deny_unknown_keys() {
+        let s: EvalSettings = toml::from_str("k = 8\ntemperature = 1.0\npass_at = [2]\nvote = \"exact\"\n").unwrap();
+        let want = EvalSettings {
+            generation: GenSettings { k: 8, temperature: 1.0, ..GenSettings::default() },
+            pass_at: vec![2],
+            vote: VoteRule::Exact,
+        };
+        assert_eq!(s, want);
+        assert_eq!(toml::from_str::<EvalSettings>("").unwrap(), EvalSettings::default());
+        assert_eq!(EvalSettings::default().generation.temperature, 0.6);
+        for bad in ["tempreature = 1.0", "k = 2\nvotes = \"math\""] {
+            let err = toml::from_str::<EvalSettings>(bad).unwrap_err().to_string();
+            assert!(err.contains(bad.split(" =").next().unwrap().rsplit('\n').next().unwrap()), "{err}");
+        }
+        let json = serde_json::to_value(&want).unwrap();
+        assert_eq!((json["k"].as_u64(), json["vote"].as_str()), (Some(8), Some("exact")), "{json}");
+        assert_eq!(serde_json::from_value::<EvalSettings>(json).unwrap(), want);
     }
 }

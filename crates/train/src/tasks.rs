@@ -9,6 +9,10 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
+/// The step arithmetic of the `+`/`-` chains lives with the teacher, which also writes them
+/// with slips; the exact solutions here are its slip-free case.
+pub use crate::teacher::arithmetic_steps;
+
 /// Which half of the problem space.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -149,24 +153,6 @@ fn arithmetic(rng: &mut ChaCha8Rng, k: usize, max_value: i64) -> Problem {
     }
 }
 
-/// The trace `a+b=c c-d=e …` and the final value; `slip` = (step, delta) injects one mistake
-/// whose wrong value then propagates, as an imperfect teacher would write it.
-pub fn arithmetic_steps(nums: &[i64], ops: &[char], slip: Option<(usize, i64)>) -> (String, i64) {
-    let mut acc = nums[0];
-    let mut parts = Vec::with_capacity(ops.len());
-    for (i, (op, n)) in ops.iter().zip(&nums[1..]).enumerate() {
-        let mut next = if *op == '+' { acc + n } else { acc - n };
-        if let Some((step, delta)) = slip {
-            if step == i {
-                next += delta;
-            }
-        }
-        parts.push(format!("{acc}{op}{n}={next}"));
-        acc = next;
-    }
-    (parts.join(" "), acc)
-}
-
 /// Parses `Compute a+b-c.` back into operands and operators.
 pub fn parse_arithmetic(prompt: &str) -> Option<(Vec<i64>, Vec<char>)> {
     let expr = prompt.strip_prefix("Compute ")?.strip_suffix('.')?;
@@ -242,8 +228,6 @@ mod tests {
         let (steps, v) = arithmetic_steps(&[7, 5, 3], &['+', '-'], None);
         assert_eq!(steps, "7+5=12 12-3=9");
         assert_eq!(v, 9);
-        let (steps, v) = arithmetic_steps(&[7, 5, 3], &['+', '-'], Some((0, 1)));
-        assert_eq!((steps.as_str(), v), ("7+5=13 13-3=10", 10));
         assert_eq!(parse_arithmetic("Compute 7+5-3."), Some((vec![7, 5, 3], vec!['+', '-'])));
     }
 

@@ -8,6 +8,11 @@
 //!   probability `foreign_fraction`, the Chinese `故` ("therefore"). At 0.5 half of the chain
 //!   of thought's words are Chinese: the language mixing R1's language-consistency reward
 //!   removes (docs/DESIGN.md §3.6).
+//!
+//! `aha demo`'s cold start and pipeline SFT stages (`[stages.teacher]`) both write their traces
+//! here. The step arithmetic of the chains ([`arithmetic_step_list`]) is the only copy in the
+//! workspace: a task's exact solution is its slip-free case. Random draws come in a fixed order
+//! per problem (slip, then one word per step), so a seed gives the same traces everywhere.
 
 use std::path::Path;
 
@@ -75,13 +80,6 @@ impl TeacherConfig {
         Ok(())
     }
 
-    /// The (prompt, completion) pairs, deterministic in the seed.
-    pub fn rows(&self) -> Vec<(String, String)> {
-        let problems = self.task.generate(self.seed, Split::Train, self.size, self.test_percent);
-        let mut rng = ChaCha8Rng::seed_from_u64(self.seed ^ 0x51f7);
-        problems.iter().map(|p| (p.prompt.clone(), self.trace(p, &mut rng))).collect()
-    }
-
     /// Writes the rows as prompt/completion JSONL; returns how many.
     pub fn write(&self, path: &Path) -> Result<usize> {
         self.validate()?;
@@ -98,30 +96,87 @@ impl TeacherConfig {
         Ok(rows.len())
     }
 
-    /// One trace: the task's solution, or for arithmetic the steps with an optional slip and
-    /// connective words.
-    fn trace(&self, p: &Problem, rng: &mut ChaCha8Rng) -> String {
-        let Some((nums, ops)) = parse_arithmetic(&p.prompt) else { return p.solution.clone() };
-        let slip = rng.random_bool(self.slip_rate).then(|| {
-            let step = rng.random_range(0..ops.len());
-            (step, if rng.random_bool(0.5) { 1 } else { -1 })
-        });
-        let mut acc = nums[0];
-        let mut parts = Vec::with_capacity(ops.len());
-        for (i, (op, n)) in ops.iter().zip(&nums[1..]).enumerate() {
-            let mut next = if *op == '+' { acc + n } else { acc - n };
-            if slip.is_some_and(|(s, _)| s == i) {
-                next += slip.map_or(0, |(_, d)| d);
-            }
-            let step = format!("{acc}{op}{n}={next}");
-            parts.push(match self.cot_words {
-                Some(w) => format!("{} {step}", if rng.random_bool(w.foreign_fraction) { ZH_WORD } else { EN_WORD }),
-                None => step,
-            });
-            acc = next;
-        }
-        format!("<think>{}</think><answer>{acc}</answer>", parts.join(" "))
+    /// The task's train-split problems the teacher writes traces for.
+    pub fn problems(&self) -> Vec<Problem> {
+        self.task.generate(self.seed, Split::Train, self.size, self.test_percent)
     }
+
+    /// The (prompt, completion) pairs, deterministic in the seed.
+    pub fn rows(&self) -> Vec<(String, String)> {
+        let problems = self.problems();
+        problems.iter().map(|p| p.prompt.clone()).zip(self.traces(&problems)).collect()
+    }
+
+    /// One trace per problem, in order, from the teacher's random stream (`seed ^ 0x51f7`).
+    pub fn traces(&self, problems: &[Problem]) -> Vec<String> {
+        let mut rng = ChaCha8Rng::seed_from_u64(self.seed ^ 0x51f7);
+        problems.iter().map(|p| trace(p, self.slip_rate, self.cot_words, &mut rng)).collect()
+    }
+}
+
+/// One slip of the teacher: the result of step `step` (0-based) is off by `delta`, and the
+/// wrong value is carried on to the answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Slip {
+    /// The step that goes wrong.
+    pub step: usize,
+    /// How far its result is off (±1 when drawn).
+    pub delta: i64,
+}
+
+impl Slip {
+    /// With probability `rate` a slip in one of `steps` steps (uniform), by +1 or −1 (even odds).
+    ///
+    /// The draws, in order: whether it slips, then (only if so) the step and the sign. A chain
+    /// without steps never slips.
+    pub fn draw(rate: f64, steps: usize, rng: &mut ChaCha8Rng) -> Option<Slip> {
+        if !rng.random_bool(rate) || steps == 0 {
+            return None;
+        }
+        let step = rng.random_range(0..steps);
+        Some(Slip { step, delta: if rng.random_bool(0.5) { 1 } else { -1 } })
+    }
+}
+
+/// The steps `a+b=c`, `c-d=e`, … of a left-to-right `+`/`-` chain and its final value, with at
+/// most one slip carried to the end. The single implementation of the chain's arithmetic: the
+/// tasks' exact solutions, the teacher's traces and the synthetic reward-model data use it.
+pub fn arithmetic_step_list(nums: &[i64], ops: &[char], slip: Option<Slip>) -> (Vec<String>, i64) {
+    let Some(&first) = nums.first() else { return (Vec::new(), 0) };
+    let mut acc = first;
+    let mut parts = Vec::with_capacity(ops.len());
+    for (i, (op, n)) in ops.iter().zip(&nums[1..]).enumerate() {
+        let mut next = if *op == '+' { acc + n } else { acc - n };
+        if let Some(s) = slip.filter(|s| s.step == i) {
+            next += s.delta;
+        }
+        parts.push(format!("{acc}{op}{n}={next}"));
+        acc = next;
+    }
+    (parts, acc)
+}
+
+/// [`arithmetic_step_list`] with the steps joined by spaces: `7+5=12 12-3=9`.
+pub fn arithmetic_steps(nums: &[i64], ops: &[char], slip: Option<Slip>) -> (String, i64) {
+    let (parts, value) = arithmetic_step_list(nums, ops, slip);
+    (parts.join(" "), value)
+}
+
+/// The teacher's trace of `p`: the task's own solution for non-arithmetic problems; for
+/// arithmetic, its steps with a slip at rate `slip_rate` ([`Slip::draw`]) and, with `words`,
+/// each step opened by a connective word (one draw per step, after the slip's).
+pub fn trace(p: &Problem, slip_rate: f64, words: Option<CotWords>, rng: &mut ChaCha8Rng) -> String {
+    let Some((nums, ops)) = parse_arithmetic(&p.prompt) else { return p.solution.clone() };
+    let slip = Slip::draw(slip_rate, ops.len(), rng);
+    let (steps, value) = arithmetic_step_list(&nums, &ops, slip);
+    let steps: Vec<String> = match words {
+        Some(w) => steps
+            .into_iter()
+            .map(|s| format!("{} {s}", if rng.random_bool(w.foreign_fraction) { ZH_WORD } else { EN_WORD }))
+            .collect(),
+        None => steps,
+    };
+    format!("<think>{}</think><answer>{value}</answer>", steps.join(" "))
 }
 
 #[cfg(test)]
@@ -137,6 +192,39 @@ mod tests {
             slip_rate,
             cot_words: words.map(|f| CotWords { foreign_fraction: f }),
             seed: 3,
+        }
+    }
+
+    #[test]
+    fn a_slip_is_carried_to_the_answer() {
+        let (steps, v) = arithmetic_steps(&[7, 5, 3], &['+', '-'], Some(Slip { step: 0, delta: 1 }));
+        assert_eq!((steps.as_str(), v), ("7+5=13 13-3=10", 10));
+        let (steps, v) = arithmetic_steps(&[7, 5, 3], &['+', '-'], Some(Slip { step: 1, delta: -1 }));
+        assert_eq!((steps.as_str(), v), ("7+5=12 12-3=8", 8));
+        assert_eq!(arithmetic_steps(&[4], &[], Some(Slip { step: 0, delta: 1 })), (String::new(), 4));
+    }
+
+    #[test]
+    fn draws_come_slip_first_then_one_word_per_step() {
+        let p =
+            TaskSpec::Arithmetic { min_operands: 4, max_operands: 4, max_value: 9 }.generate(1, Split::Train, 1, 10);
+        let words = CotWords { foreign_fraction: 0.5 };
+        for seed in 0..20 {
+            let got = trace(&p[0], 0.5, Some(words), &mut ChaCha8Rng::seed_from_u64(seed));
+            let mut rng = ChaCha8Rng::seed_from_u64(seed);
+            let slipped = rng.random_bool(0.5);
+            let slip = slipped.then(|| (rng.random_range(0..3), if rng.random_bool(0.5) { 1 } else { -1 }));
+            let (nums, ops) = parse_arithmetic(&p[0].prompt).unwrap();
+            let mut acc = nums[0];
+            let mut parts = Vec::new();
+            for i in 0..3 {
+                let next = if ops[i] == '+' { acc + nums[i + 1] } else { acc - nums[i + 1] }
+                    + slip.filter(|s| s.0 == i).map_or(0, |s| s.1);
+                let word = if rng.random_bool(0.5) { ZH_WORD } else { EN_WORD };
+                parts.push(format!("{word} {acc}{}{}={next}", ops[i], nums[i + 1]));
+                acc = next;
+            }
+            assert_eq!(got, format!("<think>{}</think><answer>{acc}</answer>", parts.join(" ")), "seed {seed}");
         }
     }
 

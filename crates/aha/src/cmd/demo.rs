@@ -11,20 +11,20 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use aha_metrics::{draw_report, write_eval, EvalRecord, Metrics, MetricsWriter, TrainProgress};
+use aha_metrics::{draw_report, write_eval, EvalRecord};
 use aha_model::{init_tiny_on, LoadedModel, TinySpec};
 use aha_reward::{Registry, RewardsConfig};
 use aha_train::config::{GrpoLossConfig, LrSchedule, OptimConfig};
-use aha_train::data::{CursorState, DataCursor, PromptRow};
+use aha_train::data::PromptRow;
 use aha_train::eval::{evaluate, EvalSettings};
 use aha_train::grpo::{GrpoSettings, GrpoTrainer, TextCodec};
 use aha_train::optim::{named_vars, AdamW};
 use aha_train::run::{train, RunOptions};
-use aha_train::sft::{sft_step, SftExample};
-use aha_train::tasks::{arithmetic_steps, parse_arithmetic, Problem, Split, TaskSpec};
+use aha_train::samples::GenSettings;
+use aha_train::sft::{SftExample, SftMetrics, SftOptions, SftRun, SftSettings};
+use aha_train::tasks::{Problem, Split, TaskSpec};
+use aha_train::teacher::TeacherConfig;
 use anyhow::{Context, Result};
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
 use serde_json::json;
 
 use crate::exec_args::ExecArgs;
@@ -96,12 +96,10 @@ pub struct Args {
 /// The demo's fixed recipe.
 struct Plan {
     model: TinySpec,
-    task: TaskSpec,
-    train_size: usize,
+    /// The task, its train split (`size`, `test_percent`, `seed`) and the imperfect teacher.
+    teacher: TeacherConfig,
     eval_questions: usize,
-    test_percent: u64,
-    slip_rate: f64,
-    sft_batch: usize,
+    sft: SftSettings,
     sft_optim: OptimConfig,
     grpo: GrpoSettings,
     grpo_optim: OptimConfig,
@@ -121,12 +119,17 @@ impl Plan {
                 max_position_embeddings: 128,
                 ..TinySpec::default()
             },
-            task: TaskSpec::Arithmetic { min_operands: 3, max_operands: 4, max_value: args.max_value },
-            train_size: 8000,
+            teacher: TeacherConfig {
+                task: TaskSpec::Arithmetic { min_operands: 3, max_operands: 4, max_value: args.max_value },
+                size: 8000,
+                test_percent: 10,
+                slip_rate: args.slip_rate,
+                cot_words: None,
+                seed: args.seed,
+            },
             eval_questions: args.eval_questions,
-            test_percent: 10,
-            slip_rate: args.slip_rate,
-            sft_batch: 32,
+            // Exactly `--sft-steps` steps, 0 included (no epochs to fall back on).
+            sft: SftSettings { epochs: 0, max_steps: args.sft_steps, batch_size: 32, micro_batch_size: 0 },
             sft_optim: OptimConfig {
                 learning_rate: 3e-3,
                 warmup_steps: 20,
@@ -146,10 +149,13 @@ impl Plan {
             },
             grpo_optim: OptimConfig { learning_rate: args.grpo_lr, ..OptimConfig::default() },
             eval: EvalSettings {
-                k: 4,
-                temperature: 1.0,
-                top_p: 1.0,
-                max_new_tokens: max_len,
+                generation: GenSettings {
+                    k: 4,
+                    temperature: 1.0,
+                    top_p: 1.0,
+                    max_new_tokens: max_len,
+                    ..GenSettings::default()
+                },
                 ..EvalSettings::default()
             },
         }
@@ -170,13 +176,15 @@ kind = "format"
 pub fn run(args: Args) -> Result<()> {
     let start = Instant::now();
     let plan = Plan::new(&args);
+    plan.teacher.validate().context("--slip-rate")?;
     std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
     clear_previous_run(&args.out)?;
     let lm = init_tiny_on(&args.out.join("model-init"), &plan.model, args.seed, &args.exec.request())
         .context("creating the tiny model")?;
     eprintln!("[1/5] tiny model: {} parameters, {}", param_count(&lm), lm.model.plan().describe());
-    let train_set = plan.task.generate(args.seed, Split::Train, plan.train_size, plan.test_percent);
-    let test_set = plan.task.generate(args.seed, Split::Test, plan.eval_questions, plan.test_percent);
+    let t = &plan.teacher;
+    let train_set = t.problems();
+    let test_set = t.task.generate(t.seed, Split::Test, plan.eval_questions, t.test_percent);
     let registry = Registry::build(&RewardsConfig::from_toml_str(REWARDS_TOML)?)?;
     cold_start(&lm, &plan, &train_set, &args)?;
     let run_dir = args.out.join("grpo");
@@ -222,52 +230,33 @@ fn prompt_text(question: &str) -> String {
     format!("{question}\n")
 }
 
-/// A teacher trace for `p`, with one ±1 slip (carried to the answer) at rate `slip_rate`.
-fn teacher_trace(p: &Problem, slip_rate: f64, rng: &mut ChaCha8Rng) -> String {
-    let Some((nums, ops)) = parse_arithmetic(&p.prompt) else { return p.solution.clone() };
-    if !rng.random_bool(slip_rate) {
-        return p.solution.clone();
-    }
-    let step = rng.random_range(0..ops.len());
-    let delta = if rng.random_bool(0.5) { 1 } else { -1 };
-    let (steps, value) = arithmetic_steps(&nums, &ops, Some((step, delta)));
-    format!("<think>{steps}</think><answer>{value}</answer>")
-}
-
-/// Cold-start SFT on teacher traces.
+/// Cold-start SFT on the teacher's traces of the training split (no checkpoints: GRPO goes on
+/// from the model in memory).
 fn cold_start(lm: &LoadedModel, plan: &Plan, train_set: &[Problem], args: &Args) -> Result<()> {
     let codec: &dyn TextCodec = &lm.tokenizer;
     let eos = *codec.eos_ids().first().context("the tokenizer has no EOS id")?;
-    let mut rng = ChaCha8Rng::seed_from_u64(args.seed ^ 0x51f7);
     let mut examples = Vec::with_capacity(train_set.len());
-    for p in train_set {
-        let mut completion_ids = codec.encode(&teacher_trace(p, plan.slip_rate, &mut rng))?;
+    for (p, trace) in train_set.iter().zip(plan.teacher.traces(train_set)) {
+        let mut completion_ids = codec.encode(&trace)?;
         completion_ids.push(eos);
         examples.push(SftExample { prompt_ids: codec.encode(&prompt_text(&p.prompt))?, completion_ids });
     }
-    let mut opt = AdamW::new(named_vars(&lm.varmap), plan.sft_optim.clone())?;
-    let mut cursor = DataCursor::new(examples.len(), args.seed, CursorState::default());
-    let sft_dir = args.out.join("sft");
-    let mut writer = MetricsWriter::create(&sft_dir)?;
-    writer.log_run_header(&aha_train::run::run_header("sft", &lm.model, 0))?;
-    let mut bar = TrainProgress::new(args.sft_steps as u64);
+    let opts = SftOptions {
+        sft: plan.sft.clone(),
+        seed: args.seed,
+        run_dir: args.out.join("sft"),
+        progress: true,
+        metrics: SftMetrics::Loss,
+        checkpoints: None,
+    };
+    let mut sft = SftRun::new(lm, &examples, plan.sft_optim.clone(), opts)?;
     eprintln!(
         "[2/5] cold-start SFT: {} steps × {} traces ({}% with a slip)",
-        args.sft_steps,
-        plan.sft_batch,
-        plan.slip_rate * 100.0
+        sft.total_steps(),
+        plan.sft.batch_size,
+        plan.teacher.slip_rate * 100.0
     );
-    for step in 1..=args.sft_steps {
-        let batch: Vec<SftExample> = cursor.take(plan.sft_batch).into_iter().map(|i| examples[i].clone()).collect();
-        let out = sft_step(&lm.model, &mut opt, &batch, plan.sft_batch, args.sft_steps)?;
-        let mut m = Metrics::new();
-        m.set("loss", out.loss).set("lr", out.report.map_or(0.0, |r| r.lr));
-        m.set("grad_norm", out.report.map_or(f64::NAN, |r| r.grad_norm));
-        writer.log(step as u64, &m)?;
-        bar.set_metrics(&m);
-        bar.set_step(step as u64);
-    }
-    bar.finish();
+    sft.run().context("cold-start SFT")?;
     Ok(())
 }
 
@@ -347,8 +336,8 @@ fn write_summary(
         "seed": args.seed,
         "k": before.k,
         "eval_questions": before.questions,
-        "eval_temperature": plan.eval.temperature,
-        "teacher_slip_rate": plan.slip_rate,
+        "eval_temperature": plan.eval.generation.temperature,
+        "teacher_slip_rate": plan.teacher.slip_rate,
         "max_value": args.max_value,
         "pass_at_1_before_rl": before.pass_at_1,
         "pass_at_1_after_rl": after.pass_at_1,

@@ -191,22 +191,9 @@ pub struct Args {
 /// Runs `aha eval`.
 pub fn run(args: Args) -> Result<()> {
     let s = &args.sampling;
-    let g = s.generation();
     let job = EvalJob {
         data: s.source(Split::Test),
-        sampling: EvalSettings {
-            k: g.k,
-            temperature: g.temperature,
-            top_p: g.top_p,
-            max_new_tokens: g.max_new_tokens,
-            seed: g.seed,
-            batch_prompts: g.batch_prompts,
-            correct_reward: g.correct_reward,
-            format_reward: g.format_reward,
-            task_fields: g.task_fields,
-            pass_at: args.pass_at.clone(),
-            vote: args.vote,
-        },
+        sampling: EvalSettings { generation: s.generation(), pass_at: args.pass_at.clone(), vote: args.vote },
         rewards: s.rewards()?,
         out_dir: args.out.clone(),
     };

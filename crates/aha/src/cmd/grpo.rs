@@ -42,9 +42,16 @@ pub struct Args {
 pub fn run(args: Args) -> Result<()> {
     let mut cfg = load_grpo(&args.config)?;
     cfg.exec = args.exec.over(cfg.exec);
-    let config_json = serde_json::to_value(&cfg)?;
+    run_config(&cfg, args.resume)
+}
+
+/// Runs the GRPO of a parsed, validated config (`aha grpo` and pipeline GRPO stages): the model
+/// or, with `resume`, the run directory's latest checkpoint; prompts; rewards; the trainer and
+/// its loop with held-out evaluation; the plots.
+pub fn run_config(cfg: &GrpoConfig, resume: bool) -> Result<()> {
+    let config_json = serde_json::to_value(cfg)?;
     let run_dir = cfg.output_dir.clone();
-    let (lm, from) = load_start(&cfg.model, &run_dir, args.resume, &cfg.exec)?;
+    let (lm, from) = load_start(&cfg.model, &run_dir, resume, &cfg.exec)?;
     let budget = prompt_budget(&lm, cfg.grpo.longest_completion()).context("[grpo].max_completion_length")?;
     let train_set = encode(train_rows(&cfg.data, cfg.seed)?, &lm, &cfg.data, budget)?;
     let registry = Registry::build(&cfg.rewards_config()).context("building the rewards")?;
@@ -53,12 +60,12 @@ pub fn run(args: Args) -> Result<()> {
         None => None,
     };
     write_resolved_config(&run_dir, &config_json)?;
-    let mut trainer = build_trainer(&cfg, &lm, &train_set, &registry)?;
+    let mut trainer = build_trainer(cfg, &lm, &train_set, &registry)?;
     if from.is_some() {
         let dir = restore(&mut trainer, &run_dir)?;
         eprintln!("resumed from {} at step {}", dir.unwrap_or_default().display(), trainer.step);
     }
-    announce(&cfg, &train_set);
+    announce(cfg, &train_set);
     let mut on_step = |step: usize, _: &aha_train::grpo::StepMetrics| -> aha_train::Result<()> {
         match (&cfg.eval, &eval_set) {
             (Some(e), Some(set)) if eval_due(e, step, cfg.grpo.max_steps) => {
@@ -82,7 +89,7 @@ fn prompt_budget(lm: &LoadedModel, completion: usize) -> Result<usize> {
 }
 
 fn eval_budget(lm: &LoadedModel, e: &EvalConfig) -> Result<usize> {
-    prompt_budget(lm, e.sampling.max_new_tokens).context("[eval.sampling].max_new_tokens")
+    prompt_budget(lm, e.sampling.generation.max_new_tokens).context("[eval.sampling].max_new_tokens")
 }
 
 /// The training prompts: the task's train split, or the JSONL file (bad rows reported).

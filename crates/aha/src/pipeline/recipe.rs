@@ -62,53 +62,19 @@ impl StageKind {
 }
 
 /// `[init]`: the base model is a tiny random model with the byte-level tokenizer (`aha init`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+///
+/// The table is a [`TinySpec`] (`hidden_size` 64, `intermediate_size` 192, `num_hidden_layers`
+/// 2, `num_attention_heads` 4, `num_key_value_heads` 2, `max_position_embeddings` 512,
+/// `rope_theta`, `tie_word_embeddings`, `arch`; each optional) with the weights' `seed` beside
+/// it. Unknown keys are errors.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct InitSpec {
-    /// Residual width. Default 64.
-    pub hidden_size: usize,
-    /// SwiGLU width. Default 192.
-    pub intermediate_size: usize,
-    /// Blocks. Default 2.
-    pub num_hidden_layers: usize,
-    /// Query heads. Default 4.
-    pub num_attention_heads: usize,
-    /// Key/value heads. Default 2.
-    pub num_key_value_heads: usize,
-    /// Context length. Default 512.
-    pub max_position_embeddings: usize,
+    /// The model sizes (the table's other keys).
+    #[serde(flatten)]
+    pub model: TinySpec,
     /// Seed of the weights. Default 0.
     pub seed: u64,
-}
-
-impl Default for InitSpec {
-    fn default() -> Self {
-        let t = TinySpec::default();
-        Self {
-            hidden_size: t.hidden_size,
-            intermediate_size: t.intermediate_size,
-            num_hidden_layers: t.num_hidden_layers,
-            num_attention_heads: t.num_attention_heads,
-            num_key_value_heads: t.num_key_value_heads,
-            max_position_embeddings: t.max_position_embeddings,
-            seed: 0,
-        }
-    }
-}
-
-impl InitSpec {
-    /// The model sizes.
-    pub fn spec(&self) -> TinySpec {
-        TinySpec {
-            hidden_size: self.hidden_size,
-            intermediate_size: self.intermediate_size,
-            num_hidden_layers: self.num_hidden_layers,
-            num_attention_heads: self.num_attention_heads,
-            num_key_value_heads: self.num_key_value_heads,
-            max_position_embeddings: self.max_position_embeddings,
-            ..TinySpec::default()
-        }
-    }
 }
 
 /// The evaluation run after stages (`[eval]`) and by `kind = "eval"` stages.
@@ -500,7 +466,7 @@ fn typed<T: serde::de::DeserializeOwned>(t: &Table, at: &str) -> Result<T> {
 fn check_eval(e: &PipelineEval) -> Result<()> {
     e.data.validate()?;
     e.sampling.pass_at_list()?;
-    if e.sampling.k == 0 || e.sampling.max_new_tokens == 0 {
+    if e.sampling.generation.k == 0 || e.sampling.generation.max_new_tokens == 0 {
         bail!("sampling.k and sampling.max_new_tokens must be positive");
     }
     Ok(())
@@ -572,6 +538,16 @@ fn set_in_array(items: &mut [Value], key: &str, parts: &[&str], value: Value) ->
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn init_reads_a_tiny_spec_with_the_seed_beside_it() {
+        let init: InitSpec = toml::from_str("hidden_size = 32\nmax_position_embeddings = 96\nseed = 4\n").unwrap();
+        let model = TinySpec { hidden_size: 32, max_position_embeddings: 96, ..TinySpec::default() };
+        assert_eq!(init, InitSpec { model, seed: 4 });
+        assert_eq!(toml::from_str::<InitSpec>("").unwrap(), InitSpec::default());
+        let err = toml::from_str::<InitSpec>("hidden_sise = 32\n").unwrap_err().to_string();
+        assert!(err.contains("hidden_sise"), "{err}");
+    }
 
     #[test]
     fn overrides_reach_stages_by_name_and_parse_values() {

@@ -67,11 +67,12 @@ pub fn write_report(recipe: &Recipe, records: &[StageRecord], wall_s: f64) -> Re
         records.len()
     );
     if let Some(e) = &recipe.eval {
+        let g = &e.sampling.generation;
         let _ = writeln!(
             md,
             "k = {} samples per question at T {} / top-p {}, ≤ {} new tokens; a stage that does not change \
              the policy repeats the last evaluation.\n",
-            e.sampling.k, e.sampling.temperature, e.sampling.top_p, e.sampling.max_new_tokens
+            g.k, g.temperature, g.top_p, g.max_new_tokens
         );
     }
     md.push_str(&eval_table(recipe, records));

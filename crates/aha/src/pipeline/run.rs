@@ -131,7 +131,7 @@ fn ensure_base(recipe: &Recipe) -> Result<String> {
     let Some(init) = &recipe.init else { return Ok(recipe.base_model()) };
     let dir = recipe.output_dir.join(BASE_DIR);
     if !dir.join("config.json").exists() {
-        let lm = init_tiny(&dir, &init.spec(), init.seed).context("creating the [init] model")?;
+        let lm = init_tiny(&dir, &init.model, init.seed).context("creating the [init] model")?;
         let params: usize = lm.model.named_parameters().iter().map(|(_, t)| t.elem_count()).sum();
         eprintln!("base: tiny model of {params} parameters → {}", dir.display());
     }
@@ -154,16 +154,16 @@ fn run_stage(
             if !sft.data.path.exists() {
                 bail!("[data].path {} does not exist", sft.data.path.display());
             }
-            let cfg = write_stage_config(stage, &text)?;
-            crate::cmd::sft::run(crate::cmd::sft::Args { config: cfg, resume, exec: Default::default() })?;
+            write_stage_config(stage, &text)?;
+            crate::cmd::sft::run_config(&sft, resume)?;
             (policy_of(stage)?, json!({}), None)
         }
         StageConfig::Grpo(grpo, text) => {
             if let Some(m) = grpo.model_rewards().iter().find(|m| !m.path.exists()) {
                 bail!("reward `{}`: the reward model {} does not exist", m.name, m.path.display());
             }
-            let cfg = write_stage_config(stage, &text)?;
-            crate::cmd::grpo::run(crate::cmd::grpo::Args { config: cfg, resume, exec: Default::default() })?;
+            write_stage_config(stage, &text)?;
+            crate::cmd::grpo::run_config(&grpo, resume)?;
             (policy_of(stage)?, json!({}), None)
         }
         StageConfig::Sample(job) => {
@@ -229,10 +229,11 @@ fn write_teacher(stage: &Stage) -> Result<()> {
     Ok(())
 }
 
-fn write_stage_config(stage: &Stage, text: &str) -> Result<PathBuf> {
+/// Writes the stage's resolved config as `stage.toml` (what `aha sft`/`aha grpo --config`
+/// would run; the stage itself runs the parsed config).
+fn write_stage_config(stage: &Stage, text: &str) -> Result<()> {
     let path = stage.dir.join("stage.toml");
-    std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
-    Ok(path)
+    std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))
 }
 
 /// The latest checkpoint an sft/grpo stage saved.
@@ -261,7 +262,7 @@ fn evaluate(
         rewards: pe.rewards.clone(),
         out_dir: Some(dir.join("eval")),
     };
-    eprintln!("eval of `{label}`: {} questions × k {}", pe.data.limit, pe.sampling.k);
+    eprintln!("eval of `{label}`: {} questions × k {}", pe.data.limit, pe.sampling.generation.k);
     let mut bar = TrainProgress::new(0);
     let out = run_eval(&lm, &job, &mut bar)?;
     bar.finish();

@@ -225,7 +225,7 @@ fn run_rejection_and_run_eval_work_on_a_tiny_model() {
 
     let eval_job = crate::eval::EvalJob {
         data,
-        sampling: crate::eval::EvalSettings { k: 2, max_new_tokens: 4, ..Default::default() },
+        sampling: crate::eval::EvalSettings { generation: job.sample.sampling.clone(), ..Default::default() },
         rewards: Vec::new(),
         out_dir: Some(dir.path().join("eval")),
     };
