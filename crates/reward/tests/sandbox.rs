@@ -303,13 +303,16 @@ fn thirty_two_sandboxes_at_once() {
     }
 }
 
-/// Runs the test `name` of this binary again as `nobody` (uid 65534) with `AHA_SANDBOX_CHILD` set,
-/// and checks that it printed `marker`.
+/// Runs the child test `name` of this binary (an ignored test, so `--ignored`) again as `nobody`
+/// (uid 65534) with `AHA_SANDBOX_CHILD` set, and checks that it passed and printed `marker`.
+/// One child at a time: `userns_child` requires that no other `nobody` process is alive.
 fn rerun_as_nobody(name: &str, marker: &str) {
     use std::os::unix::process::CommandExt;
+    static ONE_CHILD: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = ONE_CHILD.lock().unwrap_or_else(|e| e.into_inner());
     let exe = std::env::current_exe().expect("test binary path");
     let out = std::process::Command::new(exe)
-        .args([name, "--exact", "--nocapture", "--test-threads", "1"])
+        .args([name, "--ignored", "--exact", "--nocapture", "--test-threads", "1"])
         .env("AHA_SANDBOX_CHILD", "1")
         .env("AHA_SECRET_MARKER", "s3cr3t-marker")
         .uid(65534)
@@ -322,8 +325,13 @@ fn rerun_as_nobody(name: &str, marker: &str) {
     assert!(stdout.contains(marker), "{stdout} {stderr}");
 }
 
-fn is_child() -> bool {
-    std::env::var_os("AHA_SANDBOX_CHILD").is_some()
+/// Child tests are `#[ignore]`d (they are not tests of their own and must not count as passed
+/// ones) and run only by their parent; run any other way, they fail and say so.
+fn assert_child(parent: &str) {
+    assert!(
+        std::env::var_os("AHA_SANDBOX_CHILD").is_some(),
+        "a child process of `{parent}`, which runs it as `nobody`; run that test instead"
+    );
 }
 
 /// Fail closed: run-uid isolation needs root; asked for as `nobody`, the sandbox refuses and runs
@@ -336,10 +344,9 @@ fn refuses_without_privileges() {
 }
 
 #[test]
+#[ignore = "child process of `refuses_without_privileges`; run by it"]
 fn refused_child() {
-    if !is_child() {
-        return;
-    }
+    assert_child("refuses_without_privileges");
     let marker = std::env::temp_dir().join(format!("aha-refusal-{}", std::process::id()));
     let src = format!("open({:?}, 'w').write('ran')", marker.display().to_string());
     let lim = Limits { isolation: Isolation::RunUid, ..limits(5) };
@@ -364,11 +371,14 @@ fn other_nobody_processes() -> Vec<u32> {
 }
 
 #[test]
+#[ignore = "child process of `unprivileged_user_namespace_isolation`; run by it"]
 fn userns_child() {
-    if !is_child() {
-        return;
-    }
-    assert!(other_nobody_processes().is_empty(), "stray nobody processes before the test");
+    assert_child("unprivileged_user_namespace_isolation");
+    let stray: Vec<String> = other_nobody_processes()
+        .iter()
+        .map(|p| std::fs::read_to_string(format!("/proc/{p}/cmdline")).unwrap_or_default().replace('\0', " "))
+        .collect();
+    assert!(stray.is_empty(), "stray nobody processes before the test: {stray:?}");
     let lim = limits(5);
     let go = |src: &str| {
         let out = run_python(src, &[], b"", &lim);

@@ -350,14 +350,20 @@ fn a_prompt_longer_than_the_context_is_an_error_naming_its_row() {
 
 const KILL9_RUN_DIR_ENV: &str = "AHA_TEST_KILL9_RUN_DIR";
 
-/// The child half of [`kill_9_during_a_save_leaves_the_previous_checkpoint_used_on_resume`]:
-/// a no-op unless that test re-runs this binary with [`KILL9_RUN_DIR_ENV`] set. It trains and
-/// saves step 1, trains step 2 and saves it with the checkpoint hook pausing before the rename.
+/// The child half of [`kill_9_during_a_save_leaves_the_previous_checkpoint_used_on_resume`],
+/// which re-runs this binary with `--ignored --exact kill9_child` and [`KILL9_RUN_DIR_ENV`] set
+/// (ignored, so it never counts as a passed test; run any other way it fails and says so). It
+/// trains and saves step 1, trains step 2 and saves it with the checkpoint hook pausing before
+/// the rename.
 #[test]
+#[ignore = "child process of `kill_9_during_a_save_leaves_the_previous_checkpoint_used_on_resume`; run by it"]
 fn kill9_child() {
-    let Ok(run_dir) = std::env::var(KILL9_RUN_DIR_ENV) else {
-        return;
-    };
+    let run_dir = std::env::var(KILL9_RUN_DIR_ENV).unwrap_or_else(|_| {
+        panic!(
+            "a child process of `kill_9_during_a_save_leaves_the_previous_checkpoint_used_on_resume` (needs \
+             {KILL9_RUN_DIR_ENV}); run that test instead"
+        )
+    });
     let s = setup(5);
     let reg = demo_registry_with_spread();
     let mut t = trainer(&s, &s.lm, &reg, settings(LossType::Grpo));
@@ -374,7 +380,7 @@ fn kill_9_during_a_save_leaves_the_previous_checkpoint_used_on_resume() {
     let tmp = tempfile::tempdir().unwrap();
     let run_dir = tmp.path().join("run");
     let mut child = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["kill9_child", "--exact", "--nocapture", "--test-threads=1"])
+        .args(["kill9_child", "--ignored", "--exact", "--nocapture", "--test-threads=1"])
         .env(KILL9_RUN_DIR_ENV, &run_dir)
         .env(PAUSE_BEFORE_RENAME_ENV, "step-000002")
         .stdout(std::process::Stdio::null())

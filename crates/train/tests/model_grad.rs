@@ -2,7 +2,7 @@
 //! parameter of a tiny model gets a non-zero gradient; and the model's analytic gradients match
 //! central finite differences in f64 on a handful of parameter entries.
 
-use aha_model::{init_tiny, TinySpec, Transformer};
+use aha_model::{init_tiny, Backend, TinySpec, Transformer};
 use aha_train::batch::{build_batch, completion_logprobs, policy_forward, SeqBatch};
 use aha_train::config::GrpoLossConfig;
 use aha_train::loss::{grpo_loss, LossInputs, LossNorm};
@@ -96,6 +96,7 @@ fn model_gradients_match_finite_differences_in_f64() {
     let cfg = spec(true).config().unwrap();
     let varmap = VarMap::new();
     let model = Transformer::new(&cfg, VarBuilder::from_varmap(&varmap, DType::F64, &Device::Cpu)).unwrap();
+    assert_eq!(model.plan().backend(), Backend::Composite, "f64 runs on the composite ops");
     let vars = named_vars(&varmap);
     // Fixed, generic values instead of the random init (no RNG, so the test is reproducible):
     // norms around one, everything else small, biases non-zero.
@@ -150,7 +151,8 @@ fn model_gradients_match_finite_differences_in_f64() {
 }
 
 /// The training path's gradients (`policy_forward`: the hand-written CPU backward for an f32
-/// model) equal candle's autograd through the model, for the full GRPO loss with KL, on a batch
+/// model) equal candle's autograd through the same variables on the `composite` backend (which
+/// shares no row code with the hand-written path), for the full GRPO loss with KL, on a batch
 /// with prompt and completion padding.
 #[test]
 fn policy_forward_gradients_match_autograd() {
@@ -158,10 +160,12 @@ fn policy_forward_gradients_match_autograd() {
         let dir = tempfile::tempdir().unwrap();
         let lm = init_tiny(dir.path(), &spec(tie), 3).unwrap();
         assert!(lm.model.plan().hand_written_grads(), "{}", lm.model.plan().describe());
+        let vb = VarBuilder::from_varmap(&lm.varmap, DType::F32, &Device::Cpu);
+        let reference = Transformer::with_backend(&lm.config, vb, Backend::Composite).unwrap();
         let opt = AdamW::new(named_vars(&lm.varmap), Default::default()).unwrap();
         let b = batch(&Device::Cpu);
         let loss_of = |logps: &Tensor| grpo_loss_with_kl(logps, &b);
-        let (logps, _) = completion_logprobs(&lm.model, &b).unwrap();
+        let (logps, _) = completion_logprobs(&reference, &b).unwrap();
         let want = opt.collect(&loss_of(&logps).backward().unwrap());
         let fwd = policy_forward(&lm.model, &b).unwrap();
         let mask = &b.completion_mask;
