@@ -126,6 +126,30 @@ struct RawConfig {
 }
 
 impl ModelConfig {
+    /// A small grouped-query config of `arch` (2 layers, hidden 32, 4 heads of 8, 2 KV heads, no
+    /// bias, tied head, vocabulary 41) for kernel tests and experiments; change fields with
+    /// struct-update syntax.
+    pub fn small(arch: Arch) -> Self {
+        Self {
+            arch,
+            vocab_size: 41,
+            hidden_size: 32,
+            intermediate_size: 48,
+            num_hidden_layers: 2,
+            num_attention_heads: 4,
+            num_key_value_heads: 2,
+            head_dim: 8,
+            rms_norm_eps: 1e-6,
+            rope_theta: 10_000.0,
+            rope_scaling: None,
+            tie_word_embeddings: true,
+            attention_bias: false,
+            max_position_embeddings: 64,
+            bos_token_id: None,
+            eos_token_ids: vec![],
+        }
+    }
+
     /// Reads and validates a Hugging Face `config.json`.
     pub fn from_hf_json_file(path: &Path) -> Result<Self> {
         let text =

@@ -21,24 +21,7 @@ use rand_chacha::ChaCha8Rng;
 /// A small model of `arch` with GQA: Qwen2 with q/k/v biases and a tied head, Qwen3 with q/k
 /// norms and an untied head, Llama with one KV head and Llama-3 RoPE scaling.
 fn config(arch: Arch) -> ModelConfig {
-    let base = ModelConfig {
-        arch,
-        vocab_size: 41,
-        hidden_size: 32,
-        intermediate_size: 48,
-        num_hidden_layers: 2,
-        num_attention_heads: 4,
-        num_key_value_heads: 2,
-        head_dim: 8,
-        rms_norm_eps: 1e-6,
-        rope_theta: 10_000.0,
-        rope_scaling: None,
-        tie_word_embeddings: true,
-        attention_bias: true,
-        max_position_embeddings: 64,
-        bos_token_id: None,
-        eos_token_ids: vec![],
-    };
+    let base = ModelConfig { attention_bias: true, ..ModelConfig::small(arch) };
     match arch {
         Arch::Qwen2 => base,
         Arch::Qwen3 => ModelConfig { tie_word_embeddings: false, attention_bias: false, head_dim: 16, ..base },

@@ -13,22 +13,12 @@ use rand_chacha::ChaCha8Rng;
 
 fn config(vocab: usize) -> ModelConfig {
     ModelConfig {
-        arch: Arch::Qwen2,
         vocab_size: vocab,
-        hidden_size: 32,
         intermediate_size: 64,
-        num_hidden_layers: 2,
-        num_attention_heads: 4,
-        num_key_value_heads: 2,
-        head_dim: 8,
-        rms_norm_eps: 1e-6,
-        rope_theta: 10_000.0,
-        rope_scaling: None,
         tie_word_embeddings: false,
         attention_bias: true,
         max_position_embeddings: 512,
-        bos_token_id: None,
-        eos_token_ids: vec![],
+        ..ModelConfig::small(Arch::Qwen2)
     }
 }
 

@@ -6,7 +6,7 @@
 //! against its fused CPU update; and two bf16 GRPO steps (composite, candle-op AdamW) that run,
 //! move the parameters and keep them finite.
 
-use aha_model::{init_tiny_on, Backend, DTypeSpec, ExecRequest, LoadedModel, TinySpec};
+use aha_model::{init_tiny_on, Backend, DTypeSpec, ExecRequest, LoadedModel};
 use aha_reward::{Registry, Reward, Sample, Score};
 use aha_train::config::{GrpoLossConfig, LossType, OptimConfig};
 use aha_train::data::PromptRow;
@@ -16,17 +16,8 @@ use aha_train::optim::{named_vars, AdamW};
 use aha_train::tasks::{Split, TaskSpec};
 use candle_core::{DType, Device, Tensor, Var};
 
-fn tiny_spec() -> TinySpec {
-    TinySpec {
-        hidden_size: 32,
-        intermediate_size: 64,
-        num_hidden_layers: 2,
-        num_attention_heads: 4,
-        num_key_value_heads: 2,
-        max_position_embeddings: 96,
-        ..TinySpec::default()
-    }
-}
+mod common;
+use common::tiny_spec;
 
 /// A reward with spread on a random model: the completion's length mod 5, scaled.
 struct LengthReward;

@@ -4,7 +4,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use aha_model::io::ModelSpec;
-use aha_model::{init_tiny, load_model, FinishReason, LoadedModel, TinySpec};
+use aha_model::{init_tiny, load_model, FinishReason, LoadedModel};
 use aha_reward::{Registry, Reward, RewardsConfig, Sample, Score};
 use aha_train::config::{GrpoLossConfig, LossType, OptimConfig};
 use aha_train::data::PromptRow;
@@ -25,17 +25,8 @@ name = "format"
 kind = "format"
 "#;
 
-fn tiny_spec() -> TinySpec {
-    TinySpec {
-        hidden_size: 32,
-        intermediate_size: 64,
-        num_hidden_layers: 2,
-        num_attention_heads: 4,
-        num_key_value_heads: 2,
-        max_position_embeddings: 96,
-        ..TinySpec::default()
-    }
-}
+mod common;
+use common::tiny_spec;
 
 /// A tiny model and `n` arithmetic prompt rows, tokenised as the demo does.
 struct Setup {

@@ -19,24 +19,7 @@ use crate::cpu::rows::exp;
 use crate::transformer::ParamInit;
 
 fn config(arch: Arch, tied: bool, bias: bool) -> ModelConfig {
-    ModelConfig {
-        arch,
-        vocab_size: 37,
-        hidden_size: 32,
-        intermediate_size: 48,
-        num_hidden_layers: 2,
-        num_attention_heads: 4,
-        num_key_value_heads: 2,
-        head_dim: 8,
-        rms_norm_eps: 1e-6,
-        rope_theta: 10_000.0,
-        rope_scaling: None,
-        tie_word_embeddings: tied,
-        attention_bias: bias,
-        max_position_embeddings: 64,
-        bos_token_id: None,
-        eos_token_ids: vec![],
-    }
+    ModelConfig { vocab_size: 37, tie_word_embeddings: tied, attention_bias: bias, ..ModelConfig::small(arch) }
 }
 
 /// A model of trainable variables with random weights large enough for non-trivial gradients
