@@ -5,7 +5,7 @@
 # `libcuda.so` (soname libcuda.so.1; no package ships one), so a binary built here loads the real
 # driver on a GPU machine. CUDA 13.0 because the GPU machines run a 13.0 driver.
 # Idempotent. Writes $AHA_CUDA_PREFIX/env.sh (default /opt/aha-cuda/env.sh); `source` it before
-# cargo. Needs python3 + pip and a C compiler (gcc, also nvcc's host compiler).
+# cargo. Needs python3 + pip; installs Debian g++ (nvcc's host compiler) if missing.
 set -euo pipefail
 
 PREFIX="${AHA_CUDA_PREFIX:-/opt/aha-cuda}"
@@ -23,6 +23,12 @@ PKGS=(
     nvidia-curand==10.4.0.35
 )
 COMPUTE_CAP="${CUDA_COMPUTE_CAP:-90}"   # H200 = sm_90
+
+# nvcc compiles host code with g++ (cc1plus) and candle-kernels links libstdc++: Debian `g++`.
+if ! command -v g++ >/dev/null 2>&1; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq g++
+fi
 
 mkdir -p "$PREFIX"
 stamp="$PREFIX/.installed"
