@@ -93,7 +93,7 @@ fn exec_flags_choose_the_backend_or_say_why_not() {
         assert_eq!(text(&o), text(&auto), "greedy text on {backend}");
     }
     let f64_run = gen(&["--dtype", "f64"]);
-    assert!(String::from_utf8_lossy(&f64_run.stderr).contains("backend cpu-autograd on cpu, f64"));
+    assert!(String::from_utf8_lossy(&f64_run.stderr).contains("backend composite on cpu, f64"));
     let bf16 = gen(&["--dtype", "bf16"]);
     assert!(bf16.status.success() && String::from_utf8_lossy(&bf16.stderr).contains("backend composite on cpu, bf16"));
 
