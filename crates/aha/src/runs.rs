@@ -9,6 +9,21 @@ use aha_train::checkpoint::latest_checkpoint;
 use aha_train::data::Skipped;
 use anyhow::{bail, Context, Result};
 
+/// Arguments of `aha sft` and `aha grpo`: the config, resume, and the exec flags over its
+/// `[exec]`.
+#[derive(clap::Args, Debug)]
+pub struct ConfigArgs {
+    /// The TOML config (see `examples/sft-arithmetic.toml`, `examples/grpo-arithmetic.toml`).
+    #[arg(long)]
+    pub config: PathBuf,
+    /// Continue from the run directory's latest checkpoint.
+    #[arg(long)]
+    pub resume: bool,
+    /// Device, dtype and backend (over the config's `[exec]`).
+    #[command(flatten)]
+    pub exec: crate::exec_args::ExecArgs,
+}
+
 /// The resolved config, beside the run's metrics (checkpoints hold it in `trainer_state.json`).
 pub const RESOLVED_CONFIG: &str = "aha_config.json";
 

@@ -4,7 +4,7 @@
 //! tokenised once (too-long prompts dropped and counted) → rewards → trainer (reference model
 //! when β > 0) → the run loop with metrics, checkpoints and held-out evaluation → plots.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use aha_metrics::write_eval;
 use aha_model::LoadedModel;
@@ -21,22 +21,10 @@ use aha_train::TrainError;
 use anyhow::{bail, Context, Result};
 
 use crate::config::{load_grpo, EvalConfig, GrpoConfig};
-use crate::exec_args::ExecArgs;
 use crate::runs::{draw_plots, load_start, report_skipped, write_resolved_config};
 
 /// Arguments of `aha grpo`.
-#[derive(clap::Args, Debug)]
-pub struct Args {
-    /// The TOML config (see `examples/grpo-arithmetic.toml`).
-    #[arg(long)]
-    pub config: PathBuf,
-    /// Continue from the run directory's latest checkpoint.
-    #[arg(long)]
-    pub resume: bool,
-    /// Device, dtype and backend (over the config's `[exec]`).
-    #[command(flatten)]
-    pub exec: ExecArgs,
-}
+pub use crate::runs::ConfigArgs as Args;
 
 /// Runs `aha grpo`.
 pub fn run(args: Args) -> Result<()> {

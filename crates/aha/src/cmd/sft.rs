@@ -6,30 +6,16 @@
 //! checkpoints (Hugging Face directory + trainer state), metrics (`metrics.jsonl`, TensorBoard,
 //! progress bar) — is `aha_train::sft::SftRun`, the one the pipeline and the demo run too.
 
-use std::path::PathBuf;
-
 use aha_model::LoadedModel;
 use aha_train::sft::{SftCheckpoints, SftExample, SftMetrics, SftOptions, SftRun};
 use aha_train::sft_data::{read_sft_jsonl, to_example};
 use anyhow::{bail, Context, Result};
 
 use crate::config::{load_sft, SftConfig};
-use crate::exec_args::ExecArgs;
 use crate::runs::{draw_plots, load_start, report_skipped, write_resolved_config};
 
 /// Arguments of `aha sft`.
-#[derive(clap::Args, Debug)]
-pub struct Args {
-    /// The TOML config (see `examples/sft-arithmetic.toml`).
-    #[arg(long)]
-    pub config: PathBuf,
-    /// Continue from the run directory's latest checkpoint.
-    #[arg(long)]
-    pub resume: bool,
-    /// Device, dtype and backend (over the config's `[exec]`).
-    #[command(flatten)]
-    pub exec: ExecArgs,
-}
+pub use crate::runs::ConfigArgs as Args;
 
 /// Runs `aha sft`.
 pub fn run(args: Args) -> Result<()> {
