@@ -327,7 +327,7 @@ impl ExecPlan {
 
     /// One line for logs: `backend cpu-handwritten on cpu, f32`.
     pub fn describe(&self) -> String {
-        format!("backend {} on {}, {}", self.backend, DeviceSpec::of(&self.device), dtype_name(self.dtype))
+        format!("backend {} on {}, {}", self.backend, DeviceSpec::of(&self.device), self.dtype.as_str())
     }
 
     /// The plan as JSON (`backend`, `device`, `dtype`) for run headers and saved configs.
@@ -335,7 +335,7 @@ impl ExecPlan {
         serde_json::json!({
             "backend": self.backend.to_string(),
             "device": DeviceSpec::of(&self.device).to_string(),
-            "dtype": dtype_name(self.dtype),
+            "dtype": self.dtype.as_str(),
         })
     }
 }
@@ -346,15 +346,10 @@ pub fn cpu_float(device: &Device, dtype: DType) -> bool {
     device.is_cpu() && matches!(dtype, DType::F32 | DType::F64)
 }
 
-/// The short name of a dtype (`f32`, `bf16`, …).
-pub fn dtype_name(dtype: DType) -> &'static str {
-    dtype.as_str()
-}
-
 fn unusable(requested: Backend, needs: &str, device: &Device, dtype: DType, arch: Arch) -> ModelError {
     ModelError::Device(format!(
         "backend `{requested}` (--backend / `backend`) needs {needs}; this model is {arch:?} in {} on {}",
-        dtype_name(dtype),
+        dtype.as_str(),
         DeviceSpec::of(device)
     ))
 }
