@@ -9,7 +9,7 @@
 
 use std::path::{Path, PathBuf};
 
-use aha_model::ExecRequest;
+use aha_model::{ExecRequest, LoraConfig};
 use aha_reward::{RewardSpec, RewardsConfig};
 use aha_train::config::OptimConfig;
 use aha_train::data::DataConfig;
@@ -92,6 +92,14 @@ pub struct GrpoConfig {
     pub preset: Option<Preset>,
     /// The model: an HF directory, a `.gguf` file or a hub repo id (downloaded when missing).
     pub model: String,
+    /// A PEFT adapter directory to continue from, on top of `model` (like `--adapter`).
+    /// Default none.
+    #[serde(default)]
+    pub adapter: Option<PathBuf>,
+    /// LoRA (`[lora]`: `r`, `alpha`, `dropout`, `target_modules`, `init_seed`, `use_rslora`):
+    /// train fresh low-rank adapters on the frozen model. Default none (full fine-tuning).
+    #[serde(default)]
+    pub lora: Option<LoraConfig>,
     /// Where and how the model runs (`[exec]`: `device`, `dtype`, `backend`); `--device`,
     /// `--dtype` and `--backend` override it. Default CPU, f32, auto.
     #[serde(default)]
@@ -182,6 +190,14 @@ pub struct SftDataConfig {
 pub struct SftConfig {
     /// The model: an HF directory, a `.gguf` file or a hub repo id (downloaded when missing).
     pub model: String,
+    /// A PEFT adapter directory to continue from, on top of `model` (like `--adapter`).
+    /// Default none.
+    #[serde(default)]
+    pub adapter: Option<PathBuf>,
+    /// LoRA (`[lora]`: `r`, `alpha`, `dropout`, `target_modules`, `init_seed`, `use_rslora`):
+    /// train fresh low-rank adapters on the frozen model. Default none (full fine-tuning).
+    #[serde(default)]
+    pub lora: Option<LoraConfig>,
     /// Where and how the model runs (`[exec]`: `device`, `dtype`, `backend`); `--device`,
     /// `--dtype` and `--backend` override it. Default CPU, f32, auto.
     #[serde(default)]
@@ -288,6 +304,7 @@ impl GrpoConfig {
     /// Checks every section once, naming the field at fault.
     pub fn validate(&self) -> Result<()> {
         validate_data(&self.data)?;
+        validate_lora(self.lora.as_ref(), self.adapter.as_deref())?;
         self.grpo.validate().context("[grpo]")?;
         validate_optim(&self.optim)?;
         self.rewards_config().validate().context("[[rewards]]")?;
@@ -365,8 +382,24 @@ impl SftConfig {
         if self.sft.max_steps == 0 && self.sft.epochs == 0 {
             bail!("[sft]: give max_steps > 0 or epochs > 0");
         }
+        validate_lora(self.lora.as_ref(), self.adapter.as_deref())?;
         validate_optim(&self.optim)
     }
+}
+
+/// `[lora]`'s fields, and that a run does not both continue an adapter and start new ones.
+fn validate_lora(lora: Option<&LoraConfig>, adapter: Option<&Path>) -> Result<()> {
+    if let Some(l) = lora {
+        l.validate("[lora]")?;
+    }
+    if let (Some(_), Some(dir)) = (lora, adapter) {
+        bail!(
+            "`adapter` ({}) continues training that adapter and `[lora]` starts new ones: give one \
+             (to add new adapters on top, first fold it into its base with `aha merge`)",
+            dir.display()
+        );
+    }
+    Ok(())
 }
 
 fn validate_data(data: &DataConfig) -> Result<()> {
@@ -400,6 +433,7 @@ fn validate_optim(o: &OptimConfig) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use aha_reward::extract::AnswerExtraction;
 
     const MINIMAL: &str = r#"
 model = "m"
@@ -458,6 +492,20 @@ name = "accuracy"
         let (_d, p) = write(&MINIMAL.replace("name = \"accuracy\"", "name = \"accuracy\"\ntolerence = 0.1"));
         let err = format!("{:#}", load_grpo(&p).unwrap_err());
         assert!(err.contains("tolerence") && err.contains("rewards[0]"), "{err}");
+    }
+
+    #[test]
+    fn eval_extract_is_typed_and_defaults_to_r1() {
+        let free = load_grpo(&write(&format!("{MINIMAL}[eval.sampling]\nk = 2\nextract = \"free\"\n")).1).unwrap();
+        let sampling = &free.eval.as_ref().unwrap().sampling.generation;
+        assert_eq!((sampling.k, sampling.extract), (2, AnswerExtraction::Free));
+        let plain = load_grpo(&write(&format!("{MINIMAL}[eval]\nquestions = 5\n")).1).unwrap();
+        assert_eq!(plain.eval.unwrap().sampling.generation.extract, AnswerExtraction::R1);
+        for (bad, named) in [("extract = \"loose\"", "loose"), ("extraction = \"free\"", "extraction")] {
+            let (_d, p) = write(&format!("{MINIMAL}[eval.sampling]\n{bad}\n"));
+            let err = format!("{:#}", load_grpo(&p).unwrap_err());
+            assert!(err.contains(named) && err.contains("c.toml"), "{err}");
+        }
     }
 
     #[test]

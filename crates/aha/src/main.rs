@@ -41,6 +41,8 @@ enum Command {
     Generate(cmd::generate::Args),
     /// Load a model (HF directory, GGUF, hub repo id) and save it as a HF directory.
     Convert(cmd::convert::Args),
+    /// Fold a LoRA adapter (PEFT directory) into its base and save a HF directory.
+    Merge(cmd::merge::Args),
     /// Train a model with GRPO from a TOML config.
     Grpo(cmd::grpo::Args),
     /// Supervised fine-tuning from a TOML config.
@@ -71,6 +73,7 @@ fn main() -> anyhow::Result<()> {
         Command::Init(args) => cmd::init::run(args),
         Command::Generate(args) => cmd::generate::run(args),
         Command::Convert(args) => cmd::convert::run(args),
+        Command::Merge(args) => cmd::merge::run(args),
         Command::Grpo(args) => cmd::grpo::run(args),
         Command::Sft(args) => cmd::sft::run(args),
         Command::Eval(args) => cmd::eval::run(args),

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use aha_model::{load_model, ExecRequest, LoadedModel, ModelSpec};
+use aha_model::{load_model, load_with_adapter, ExecRequest, LoadedModel, LoraConfig, ModelSpec};
 use aha_train::checkpoint::latest_checkpoint;
 use aha_train::data::Skipped;
 use anyhow::{bail, Context, Result};
@@ -27,15 +27,25 @@ pub struct ConfigArgs {
 /// The resolved config, beside the run's metrics (checkpoints hold it in `trainer_state.json`).
 pub const RESOLVED_CONFIG: &str = "aha_config.json";
 
-/// Loads the starting model: the latest checkpoint of `run_dir` when resuming, else `model`.
-/// Returns the checkpoint used, if any. A run directory that already holds checkpoints is not
-/// overwritten without `--resume`.
-pub fn load_start(
-    model: &str,
-    run_dir: &Path,
-    resume: bool,
-    exec: &ExecRequest,
-) -> Result<(LoadedModel, Option<PathBuf>)> {
+/// Where a run's weights start: the model, an adapter on it to continue, fresh LoRA adapters.
+#[derive(Debug, Clone, Copy)]
+pub struct Start<'a> {
+    /// The model spec (HF directory, `.gguf`, hub repo id, or a PEFT adapter directory).
+    pub model: &'a str,
+    /// A PEFT adapter directory to continue training, on top of `model`.
+    pub adapter: Option<&'a Path>,
+    /// Fresh LoRA adapters to train on the frozen model.
+    pub lora: Option<&'a LoraConfig>,
+    /// Where and how the model runs.
+    pub exec: &'a ExecRequest,
+}
+
+/// Loads the starting model: the latest checkpoint of `run_dir` when resuming (a LoRA run's
+/// checkpoint is an adapter directory: its base with the adapter on top), else `start`'s model
+/// with its adapter or fresh LoRA adapters. Returns the checkpoint used, if any. A run directory
+/// that already holds checkpoints is not overwritten without `--resume`.
+pub fn load_start(start: &Start, run_dir: &Path, resume: bool) -> Result<(LoadedModel, Option<PathBuf>)> {
+    let model = start.model;
     let latest = latest_checkpoint(run_dir)?;
     let from = match (latest, resume) {
         (Some(dir), true) => Some(dir),
@@ -52,13 +62,58 @@ pub fn load_start(
         }
         (None, false) => None,
     };
-    let spec = match &from {
-        Some(dir) => ModelSpec::HfDir(dir.clone()),
-        None => ModelSpec::parse(model),
+    let lm = match &from {
+        Some(dir) => {
+            let lm = load_model(&ModelSpec::HfDir(dir.clone()), start.exec)
+                .with_context(|| format!("loading the model from {}", dir.display()))?;
+            let adapted = start.lora.is_some() || start.adapter.is_some();
+            if adapted != lm.model.lora().is_some() {
+                bail!(
+                    "{}: the checkpoint {} LoRA adapters but the config {} `[lora]` or `adapter`",
+                    dir.display(),
+                    if lm.model.lora().is_some() { "holds" } else { "holds no" },
+                    if adapted { "has" } else { "has no" }
+                );
+            }
+            lm
+        }
+        None => fresh_start(start)?,
     };
-    let what = from.as_ref().map_or_else(|| model.to_string(), |d| d.display().to_string());
-    let lm = load_model(&spec, exec).with_context(|| format!("loading the model from {what}"))?;
     Ok((lm, from))
+}
+
+/// The model of a run that starts fresh, with the adapter to continue or new LoRA adapters.
+fn fresh_start(start: &Start) -> Result<LoadedModel> {
+    let what = match start.adapter {
+        Some(a) => format!("{} with the adapter {}", start.model, a.display()),
+        None => start.model.to_string(),
+    };
+    let mut lm = load_with_adapter(&ModelSpec::parse(start.model), start.adapter, start.exec)
+        .with_context(|| format!("loading the model from {what}"))?;
+    if let Some(lora) = start.lora {
+        if lm.model.lora().is_some() {
+            bail!("{what} already carries LoRA adapters and the config asks for new ones (`[lora]`): fold them into the base first with `aha merge`");
+        }
+        lm.apply_lora(lora, "[lora]")?;
+    }
+    if let Some(l) = lm.model.lora() {
+        eprintln!("{}", lora_summary(&lm, l));
+    }
+    Ok(lm)
+}
+
+/// `LoRA r 16, alpha 32 on 7 projections: 4.9 M trainable parameters, base of 134.5 M frozen`.
+pub fn lora_summary(lm: &LoadedModel, l: &LoraConfig) -> String {
+    let count =
+        |ps: Vec<(String, candle_core::Tensor)>| ps.iter().map(|(_, t)| t.elem_count()).sum::<usize>() as f64 / 1e6;
+    format!(
+        "LoRA r {}, alpha {} on {}: {:.2} M trainable parameters, base of {:.1} M frozen",
+        l.r,
+        l.alpha,
+        l.target_modules.join("/"),
+        count(lm.model.adapter_parameters()),
+        count(lm.model.named_parameters())
+    )
 }
 
 /// Writes the resolved config as pretty JSON into the run directory.

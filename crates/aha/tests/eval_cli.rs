@@ -163,3 +163,49 @@ fn sample_filter_mix_then_sft() {
     aha(&["sft", "--config", toml.to_str().unwrap()]);
     assert!(run.join("metrics.jsonl").exists());
 }
+
+#[test]
+fn eval_extract_free_reads_free_text_and_bad_values_name_the_flag() {
+    use aha_reward::extract::AnswerExtraction;
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tiny_model(tmp.path());
+    let run = |extract: Option<&str>, out: &Path| {
+        let mut args = vec!["eval", "--model", &model, "--task", "arithmetic", "--limit", "4", "--k", "4"];
+        args.extend(["--max-new-tokens", "24", "--template", "raw", "--temperature", "1.0"]);
+        if let Some(mode) = extract {
+            args.extend(["--extract", mode]);
+        }
+        args.extend(["--out", out.to_str().unwrap()]);
+        let table = String::from_utf8(aha(&args).stdout).unwrap();
+        let record: Value = serde_json::from_str(&std::fs::read_to_string(out.join("eval.json")).unwrap()).unwrap();
+        (table, record, jsonl(&out.join("samples.jsonl")))
+    };
+    let (table, record, samples) = run(Some("free"), &tmp.path().join("free"));
+    for row in ["| format rate |", "| answer extraction | free |", "| extraction rate |"] {
+        assert!(table.contains(row), "{row} missing:\n{table}");
+    }
+    assert_eq!(record["extraction"], "free");
+    let extracted = samples.iter().filter(|s| s["extracted"].is_string()).count();
+    assert!(extracted > 0, "random bytes hold digits: free extraction finds some");
+    assert_eq!(record["extraction_rate"].as_f64(), Some(extracted as f64 / samples.len() as f64));
+    for s in &samples {
+        let free = AnswerExtraction::Free.extract(s["completion"].as_str().unwrap());
+        assert_eq!(s["extracted"].as_str(), free.as_deref(), "{s}");
+    }
+
+    // The default is the strict R1 reading: a random model has no answer block.
+    let (table, record, samples) = run(None, &tmp.path().join("r1"));
+    assert!(table.contains("| answer extraction | r1 |"), "{table}");
+    assert_eq!((record["extraction"].as_str(), record["extraction_rate"].as_f64()), (Some("r1"), Some(0.0)));
+    assert!(samples.iter().all(|s| s["extracted"].is_null()));
+
+    for cmd in ["eval", "sample"] {
+        let bad = Command::new(env!("CARGO_BIN_EXE_aha"))
+            .args([cmd, "--model", &model, "--task", "arithmetic", "--extract", "loose"])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&bad.stderr);
+        assert!(!bad.status.success() && err.contains("--extract") && err.contains("loose"), "{err}");
+        assert!(err.contains("`r1` or `free`"), "{err}");
+    }
+}

@@ -150,6 +150,17 @@ fn tiny_pipeline_runs_every_stage_then_resume_skips_done_stages() {
     }
     assert!(report.contains("Rejection sampling:") && report.contains("Reward model, held-out"), "{report}");
     assert!(out.join("02-rl/report.png").is_file(), "the stage's plots are drawn");
+    // A stage continuing an evaluated one starts its plots from that evaluation, as step 0.
+    let json = |p: &str| -> Value { serde_json::from_str(&std::fs::read_to_string(out.join(p)).unwrap()).unwrap() };
+    let start = json("02-rl/eval_00000000_cold__start_.json");
+    let cold = json("01-cold/stage.json");
+    assert_eq!((start["step"].as_u64(), start["label"].as_str()), (Some(0), Some("cold (start)")));
+    assert_eq!(start["pass_at_1"], cold["eval"]["pass_at_1"]);
+    let starts = |d: &str| {
+        let names = std::fs::read_dir(out.join(d)).unwrap().map(|e| e.unwrap().file_name());
+        names.filter(|n| n.to_string_lossy().starts_with("eval_00000000")).count()
+    };
+    assert_eq!(starts("01-cold"), 0, "the first stage starts from the base, which is not evaluated");
     // Links: the SFT stage read the rejection stage's data; the reward model ran only at the last step.
     let sft2: Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("04-sft2/aha_config.json")).unwrap()).unwrap();
@@ -322,4 +333,95 @@ fn r1_recipe_takes_one_rl_step_with_a_tiny_model() {
     assert_eq!(cfg["grpo"]["temperature"].as_f64(), Some(1.0));
     assert_eq!(cfg["rewards"].as_array().unwrap().len(), 3);
     assert!(cfg["model"].as_str().unwrap().contains("01-cold-start"), "RL starts from the cold-start checkpoint");
+}
+
+fn smollm2() -> toml::Table {
+    toml::from_str(&std::fs::read_to_string(repo().join("recipes/smollm2.toml")).unwrap()).unwrap()
+}
+
+/// `recipes/smollm2.toml`: evaluated on ≥ 200 held-out questions × k ≥ 4 at the paper's
+/// sampling, the teacher and the RL prompts drawn from the same task's train split, RL with a
+/// LoRA table (full fine-tuning one `--unset` away), and the whole recipe valid.
+#[test]
+fn smollm2_recipe_holds_out_its_eval_and_trains_rl_with_lora() {
+    let t = smollm2();
+    let e = t["eval"].as_table().unwrap();
+    assert!(f(&e["data"]["limit"]) >= 200.0 && f(&e["sampling"]["k"]) >= 4.0, "≥ 200 questions × k ≥ 4");
+    assert_eq!((f(&e["sampling"]["temperature"]), f(&e["sampling"]["top_p"])), (0.6, 0.95));
+    assert_eq!(e["data"].get("split"), None, "the test split (the default)");
+    let (cold, rl) = (stage(&t, "cold-start"), stage(&t, "rl"));
+    for (what, task, percent) in [
+        ("teacher", &cold["teacher"]["task"], &cold["teacher"]["test_percent"]),
+        ("rl data", &rl["data"]["task"], &rl["data"]["test_percent"]),
+    ] {
+        assert_eq!(task, &e["data"]["task"], "{what}: the evaluated task");
+        assert_eq!(percent, &e["data"]["test_percent"], "{what}: the same split");
+    }
+    assert!(f(&cold["teacher"]["slip_rate"]) > 0.0, "an imperfect teacher leaves RL something to fix");
+    assert_eq!(cold.get("lora"), None, "the cold start trains every weight");
+    let lora = rl["lora"].as_table().unwrap();
+    let keys: Vec<&str> = lora.keys().map(String::as_str).collect();
+    assert_eq!(keys, ["alpha", "dropout", "init_seed", "r", "target_modules"]);
+    assert_eq!(lora["target_modules"].as_array().unwrap().len(), 7, "every projection");
+    let r = repo().join("recipes/smollm2.toml");
+    let r = r.to_str().unwrap();
+    ok(&["pipeline", r, "--check"]);
+    ok(&["pipeline", r, "--check", "--unset", "stages.rl.lora", "--set", "stages.rl.optim.learning_rate=1e-5"]);
+    assert!(err(&["pipeline", r, "--check", "--unset", "stages.rl.lorra"]).contains("lorra"));
+    // A held-out split that training would overlap is refused before anything runs.
+    let e = err(&["pipeline", r, "--check", "--set", "stages.rl.data.test_percent=5"]);
+    assert!(e.contains("stage `rl` [data]") && e.contains("test_percent"), "{e}");
+}
+
+/// `recipes/smollm2.toml` end to end with a tiny model substituted and every size shrunk: the
+/// cold start, then RL with LoRA (an adapter checkpoint, evaluated after the stage and during
+/// it, plots starting from the cold start's evaluation); and with `--unset stages.rl.lora`,
+/// full fine-tuning (a full checkpoint).
+#[test]
+fn smollm2_recipe_runs_with_a_tiny_model_with_and_without_lora() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("model");
+    ok(&["init", "--out", model.to_str().unwrap(), "--max-position-embeddings", "256"]);
+    let recipe = repo().join("recipes/smollm2.toml");
+    let run = |out: &Path, extra: &[&str]| {
+        let mut args: Vec<String> = vec!["pipeline".into(), recipe.display().to_string()];
+        for kv in [
+            format!("model={}", model.display()),
+            format!("output_dir={}", out.display()),
+            "eval.data.limit=2".into(),
+            "eval.sampling={ k = 2, max_new_tokens = 8 }".into(),
+            "stages.cold-start.teacher.size=8".into(),
+            "stages.cold-start.sft={ max_steps = 2, batch_size = 4 }".into(),
+            "stages.cold-start.run.progress=false".into(),
+            "stages.rl.grpo.max_steps=2".into(),
+            "stages.rl.grpo.prompts_per_step=2".into(),
+            "stages.rl.grpo.group_size=2".into(),
+            "stages.rl.grpo.max_completion_length=8".into(),
+            "stages.rl.eval={ every_steps = 1, questions = 2, sampling = { k = 1, max_new_tokens = 8 } }".into(),
+            "stages.rl.run.progress=false".into(),
+        ] {
+            args.extend(["--set".to_string(), kv]);
+        }
+        args.extend(extra.iter().map(|s| s.to_string()));
+        ok(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    let lora = tmp.path().join("lora");
+    let stdout = String::from_utf8_lossy(&run(&lora, &[]).stdout).into_owned();
+    assert!(stdout.contains("| cold-start | Sft |") && stdout.contains("| rl | Grpo |"), "{stdout}");
+    let rl = lora.join("02-rl");
+    let record: Value = serde_json::from_str(&std::fs::read_to_string(rl.join("stage.json")).unwrap()).unwrap();
+    let ckpt = PathBuf::from(record["model"].as_str().unwrap());
+    assert!(ckpt.join("adapter_config.json").is_file(), "the RL stage saves LoRA adapters: {}", ckpt.display());
+    assert!(record["eval"]["pass_at_1"].is_number(), "the adapter checkpoint is evaluated");
+    for file in ["eval_00000000_cold-start__start_.json", "eval_00000001_heldout.json", "eval_00000002_rl.json"] {
+        assert!(rl.join(file).is_file(), "{file}: the held-out curve of the RL stage");
+    }
+    assert!(rl.join("report.png").is_file() && lora.join("01-cold-start/report.png").is_file());
+    assert_eq!(metrics(&rl).len(), 2);
+
+    let full = tmp.path().join("full");
+    run(&full, &["--unset", "stages.rl.lora", "--set", "stages.rl.optim.learning_rate=1e-5"]);
+    let record: Value = serde_json::from_str(&std::fs::read_to_string(full.join("02-rl/stage.json")).unwrap()).unwrap();
+    let ckpt = PathBuf::from(record["model"].as_str().unwrap());
+    assert!(ckpt.join("config.json").is_file() && !ckpt.join("adapter_config.json").exists(), "full fine-tuning");
 }

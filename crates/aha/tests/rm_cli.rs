@@ -189,3 +189,25 @@ fn grpo_calls_a_model_reward_only_in_its_last_steps() {
     let mean = lines[2]["rewards/helpful/mean"].as_f64().unwrap();
     assert!(mean > 0.0 && mean < 1.0, "sigmoid scores lie in (0, 1): {mean}");
 }
+
+#[test]
+fn lora_reward_model_trains_adapters_and_the_head_and_saves_merged() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (model, data) = (init(tmp.path()), tmp.path().join("helpful.jsonl"));
+    ok(&["rm", "make-data", "--kind", "helpful", "--n", "40", "--seed", "2", "--out", data.to_str().unwrap()]);
+    let (out, cfg) = (tmp.path().join("run"), tmp.path().join("rm.toml"));
+    std::fs::write(&cfg, config(&model, &out, "pairwise", &data, None) + "[lora]\nr = 4\nalpha = 8\n").unwrap();
+    ok(&["rm", "train", "--config", cfg.to_str().unwrap()]);
+    let load = |p: &Path| candle_core::safetensors::load(p, &candle_core::Device::Cpu).unwrap();
+    let (base, fin) = (load(&model.join("model.safetensors")), load(&out.join("final/model.safetensors")));
+    assert!(fin.keys().all(|k| !k.contains("lora_")), "final/ must be a plain (merged) classifier");
+    assert!(fin.contains_key("score.weight"));
+    let same = |k: &str| (&base[k] - &fin[k]).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    assert_eq!(same("model.embed_tokens.weight"), 0.0, "the frozen embeddings must not move");
+    assert!(same("model.layers.0.mlp.down_proj.weight") > 0.0, "the trained adapter is merged into its projection");
+    // Bad LoRA input names the field and the file.
+    std::fs::write(&cfg, config(&model, &tmp.path().join("bad"), "pairwise", &data, None) + "[lora]\nr = 0\n").unwrap();
+    let out = aha(&["rm", "train", "--config", cfg.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("lora.r"), "{err}");
+}

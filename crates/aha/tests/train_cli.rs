@@ -130,3 +130,108 @@ fn init_sft_grpo_resume_and_config_errors() {
     assert!(err.contains("group_sise") && err.contains("bad.toml"), "{err}");
     assert!(!dir.join("bad").exists(), "nothing is written for an invalid config");
 }
+
+/// `aha eval` on 3 arithmetic questions (k 2) for a model (and optional adapter): its eval.json.
+fn eval_json(model: &Path, adapter: Option<&Path>, out: &Path) -> Value {
+    let mut args = vec![
+        "eval".to_string(),
+        "--model".into(),
+        model.display().to_string(),
+        "--task".into(),
+        "arithmetic".into(),
+        "--template".into(),
+        "raw".into(),
+        "--limit".into(),
+        "3".into(),
+        "--k".into(),
+        "2".into(),
+        "--max-new-tokens".into(),
+        "8".into(),
+        "--out".into(),
+        out.display().to_string(),
+    ];
+    if let Some(a) = adapter {
+        args.extend(["--adapter".to_string(), a.display().to_string()]);
+    }
+    ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    serde_json::from_str(&std::fs::read_to_string(out.join("eval.json")).unwrap()).unwrap()
+}
+
+#[test]
+fn lora_sft_grpo_resume_merge_and_adapter_flags() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let model = dir.join("model");
+    let m = model.to_str().unwrap();
+    ok(&["init", "--out", m, "--layers", "2", "--hidden-size", "32", "--intermediate-size", "64"]);
+    let lora = "[lora]\nr = 4\nalpha = 8\ntarget_modules = [\"q_proj\", \"v_proj\", \"down_proj\"]\n";
+
+    // SFT with LoRA: the checkpoint is a PEFT adapter naming its base.
+    let sft_run = dir.join("sft");
+    let sft_toml = dir.join("sft.toml");
+    std::fs::write(&sft_toml, sft_config(&model, &sft_run) + lora).unwrap();
+    let out = ok(&["sft", "--config", sft_toml.to_str().unwrap()]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("trainable parameters"), "no LoRA summary");
+    let (sft_ckpt, _) = state(&sft_run);
+    assert!(sft_ckpt.join("adapter_model.safetensors").exists() && !sft_ckpt.join("model.safetensors").exists());
+    let cfg: Value =
+        serde_json::from_str(&std::fs::read_to_string(sft_ckpt.join("adapter_config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["base_model_name_or_path"], m);
+    assert_eq!(cfg["target_modules"].as_array().unwrap().len(), 3);
+
+    // GRPO continuing that adapter (`adapter = ...`), β > 0: no reference copy in checkpoints.
+    let grpo_run = dir.join("grpo");
+    let grpo_toml = dir.join("grpo.toml");
+    let with_adapter = |steps| format!("adapter = {sft_ckpt:?}\n") + &grpo_config(&model, &grpo_run, steps);
+    std::fs::write(&grpo_toml, with_adapter(2)).unwrap();
+    ok(&["grpo", "--config", grpo_toml.to_str().unwrap()]);
+    let (ckpt, _) = state(&grpo_run);
+    assert!(ckpt.join("adapter_model.safetensors").exists());
+    assert!(!ckpt.join("reference.safetensors").exists(), "a LoRA run's reference is the base: no copy");
+    std::fs::write(&grpo_toml, with_adapter(3)).unwrap();
+    let out = ok(&["grpo", "--config", grpo_toml.to_str().unwrap(), "--resume"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("at step 2"));
+    let (ckpt, st) = state(&grpo_run);
+    assert_eq!(st["optimizer_steps"], 3);
+
+    // The adapter evaluates as `--model DIR` (its base named inside), as `--adapter` on the
+    // base, and merged into a plain model: the same completions and scores.
+    let a = eval_json(&ckpt, None, &dir.join("eval-a"));
+    let b = eval_json(&model, Some(&ckpt), &dir.join("eval-b"));
+    let merged = dir.join("merged");
+    ok(&["merge", "--base", m, "--adapter", ckpt.to_str().unwrap(), "--out", merged.to_str().unwrap()]);
+    assert!(merged.join("model.safetensors").exists() && merged.join("config.json").exists());
+    let c = eval_json(&merged, None, &dir.join("eval-c"));
+    for key in ["pass_at_1", "mean_completion_tokens"] {
+        assert_eq!(a[key], b[key], "{key}");
+        assert_eq!(a[key], c[key], "{key}");
+    }
+    let out = ok(&[
+        "generate",
+        "--model",
+        m,
+        "--adapter",
+        ckpt.to_str().unwrap(),
+        "--prompt",
+        "1+1",
+        "--max-new-tokens",
+        "4",
+    ]);
+    assert!(out.status.success());
+
+    // Bad LoRA input names the field; continuing an adapter and new adapters at once is refused.
+    for (text, want) in [
+        ("[lora]\nr = 0\n", "lora.r"),
+        ("[lora]\ntarget_modules = [\"qkv_proj\"]\n", "qkv_proj"),
+        ("[lora]\nrank = 4\n", "rank"),
+    ] {
+        let bad = dir.join("bad.toml");
+        std::fs::write(&bad, sft_config(&model, &dir.join("bad")) + text).unwrap();
+        let out = aha(&["sft", "--config", bad.to_str().unwrap()]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(want) && err.contains("bad.toml"), "{want}: {err}");
+    }
+    std::fs::write(&grpo_toml, with_adapter(3) + lora).unwrap();
+    let out = aha(&["grpo", "--config", grpo_toml.to_str().unwrap()]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("`adapter`"), "{}", String::from_utf8_lossy(&out.stderr));
+}

@@ -16,6 +16,8 @@
 //! | `median_completion_tokens` | number, optional | median completion length in tokens |
 //! | `reflection_per_1k_words` | number, optional | reflection words per 1 000 words |
 //! | `format_rate` | number, optional | fraction of samples that are well formed (`<think>…</think><answer>…</answer>`) |
+//! | `extraction` | string, optional | how final answers were read: `r1` (the `<answer>` block) or `free` (free text) |
+//! | `extraction_rate` | number, optional | fraction of samples from which a final answer was extracted |
 //! | `per_task` | object, optional | task name → `{questions, pass_at_1, cons_at_k}` |
 
 use std::collections::BTreeMap;
@@ -56,6 +58,12 @@ pub struct EvalRecord {
     /// Fraction of samples that are well formed (scored 1 by the format reward).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub format_rate: Option<f64>,
+    /// How final answers were extracted: `r1` or `free`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extraction: Option<String>,
+    /// Fraction of samples from which a final answer was extracted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extraction_rate: Option<f64>,
     /// Per-task breakdown.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub per_task: BTreeMap<String, TaskEval>,
@@ -118,15 +126,15 @@ fn sanitize(label: &str) -> String {
 }
 
 /// A markdown table of evaluations: step, label, k, pass@1, cons@k, mean tokens, reflection rate,
-/// format rate.
+/// format rate, extraction rate (with the extraction mode when it is not `r1`).
 pub fn eval_table_markdown(records: &[EvalRecord]) -> String {
     let mut table = String::from(
-        "| step | label | k | questions | pass@1 | cons@k | mean tokens | reflection /1k words | format |\n\
-         | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
+        "| step | label | k | questions | pass@1 | cons@k | mean tokens | reflection /1k words | format | extracted |\n\
+         | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
     );
     for r in records {
         table.push_str(&format!(
-            "| {} | {} | {} | {} | {:.3} | {:.3} | {:.1} | {} | {} |\n",
+            "| {} | {} | {} | {} | {:.3} | {:.3} | {:.1} | {} | {} | {} |\n",
             r.step,
             r.label.as_deref().unwrap_or(""),
             r.k,
@@ -136,9 +144,20 @@ pub fn eval_table_markdown(records: &[EvalRecord]) -> String {
             r.mean_completion_tokens,
             opt(r.reflection_per_1k_words, 2),
             opt(r.format_rate, 3),
+            extraction_cell(r, 3),
         ));
     }
     table
+}
+
+/// The extraction rate with `digits` decimals, followed by the mode in parentheses when it is not
+/// the default `r1` (`0.950 (free)`); an en dash when absent.
+pub fn extraction_cell(r: &EvalRecord, digits: usize) -> String {
+    let rate = opt(r.extraction_rate, digits);
+    match r.extraction.as_deref() {
+        Some(mode) if mode != "r1" => format!("{rate} ({mode})"),
+        _ => rate,
+    }
 }
 
 /// `v` with `digits` decimals, or an en dash when absent.
@@ -161,6 +180,8 @@ pub fn eval_summary_markdown(r: &EvalRecord) -> String {
     rows.push(("median completion tokens".into(), opt(r.median_completion_tokens, 1)));
     rows.push(("reflection words /1k words".into(), opt(r.reflection_per_1k_words, 2)));
     rows.push(("format rate".into(), opt(r.format_rate, 4)));
+    rows.push(("answer extraction".into(), r.extraction.clone().unwrap_or_else(|| "–".into())));
+    rows.push(("extraction rate".into(), opt(r.extraction_rate, 4)));
     let mut md = String::from("| metric | value |\n| --- | ---: |\n");
     for (name, value) in rows {
         md.push_str(&format!("| {name} | {value} |\n"));
@@ -221,7 +242,14 @@ mod tests {
     fn markdown_table_has_a_row_per_record() {
         let table = eval_table_markdown(&[record(0, None, 0.25), record(10, Some("x"), 0.5)]);
         assert_eq!(table.lines().count(), 4);
-        assert!(table.contains("| 10 | x | 8 | 50 | 0.500 | 0.600 | 42.0 | – | – |"), "{table}");
+        assert!(table.contains("| 10 | x | 8 | 50 | 0.500 | 0.600 | 42.0 | – | – | – |"), "{table}");
+        let mut free = record(20, None, 0.5);
+        (free.extraction, free.extraction_rate) = (Some("free".into()), Some(0.95));
+        let mut r1 = record(30, None, 0.5);
+        (r1.extraction, r1.extraction_rate) = (Some("r1".into()), Some(0.5));
+        let table = eval_table_markdown(&[free, r1]);
+        assert!(table.contains("| – | 0.950 (free) |\n"), "{table}");
+        assert!(table.contains("| – | 0.500 |\n"), "{table}");
     }
 
     #[test]
@@ -229,12 +257,15 @@ mod tests {
         let mut r = record(3, None, 0.5);
         r.pass_at_k = [(1, 0.5), (4, 0.75)].into();
         r.format_rate = Some(0.25);
+        (r.extraction, r.extraction_rate) = (Some("free".into()), Some(0.875));
         r.per_task.insert("gsm8k".into(), TaskEval { questions: 2, pass_at_1: 0.5, cons_at_k: 1.0 });
         let md = eval_summary_markdown(&r);
         for want in [
             "| pass@4 | 0.7500 |",
             "| cons@8 | 0.6000 |",
             "| format rate | 0.2500 |",
+            "| answer extraction | free |",
+            "| extraction rate | 0.8750 |",
             "| gsm8k | 2 | 0.5000 | 1.0000 |",
         ] {
             assert!(md.contains(want), "{want} missing from\n{md}");

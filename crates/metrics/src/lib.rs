@@ -36,7 +36,9 @@ mod writer;
 
 pub use crc32c::{crc32c, masked_crc32c};
 pub use error::{MetricsError, Result};
-pub use eval::{eval_summary_markdown, eval_table_markdown, read_evals, write_eval, EvalRecord, TaskEval};
+pub use eval::{
+    eval_summary_markdown, eval_table_markdown, extraction_cell, read_evals, write_eval, EvalRecord, TaskEval,
+};
 pub use metrics::{names, Metrics};
 pub use progress::{format_metrics, TrainProgress};
 pub use reader::{read_metrics, MetricsLog, StepRecord};

@@ -13,9 +13,10 @@ use candle_nn::{Init, VarBuilder};
 
 use crate::config::{Arch, Llama3RopeScaling, ModelConfig};
 use crate::cpu::infer;
-use crate::error::Result;
+use crate::error::{ModelError, Result};
 use crate::exec::{Backend, ExecPlan, Kernels, Mode};
 use crate::kv_cache::KvCache;
+use crate::lora::{self, AdapterPair, AdapterSet, LoraConfig, Module};
 use crate::ops;
 
 /// Additive attention bias for disallowed positions (scores are f32 when it is applied).
@@ -79,23 +80,46 @@ impl RmsNorm {
 // ---------------------------------------------------------------------------------------------
 // Linear
 
-/// A linear layer with PyTorch's `[out, in]` weight; inputs of any rank are flattened to one gemm.
+/// A linear layer with PyTorch's `[out, in]` weight; inputs of any rank are flattened to one
+/// gemm. With a LoRA adapter (`lora.rs`) it adds `s·(drop(x)·Aᵀ)·Bᵀ`.
 #[derive(Debug, Clone)]
 struct Linear {
     weight: Tensor,
     bias: Option<Tensor>,
+    adapter: Option<Adapter>,
+}
+
+/// A LoRA adapter on one projection, and where it sits (for its dropout masks).
+#[derive(Debug, Clone)]
+struct Adapter {
+    pair: AdapterPair,
+    scale: f64,
+    dropout: f64,
+    layer: usize,
+    module: Module,
 }
 
 impl Linear {
     fn new(inp: usize, out: usize, bias: bool, vb: VarBuilder) -> Result<Self> {
         let weight = get(&vb, &[out, inp], "weight", ParamInit::Normal(INIT_STD))?;
         let bias = if bias { Some(get(&vb, &[out], "bias", ParamInit::Zeros)?) } else { None };
-        Ok(Self { weight, bias })
+        Ok(Self { weight, bias, adapter: None })
     }
 
-    /// `x`: `[..., in]` → `[..., out]`.
-    fn forward(&self, x: &Tensor, k: Kernels) -> Result<Tensor> {
-        linear_nd(x, &self.weight, self.bias.as_ref(), k)
+    /// `x`: `[..., in]` → `[..., out]`. `drop` is the forward's dropout seed (training forwards
+    /// of a model whose adapters have dropout).
+    fn forward(&self, x: &Tensor, k: Kernels, drop: Option<u64>) -> Result<Tensor> {
+        let y = linear_nd(x, &self.weight, self.bias.as_ref(), k)?;
+        let Some(ad) = &self.adapter else { return Ok(y) };
+        let xd = match drop {
+            Some(seed) if ad.dropout > 0.0 => {
+                let mask = lora::dropout_mask(lora::module_seed(seed, ad.layer, ad.module), x.elem_count(), ad.dropout);
+                (x * Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?)?
+            }
+            _ => x.clone(),
+        };
+        let u = linear_nd(&xd, &ad.pair.a, None, k)?;
+        Ok((y + (linear_nd(&u, &ad.pair.b, None, k)? * ad.scale)?)?)
     }
 }
 
@@ -154,6 +178,15 @@ fn llama3_scale(freq: f32, s: &Llama3RopeScaling) -> f32 {
 // ---------------------------------------------------------------------------------------------
 // Attention
 
+/// What every block of one training forward shares: RoPE tables, the attention bias, the
+/// kernels and the adapters' dropout seed.
+struct Pass<'a> {
+    rope: &'a (Tensor, Tensor),
+    bias: &'a Tensor,
+    k: Kernels,
+    drop: Option<u64>,
+}
+
 /// Grouped-query self-attention with optional q/k/v bias (Qwen2) and q/k norms (Qwen3).
 #[derive(Debug, Clone)]
 struct Attention {
@@ -189,7 +222,13 @@ impl Attention {
     }
 
     /// Projects `x` `[B, T, H]` to `q` `[B, nh, T, hd]` and `k`, `v` `[B, nkv, T, hd]`, with RoPE.
-    fn qkv(&self, x: &Tensor, rope: &(Tensor, Tensor), kn: Kernels) -> Result<(Tensor, Tensor, Tensor)> {
+    fn qkv(
+        &self,
+        x: &Tensor,
+        rope: &(Tensor, Tensor),
+        kn: Kernels,
+        drop: Option<u64>,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
         let (b, t, _) = x.dims3()?;
         let (cos, sin) = rope;
         // `[B, T, n·hd]` → `[B, n, T, hd]` (q/k norm first, RoPE when `rotate`).
@@ -204,9 +243,9 @@ impl Attention {
             }
             Ok(y.transpose(1, 2)?.contiguous()?)
         };
-        let q = heads(self.q_proj.forward(x, kn)?, self.n_heads, &self.q_norm, true)?;
-        let k = heads(self.k_proj.forward(x, kn)?, self.n_kv, &self.k_norm, true)?;
-        let v = heads(self.v_proj.forward(x, kn)?, self.n_kv, &None, false)?;
+        let q = heads(self.q_proj.forward(x, kn, drop)?, self.n_heads, &self.q_norm, true)?;
+        let k = heads(self.k_proj.forward(x, kn, drop)?, self.n_kv, &self.k_norm, true)?;
+        let v = heads(self.v_proj.forward(x, kn, drop)?, self.n_kv, &None, false)?;
         Ok((q, k, v))
     }
 
@@ -243,9 +282,9 @@ impl Attention {
         infer::decode_attention(q, keys, values, valid, shape)
     }
 
-    fn forward(&self, x: &Tensor, rope: &(Tensor, Tensor), bias: &Tensor, kn: Kernels) -> Result<Tensor> {
-        let (q, k, v) = self.qkv(x, rope, kn)?;
-        self.o_proj.forward(&self.attend(&q, &k, &v, bias, kn)?, kn)
+    fn forward(&self, x: &Tensor, p: &Pass) -> Result<Tensor> {
+        let (q, k, v) = self.qkv(x, p.rope, p.k, p.drop)?;
+        self.o_proj.forward(&self.attend(&q, &k, &v, p.bias, p.k)?, p.k, p.drop)
     }
 
     fn forward_cached(
@@ -257,14 +296,14 @@ impl Attention {
         layer: usize,
         kn: Kernels,
     ) -> Result<Tensor> {
-        let (q, k, v) = self.qkv(x, rope, kn)?;
+        let (q, k, v) = self.qkv(x, rope, kn, None)?;
         let (k, v) = cache.append(layer, &k, &v)?;
         if q.dim(2)? == 1 && kn == Kernels::CpuInfer {
             if let Some(out) = self.attend_one(&q, cache, layer)? {
-                return self.o_proj.forward(&out, kn);
+                return self.o_proj.forward(&out, kn, None);
             }
         }
-        self.o_proj.forward(&self.attend(&q, &k, &v, bias, kn)?, kn)
+        self.o_proj.forward(&self.attend(&q, &k, &v, bias, kn)?, kn, None)
     }
 }
 
@@ -289,9 +328,9 @@ impl Mlp {
         })
     }
 
-    fn forward(&self, x: &Tensor, k: Kernels) -> Result<Tensor> {
-        let (gate, up) = (self.gate_proj.forward(x, k)?, self.up_proj.forward(x, k)?);
-        self.down_proj.forward(&ops::swiglu(&gate, &up, k)?, k)
+    fn forward(&self, x: &Tensor, k: Kernels, drop: Option<u64>) -> Result<Tensor> {
+        let (gate, up) = (self.gate_proj.forward(x, k, drop)?, self.up_proj.forward(x, k, drop)?);
+        self.down_proj.forward(&ops::swiglu(&gate, &up, k)?, k, drop)
     }
 }
 
@@ -315,14 +354,34 @@ impl Block {
         })
     }
 
-    fn residual_mlp(&self, x: Tensor, k: Kernels) -> Result<Tensor> {
-        let h = self.mlp.forward(&self.post_attention_layernorm.forward(&x, k)?, k)?;
+    fn residual_mlp(&self, x: Tensor, k: Kernels, drop: Option<u64>) -> Result<Tensor> {
+        let h = self.mlp.forward(&self.post_attention_layernorm.forward(&x, k)?, k, drop)?;
         Ok((x + h)?)
     }
 
-    fn forward(&self, x: &Tensor, rope: &(Tensor, Tensor), bias: &Tensor, k: Kernels) -> Result<Tensor> {
-        let a = self.self_attn.forward(&self.input_layernorm.forward(x, k)?, rope, bias, k)?;
-        self.residual_mlp((x + a)?, k)
+    fn forward(&self, x: &Tensor, p: &Pass) -> Result<Tensor> {
+        let a = self.self_attn.forward(&self.input_layernorm.forward(x, p.k)?, p)?;
+        self.residual_mlp((x + a)?, p.k, p.drop)
+    }
+
+    /// The projection `m` of this block.
+    fn linear(&self, m: Module) -> &Linear {
+        let (a, f) = (&self.self_attn, &self.mlp);
+        [&a.q_proj, &a.k_proj, &a.v_proj, &a.o_proj, &f.gate_proj, &f.up_proj, &f.down_proj][m as usize]
+    }
+
+    /// The projection `m` of this block, mutably.
+    fn linear_mut(&mut self, m: Module) -> &mut Linear {
+        let (a, f) = (&mut self.self_attn, &mut self.mlp);
+        match m {
+            Module::Q => &mut a.q_proj,
+            Module::K => &mut a.k_proj,
+            Module::V => &mut a.v_proj,
+            Module::O => &mut a.o_proj,
+            Module::Gate => &mut f.gate_proj,
+            Module::Up => &mut f.up_proj,
+            Module::Down => &mut f.down_proj,
+        }
     }
 
     fn forward_cached(
@@ -336,7 +395,7 @@ impl Block {
     ) -> Result<Tensor> {
         let normed = self.input_layernorm.forward(x, k)?;
         let a = self.self_attn.forward_cached(&normed, rope, bias, cache, layer, k)?;
-        self.residual_mlp((x + a)?, k)
+        self.residual_mlp((x + a)?, k, None)
     }
 }
 
@@ -355,6 +414,11 @@ pub struct Transformer {
     rope: Rope,
     plan: ExecPlan,
     mode: Mode,
+    /// The adapters' settings when the model carries LoRA adapters (its base is then frozen).
+    lora: Option<LoraConfig>,
+    /// Where the base weights of an adapted model were read from (an adapter directory's
+    /// `base_model_name_or_path`).
+    adapter_base: Option<String>,
 }
 
 impl Transformer {
@@ -400,7 +464,18 @@ impl Transformer {
             get(&vb.pp("lm_head"), &[v, h], "weight", ParamInit::Normal(INIT_STD))?
         };
         let rope = Rope::new(cfg, vb.device())?;
-        Ok(Self { cfg: cfg.clone(), embed_tokens, layers, norm, lm_head, rope, plan, mode })
+        Ok(Self {
+            cfg: cfg.clone(),
+            embed_tokens,
+            layers,
+            norm,
+            lm_head,
+            rope,
+            plan,
+            mode,
+            lora: None,
+            adapter_base: None,
+        })
     }
 
     /// The execution plan (backend, device, dtype) this model was built with.
@@ -499,15 +574,173 @@ impl Transformer {
         out
     }
 
-    /// Rebuilds the model in `mode` with every parameter passed through `f` (detach, deep copy),
-    /// on the same plan.
+    /// Rebuilds the model in `mode` with every parameter (adapters included) passed through `f`
+    /// (detach, deep copy), on the same plan.
     fn map_parameters(&self, mode: Mode, f: impl Fn(&Tensor) -> candle_core::Result<Tensor>) -> Result<Self> {
         let mut map = std::collections::HashMap::new();
         for (name, t) in self.named_parameters() {
             map.insert(name, f(&t)?);
         }
         let vb = VarBuilder::from_tensors(map, self.dtype(), self.device());
-        Self::build(&self.cfg, vb, self.plan.clone(), mode)
+        let mut out = Self::build(&self.cfg, vb, self.plan.clone(), mode)?;
+        if let Some(cfg) = &self.lora {
+            let mut set = AdapterSet::new();
+            for (key, pair) in self.adapters() {
+                set.insert(key, AdapterPair { a: f(&pair.a)?, b: f(&pair.b)? });
+            }
+            out.attach(cfg, set)?;
+            out.adapter_base = self.adapter_base.clone();
+        }
+        Ok(out)
+    }
+
+    /// Where the base of an adapted model was read from, when known.
+    pub fn adapter_base(&self) -> Option<&str> {
+        self.adapter_base.as_deref()
+    }
+
+    /// Records where the base weights came from (saved as the adapter's base).
+    pub fn set_adapter_base(&mut self, base: impl Into<String>) {
+        self.adapter_base = Some(base.into());
+    }
+
+    /// The adapters' settings, when the model carries LoRA adapters.
+    pub fn lora(&self) -> Option<&LoraConfig> {
+        self.lora.as_ref()
+    }
+
+    /// The adapters by `(layer, projection)`, in that order (empty without LoRA).
+    pub fn adapters(&self) -> AdapterSet {
+        let mut set = AdapterSet::new();
+        for (l, block) in self.layers.iter().enumerate() {
+            for m in Module::ALL {
+                if let Some(ad) = &block.linear(m).adapter {
+                    set.insert((l, m), ad.pair.clone());
+                }
+            }
+        }
+        set
+    }
+
+    /// The adapter tensors by PEFT name (`…q_proj.lora_A.weight`), `A` before `B`, in
+    /// `(layer, projection)` order: what a LoRA run trains and saves.
+    pub fn adapter_parameters(&self) -> Vec<(String, Tensor)> {
+        let mut out = Vec::new();
+        for ((l, m), pair) in self.adapters() {
+            out.push((lora::peft_key(l, m, 'A'), pair.a));
+            out.push((lora::peft_key(l, m, 'B'), pair.b));
+        }
+        out
+    }
+
+    /// The parameters an optimiser steps: the adapters of a LoRA model, else every parameter.
+    pub fn trainable_parameters(&self) -> Vec<(String, Tensor)> {
+        if self.lora.is_some() {
+            self.adapter_parameters()
+        } else {
+            self.named_parameters()
+        }
+    }
+
+    /// This model with LoRA adapters attached: its base parameters detached (frozen: no
+    /// gradient reaches them) and sharing storage with `self`, the adapters as given (make them
+    /// variables to train them). Every `(layer, projection)` `lora` targets must be in `set`,
+    /// with `A` `[r, in]` and `B` `[out, r]`.
+    pub fn with_adapters(&self, lora: &LoraConfig, set: AdapterSet) -> Result<Self> {
+        let mut out = self.map_parameters(self.mode, |t| Ok(t.detach()))?;
+        out.lora = None;
+        out.layers.iter_mut().for_each(|b| Module::ALL.iter().for_each(|&m| b.linear_mut(m).adapter = None));
+        out.attach(lora, set)?;
+        Ok(out)
+    }
+
+    /// Sets the adapters of a model built without them (checks coverage and shapes).
+    fn attach(&mut self, lora: &LoraConfig, mut set: AdapterSet) -> Result<()> {
+        let modules = lora.validate("[lora]")?;
+        let (dtype, device) = (self.dtype(), self.device().clone());
+        let (scale, dropout) = (lora.scale(), lora.dropout);
+        let layers = self.layers.len();
+        for (l, block) in self.layers.iter_mut().enumerate() {
+            for &m in &modules {
+                let pair = set.remove(&(l, m)).ok_or_else(|| {
+                    ModelError::InvalidConfig(format!("adapter `{}` is missing", lora::peft_key(l, m, 'A')))
+                })?;
+                let lin = block.linear_mut(m);
+                let (out, inp) = lin.weight.dims2()?;
+                for (which, t, want) in [('A', &pair.a, [lora.r, inp]), ('B', &pair.b, [out, lora.r])] {
+                    if t.dims() != want {
+                        return Err(ModelError::InvalidConfig(format!(
+                            "adapter `{}` has shape {:?}; the base's {} is [{out}, {inp}] and r = {}, so {want:?} is expected",
+                            lora::peft_key(l, m, which),
+                            t.dims(),
+                            m.hf_name(),
+                            lora.r
+                        )));
+                    }
+                }
+                let pair = AdapterPair { a: on(&pair.a, dtype, &device)?, b: on(&pair.b, dtype, &device)? };
+                lin.adapter = Some(Adapter { pair, scale, dropout, layer: l, module: m });
+            }
+        }
+        if let Some(&(l, m)) = set.keys().next() {
+            let what = if l >= layers {
+                format!("layer {l}, but the model has {layers}")
+            } else {
+                "a projection `target_modules` does not name".into()
+            };
+            return Err(ModelError::InvalidConfig(format!("adapter `{}` is for {what}", lora::peft_key(l, m, 'A'))));
+        }
+        self.lora = Some(lora.clone());
+        Ok(())
+    }
+
+    /// The base model alone, in [`Mode::Infer`], sharing the base's storage: the KL reference
+    /// of a LoRA run (adapters switched off, no second copy of the weights).
+    pub fn without_adapters(&self) -> Self {
+        let mut out = self.clone();
+        out.layers.iter_mut().for_each(|b| Module::ALL.iter().for_each(|&m| b.linear_mut(m).adapter = None));
+        out.lora = None;
+        out.adapter_base = None;
+        out.mode = Mode::Infer;
+        out
+    }
+
+    /// A plain model with every adapter folded into its weight (`W + s·B·A`), new storage, in
+    /// this model's mode; a model without adapters is copied.
+    pub fn merged(&self) -> Result<Self> {
+        let mut out = self.without_adapters().map_parameters(self.mode, |t| t.detach().copy())?;
+        for (l, block) in self.layers.iter().enumerate() {
+            for m in Module::ALL {
+                if let Some(ad) = &block.linear(m).adapter {
+                    let lin = out.layers[l].linear_mut(m);
+                    let delta = (ad.pair.b.to_dtype(DType::F32)?.matmul(&ad.pair.a.to_dtype(DType::F32)?)? * ad.scale)?;
+                    lin.weight = (lin.weight.to_dtype(DType::F32)? + delta)?.to_dtype(lin.weight.dtype())?;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The KL reference for this policy: the base with adapters off for a LoRA model (shared
+    /// storage), otherwise an independent frozen copy.
+    pub fn reference_copy(&self) -> Result<Self> {
+        if self.lora.is_some() {
+            Ok(self.without_adapters())
+        } else {
+            self.frozen_copy()
+        }
+    }
+
+    /// The dropout seed of a training forward over `input_ids`: `Some` only in
+    /// [`Mode::Train`] with adapters whose dropout is positive.
+    pub(crate) fn dropout_seed(&self, input_ids: &Tensor) -> Result<Option<u64>> {
+        match &self.lora {
+            Some(l) if l.dropout > 0.0 && self.mode == Mode::Train => {
+                let ids = input_ids.flatten_all()?.to_dtype(DType::U32)?.to_vec1::<u32>()?;
+                Ok(Some(lora::forward_seed(&ids, l.init_seed)))
+            }
+            _ => Ok(None),
+        }
     }
 
     /// A view sharing storage with `self` but outside the autograd graph, in [`Mode::Infer`]:
@@ -539,9 +772,10 @@ impl Transformer {
         let bias = attention_bias(&causal, attention_mask)?;
         let rope = self.rope.cos_sin(position_ids, self.dtype())?;
         let k = self.kernels();
+        let pass = Pass { rope: &rope, bias: &bias, k, drop: self.dropout_seed(input_ids)? };
         let mut x = self.embed(input_ids)?;
         for block in &self.layers {
-            x = block.forward(&x, &rope, &bias, k)?;
+            x = block.forward(&x, &pass)?;
         }
         self.norm.forward(&x, k)
     }
@@ -602,6 +836,11 @@ impl Transformer {
         let flat = ids.flatten_all()?.contiguous()?;
         Ok(self.embed_tokens.index_select(&flat, 0)?.reshape((b, t, self.cfg.hidden_size))?)
     }
+}
+
+/// `t` in `dtype` on `device` (a no-op when it is already there).
+fn on(t: &Tensor, dtype: DType, device: &Device) -> Result<Tensor> {
+    Ok(t.to_dtype(dtype)?.to_device(device)?)
 }
 
 /// `[1, 1, t, past + t]` f32: 1 where new token `i` may see slot `j` (`j <= past + i`).

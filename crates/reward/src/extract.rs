@@ -6,8 +6,19 @@
 //! block, junk after the block or a completion cut off inside it all score as "no answer"). Inside
 //! the block, the last brace-matched `\boxed{…}` wins, else the whole content.
 //!
+//! That policy is [`AnswerExtraction::R1`], the default. [`AnswerExtraction::Free`] reads the
+//! answer the way benchmark harnesses read base and instruct models ([`free`]). Evaluation,
+//! sampling and every reward that reads a final answer go through [`AnswerExtraction`], so the
+//! choice between the two is made here and nowhere else.
+//!
 //! Every function here makes a bounded number of passes over its input and never indexes inside a
 //! UTF-8 character, so truncated tags and braces cannot panic.
+
+pub mod free;
+
+use std::borrow::Cow;
+
+use serde::{Deserialize, Serialize};
 
 const THINK_CLOSE: &str = "</think>";
 const ANSWER_OPEN: &str = "<answer>";
@@ -26,6 +37,8 @@ pub enum NoAnswer {
     TrailingJunk,
     /// The answer block is blank.
     Empty,
+    /// Free-form extraction found no answer in the text.
+    NotFound,
 }
 
 impl std::fmt::Display for NoAnswer {
@@ -36,9 +49,100 @@ impl std::fmt::Display for NoAnswer {
             NoAnswer::DuplicateTags => "duplicated answer tags",
             NoAnswer::TrailingJunk => "text after </answer>",
             NoAnswer::Empty => "empty answer",
+            NoAnswer::NotFound => "no answer found in the text",
         };
         f.write_str(s)
     }
+}
+
+/// How a completion's final answer is found: the choice evaluation, sampling and the rewards share.
+///
+/// Written `r1` or `free` in configs and on the command line.
+///
+/// ```
+/// use aha_reward::extract::AnswerExtraction;
+/// let base = "Each box holds 4, so 3 boxes hold 12 pens.\nThe answer is: 12";
+/// assert_eq!(AnswerExtraction::R1.extract(base), None);
+/// assert_eq!(AnswerExtraction::Free.extract(base).as_deref(), Some("12"));
+/// assert_eq!("free".parse(), Ok(AnswerExtraction::Free));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AnswerExtraction {
+    /// Strict R1 format (the module policy): the single `<answer>` block after `</think>`, its
+    /// last `\boxed{}` if any. Default.
+    #[default]
+    R1,
+    /// Free-form text, math-verify style: the last `\boxed{}`, else "the answer is X" /
+    /// "answer: X", else a GSM8K `#### X`, else the latest math span, arithmetic expression or
+    /// number (see [`free`]); a valid `<answer>` block is read as under `R1`.
+    Free,
+}
+
+impl AnswerExtraction {
+    /// Every mode's name, as written in configs and on the command line.
+    pub const NAMES: [&'static str; 2] = ["r1", "free"];
+
+    /// The mode's name: `r1` or `free`.
+    pub fn name(self) -> &'static str {
+        match self {
+            AnswerExtraction::R1 => "r1",
+            AnswerExtraction::Free => "free",
+        }
+    }
+
+    /// The final answer of `completion` under this mode, trimmed and non-empty.
+    pub fn final_answer(self, completion: &str) -> Result<Cow<'_, str>, NoAnswer> {
+        match self {
+            AnswerExtraction::R1 => final_answer(completion).map(Cow::Borrowed),
+            AnswerExtraction::Free => free::free_answer(completion).map(Cow::Owned).ok_or(NoAnswer::NotFound),
+        }
+    }
+
+    /// The final answer as an owned string; `None` when there is none.
+    pub fn extract(self, completion: &str) -> Option<String> {
+        self.final_answer(completion).ok().map(|a| a.trim().to_string())
+    }
+
+    /// The program of a code completion: under `r1` the final answer (its last fenced code block
+    /// when it holds one); under `free` the last fenced code block of [`free::answer_region`] (a
+    /// valid answer block, else the text after `</think>`, else the whole completion).
+    pub fn program(self, completion: &str) -> Option<&str> {
+        match self {
+            AnswerExtraction::R1 => {
+                let answer = final_answer(completion).ok()?;
+                Some(last_code_block(answer).unwrap_or(answer))
+            }
+            AnswerExtraction::Free => last_code_block(free::answer_region(completion)),
+        }
+    }
+}
+
+impl std::fmt::Display for AnswerExtraction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for AnswerExtraction {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim() {
+            "r1" => Ok(AnswerExtraction::R1),
+            "free" => Ok(AnswerExtraction::Free),
+            other => Err(format!("unknown answer extraction `{other}`: expected `r1` or `free`")),
+        }
+    }
+}
+
+/// The content of the last fenced code block (```` ```python … ``` ````) in `text`.
+pub fn last_code_block(text: &str) -> Option<&str> {
+    let end = text.rfind("```")?;
+    let start = text[..end].rfind("```")?;
+    let block = &text[start + 3..end];
+    let body = block.split_once('\n').map_or(block, |(_lang, rest)| rest);
+    Some(body)
 }
 
 /// The content of the single `<answer>` block after `</think>` (see the module policy).

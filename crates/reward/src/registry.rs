@@ -2,6 +2,7 @@
 
 use crate::config::{RewardKind, RewardSpec, RewardsConfig};
 use crate::error::RewardError;
+use crate::extract::AnswerExtraction;
 use crate::sample::{Sample, Score, ScoredSample};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -9,8 +10,16 @@ use std::sync::Mutex;
 
 /// One reward function: a score or an unscorable verdict per sample.
 pub trait Reward: Send + Sync {
-    /// Scores one sample. May panic: the registry catches it and counts it.
+    /// Scores one sample under the default (`r1`) answer extraction. May panic: the registry
+    /// catches it and counts it.
     fn score(&self, sample: &Sample) -> Score;
+
+    /// Scores one sample, reading its final answer under `extraction`. Rewards that read a final
+    /// answer override it; the default is [`Reward::score`] (the reward reads no answer).
+    fn score_with(&self, sample: &Sample, extraction: AnswerExtraction) -> Score {
+        let _ = extraction;
+        self.score(sample)
+    }
 }
 
 struct Entry {
@@ -69,12 +78,23 @@ impl Registry {
     ///
     /// Fails only when more panics than `max_panics` have been caught (a bug, not a verdict).
     pub fn score_batch(&self, samples: &[Sample]) -> Result<Vec<ScoredSample>, RewardError> {
+        self.score_batch_with(samples, AnswerExtraction::R1)
+    }
+
+    /// [`Registry::score_batch`] with final answers read under `extraction`.
+    pub fn score_batch_with(
+        &self,
+        samples: &[Sample],
+        extraction: AnswerExtraction,
+    ) -> Result<Vec<ScoredSample>, RewardError> {
         let chunk = samples.len().div_ceil(self.threads).max(1);
         let mut out: Vec<ScoredSample> = Vec::with_capacity(samples.len());
         std::thread::scope(|scope| {
             let handles: Vec<_> = samples
                 .chunks(chunk)
-                .map(|part| scope.spawn(move || part.iter().map(|s| self.score_one(s)).collect::<Vec<_>>()))
+                .map(|part| {
+                    scope.spawn(move || part.iter().map(|s| self.score_one_with(s, extraction)).collect::<Vec<_>>())
+                })
                 .collect();
             for handle in handles {
                 // A worker only panics outside `catch_unwind` on a bug in this function itself.
@@ -87,11 +107,16 @@ impl Registry {
 
     /// Scores one sample under every reward.
     pub fn score_one(&self, sample: &Sample) -> ScoredSample {
+        self.score_one_with(sample, AnswerExtraction::R1)
+    }
+
+    /// [`Registry::score_one`] with final answers read under `extraction`.
+    pub fn score_one_with(&self, sample: &Sample, extraction: AnswerExtraction) -> ScoredSample {
         let mut scored = ScoredSample::default();
         let mut total = 0.0;
         let mut any = false;
         for entry in &self.entries {
-            match self.guarded(entry, sample) {
+            match self.guarded(entry, sample, extraction) {
                 Score::Value(v) => {
                     scored.rewards.insert(entry.name.clone(), Some(v));
                     total += entry.weight * v;
@@ -107,8 +132,8 @@ impl Registry {
         scored
     }
 
-    fn guarded(&self, entry: &Entry, sample: &Sample) -> Score {
-        match catch_unwind(AssertUnwindSafe(|| entry.reward.score(sample))) {
+    fn guarded(&self, entry: &Entry, sample: &Sample, extraction: AnswerExtraction) -> Score {
+        match catch_unwind(AssertUnwindSafe(|| entry.reward.score_with(sample, extraction))) {
             Ok(score) => score,
             Err(payload) => {
                 let msg = panic_message(payload.as_ref());
@@ -200,6 +225,32 @@ mod tests {
         assert_eq!(out[0].rewards["format"], Some(1.0));
         assert_eq!(out[0].rewards["cd"], None);
         assert_eq!(out[0].reward, Some(0.5));
+    }
+
+    #[test]
+    fn extraction_mode_reaches_every_answer_reading_reward() {
+        let cfg = RewardsConfig::from_toml_str(
+            "[[rewards]]\nkind = \"math\"\n[[rewards]]\nkind = \"numeric\"\n[[rewards]]\nkind = \"exact_match\"\n\
+             [[rewards]]\nkind = \"format\"\n",
+        )
+        .unwrap();
+        let reg = Registry::build(&cfg).unwrap();
+        let base = Sample::new("Half of 36 is 18, so she keeps 18 stickers.\nThe answer is: 18", "18");
+        let scores = |extraction| {
+            let out = reg.score_batch_with(std::slice::from_ref(&base), extraction).unwrap();
+            ["math", "numeric", "exact_match", "format"].map(|k| out[0].rewards[k])
+        };
+        assert_eq!(scores(AnswerExtraction::R1), [Some(0.0); 4]);
+        assert_eq!(scores(AnswerExtraction::Free), [Some(1.0), Some(1.0), Some(1.0), Some(0.0)]);
+        // The plain entry points keep the strict R1 reading.
+        assert_eq!(reg.score_batch(std::slice::from_ref(&base)).unwrap()[0].rewards["math"], Some(0.0));
+        let countdown = Sample::new("We need 83: (25 - 5) * 4 + 3 = 83.\n\\boxed{(25 - 5) * 4 + 3}", "")
+            .with_field("numbers", serde_json::json!([3, 4, 5, 25]))
+            .with_field("target", serde_json::json!(83));
+        let cd =
+            Registry::build(&RewardsConfig::from_toml_str("[[rewards]]\nkind = \"countdown\"\n").unwrap()).unwrap();
+        assert_eq!(cd.score_one_with(&countdown, AnswerExtraction::Free).reward, Some(1.0));
+        assert_eq!(cd.score_one(&countdown).reward, Some(0.0));
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //! any moment leaves the previous checkpoint whole and selected.
 //!
 //! Layout under `RUN_DIR/checkpoints/`: `step-000010/` holds `model.safetensors`, `config.json`,
-//! tokenizer files (loadable by `transformers` as is), `optimizer.safetensors` (AdamW moments)
+//! tokenizer files (loadable by `transformers` as is) — for a LoRA run instead the PEFT adapter
+//! (`adapter_config.json`, `adapter_model.safetensors`, loadable by `peft`) —, `optimizer.safetensors` (AdamW moments)
 //! and `trainer_state.json` (step, data cursor, guard counters, the resolved config). It is
 //! written as `.step-000010.partial`, every file fsynced, then renamed; the `latest` pointer
 //! file is replaced (write, fsync, rename) only after that. Only the last K are kept.
@@ -12,7 +13,7 @@ use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use aha_model::{save_pretrained, AhaTokenizer, Transformer};
+use aha_model::{save_adapter, save_pretrained, AhaTokenizer, Transformer};
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
@@ -70,9 +71,12 @@ pub fn save_checkpoint(
     if partial.exists() {
         std::fs::remove_dir_all(&partial).map_err(io_err(&partial))?;
     }
-    save_pretrained(&partial, model.config(), model, tokenizer)?;
+    save_model(&partial, model, tokenizer, state)?;
     write_state(&partial, opt, state)?;
-    if let Some(r) = reference {
+    // A LoRA run's reference is its base with adapters off: nothing to save, resume rebuilds it.
+    // A reference refreshed from an adapted policy is saved merged.
+    if let Some(r) = reference.filter(|r| model.lora().is_none() || r.lora().is_some()) {
+        let r = if r.lora().is_some() { r.merged()? } else { r.clone() };
         let tensors: HashMap<String, Tensor> = r.named_parameters().into_iter().collect();
         let path = partial.join(REFERENCE_FILE);
         candle_core::safetensors::save(&tensors, &path)?;
@@ -88,6 +92,17 @@ pub fn save_checkpoint(
     write_atomic(&root.join(LATEST), name.as_bytes())?;
     prune(&root, keep_last)?;
     Ok(dir)
+}
+
+/// The model part of a checkpoint: a Hugging Face directory, or for a LoRA run the PEFT adapter
+/// (`adapter_config.json` + `adapter_model.safetensors`, its base named as the run's base).
+fn save_model(dir: &Path, model: &Transformer, tokenizer: &AhaTokenizer, state: &TrainerState) -> Result<()> {
+    if model.lora().is_none() {
+        return Ok(save_pretrained(dir, model.config(), model, tokenizer)?);
+    }
+    let from_config = state.config.get("model").and_then(serde_json::Value::as_str);
+    let base = model.adapter_base().or(from_config).unwrap_or_default();
+    Ok(save_adapter(dir, model, tokenizer, base)?)
 }
 
 /// Environment variable of the crash-test hook: a checkpoint name (e.g. `step-000002`).

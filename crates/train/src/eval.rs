@@ -1,7 +1,8 @@
 //! Evaluation as the R1 paper does it: k samples per question at T 0.6 / top-p 0.95, pass@1 =
 //! mean correctness over the samples, cons@k = correctness of the majority-vote final answer,
 //! unbiased pass@k (Chen et al. 2021), completion lengths (mean, median), reflection-word
-//! frequency, format rate and a per-task breakdown.
+//! frequency, format rate (share of samples in the R1 format), extraction rate (share of samples
+//! with an extracted final answer, under [`GenSettings::extract`]) and a per-task breakdown.
 //!
 //! Sampling and judging are [`crate::samples`]'s: a sample is correct when the reward named
 //! `correct_reward` scores it ≥ 1. **Majority vote** is over the extracted final answers;
@@ -44,7 +45,7 @@ pub enum VoteRule {
 /// How to sample and what to report. Defaults are the paper's: T 0.6, top-p 0.95.
 ///
 /// The sampling and judging keys (`k`, `temperature`, `top_p`, `max_new_tokens`, `seed`,
-/// `batch_prompts`, `correct_reward`, `format_reward`, `task_fields`) are [`GenSettings`]'s,
+/// `batch_prompts`, `correct_reward`, `format_reward`, `task_fields`, `extract`) are [`GenSettings`]'s,
 /// flattened into the same table; evaluation adds `pass_at` and `vote`. Unknown keys are errors.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -125,7 +126,8 @@ pub fn evaluate_set(
     let pass_at = settings.pass_at_list()?;
     let samples = generate_scored(model, set, codec, registry, &settings.generation, progress)?;
     let questions: Vec<QuestionEval> = samples.iter().map(|g| judge(g, settings.vote)).collect();
-    let record = summarise(&questions, &samples, settings.generation.k, &pass_at)?;
+    let mut record = summarise(&questions, &samples, settings.generation.k, &pass_at)?;
+    record.extraction = Some(settings.generation.extract.name().to_string());
     Ok(EvalOutput { record, questions, samples })
 }
 
@@ -143,7 +145,8 @@ pub fn judge(group: &[SampleRecord], vote: VoteRule) -> QuestionEval {
     }
 }
 
-/// The evaluation record of judged questions and their samples (k per question).
+/// The evaluation record of judged questions and their samples (k per question); the caller
+/// names the extraction mode (`extraction`).
 pub fn summarise(
     questions: &[QuestionEval],
     samples: &[Vec<SampleRecord>],
@@ -154,6 +157,7 @@ pub fn summarise(
     let lens: Vec<f64> = flat.iter().map(|s| s.completion_tokens as f64).collect();
     let texts: Vec<&str> = flat.iter().map(|s| s.completion.as_str()).collect();
     let formed = flat.iter().filter(|s| s.well_formed).count();
+    let extracted = flat.iter().filter(|s| s.extracted.is_some()).count();
     Ok(EvalRecord {
         k: k as u32,
         questions: questions.len() as u64,
@@ -164,6 +168,7 @@ pub fn summarise(
         median_completion_tokens: median(&lens),
         reflection_per_1k_words: Some(reflection_frequency(&texts)),
         format_rate: Some(formed as f64 / flat.len().max(1) as f64),
+        extraction_rate: Some(extracted as f64 / flat.len().max(1) as f64),
         per_task: per_task(questions, k),
         ..Default::default()
     })
@@ -282,6 +287,7 @@ pub fn write_outputs(dir: &Path, out: &EvalOutput) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use aha_reward::extract::AnswerExtraction;
 
     fn sample(answer: Option<&str>, correct: bool) -> SampleRecord {
         SampleRecord {
@@ -342,6 +348,8 @@ mod tests {
             s.completion = if i == 0 { "wait but".into() } else { "x y".into() };
             s.task = Some(if i < 4 { "a".into() } else { "b".into() });
         }
+        // Well formed but without an answer: counts for the format rate, not the extraction rate.
+        q1[3].well_formed = true;
         let samples = vec![q0, q1];
         let qs: Vec<QuestionEval> = samples.iter().map(|g| judge(g, VoteRule::Math)).collect();
         let r = summarise(&qs, &samples, 4, &[1, 2, 4]).unwrap();
@@ -352,7 +360,8 @@ mod tests {
         assert_eq!(r.pass_at_k[&4], 1.0);
         assert!((r.pass_at_k[&1] - r.pass_at_1).abs() < 1e-12);
         assert_eq!((r.mean_completion_tokens, r.median_completion_tokens), (4.5, Some(4.5)));
-        assert_eq!(r.format_rate, Some(6.0 / 8.0));
+        assert_eq!(r.format_rate, Some(7.0 / 8.0));
+        assert_eq!(r.extraction_rate, Some(6.0 / 8.0));
         // 2 reflection words ("wait", "but") in 2 + 7 × 2 = 16 words.
         assert_eq!(r.reflection_per_1k_words, Some(2000.0 / 16.0));
         assert_eq!(r.per_task["a"], TaskEval { questions: 1, pass_at_1: 0.5, cons_at_k: 1.0 });
@@ -391,6 +400,20 @@ mod tests {
         }
         let json = serde_json::to_value(&want).unwrap();
         assert_eq!((json["k"].as_u64(), json["vote"].as_str()), (Some(8), Some("exact")), "{json}");
+        assert_eq!(json["extract"].as_str(), Some("r1"), "{json}");
         assert_eq!(serde_json::from_value::<EvalSettings>(json).unwrap(), want);
+    }
+
+    #[test]
+    fn extract_key_is_typed_and_checked() {
+        let s: EvalSettings = toml::from_str("k = 2\nextract = \"free\"\n").unwrap();
+        assert_eq!((s.generation.k, s.generation.extract), (2, AnswerExtraction::Free));
+        let s: EvalSettings = toml::from_str("extract = \"r1\"\n").unwrap();
+        assert_eq!(s.generation.extract, AnswerExtraction::R1);
+        assert_eq!(EvalSettings::default().generation.extract, AnswerExtraction::R1);
+        let err = toml::from_str::<EvalSettings>("extract = \"loose\"\n").unwrap_err().to_string();
+        assert!(err.contains("loose") && err.contains("free"), "{err}");
+        let err = toml::from_str::<EvalSettings>("extraction = \"free\"\n").unwrap_err().to_string();
+        assert!(err.contains("extraction"), "{err}");
     }
 }

@@ -259,7 +259,8 @@ impl<'a> GrpoTrainer<'a> {
         codec: &'a dyn TextCodec,
         seed: u64,
     ) -> Result<Self> {
-        let reference = if settings.loss.beta > 0.0 { Some(policy.frozen_copy()?) } else { None };
+        // LoRA: the base with adapters off (shared storage); otherwise a frozen copy.
+        let reference = if settings.loss.beta > 0.0 { Some(policy.reference_copy()?) } else { None };
         Ok(Self {
             settings,
             policy: policy.clone(),

@@ -44,7 +44,10 @@ pub fn restore(trainer: &mut GrpoTrainer, run_dir: &Path) -> Result<Option<PathB
     trainer.consecutive_skips = state.consecutive_skips;
     trainer.total_skips = state.total_skips;
     if trainer.reference.is_some() {
-        trainer.reference = Some(load_reference(&dir, &trainer.policy)?);
+        trainer.reference = Some(match trainer.policy.lora() {
+            Some(_) if !dir.join(REFERENCE_FILE).exists() => trainer.policy.reference_copy()?,
+            _ => load_reference(&dir, &trainer.policy)?,
+        });
     }
     Ok(Some(dir))
 }
@@ -152,7 +155,7 @@ fn load_reference(dir: &Path, policy: &aha_model::Transformer) -> Result<aha_mod
 
 /// Errors if any parameter holds a NaN or infinity: a poisoned model is never saved.
 pub fn ensure_finite(model: &aha_model::Transformer) -> Result<()> {
-    for (name, t) in model.named_parameters() {
+    for (name, t) in model.named_parameters().into_iter().chain(model.adapter_parameters()) {
         let s = t.sum_all()?.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
         if !s.is_finite() {
             return Err(TrainError::Other(format!("refusing to save: parameter `{name}` is not finite")));

@@ -3,17 +3,20 @@
 //! Prompts are decoded in batches of `batch_prompts`; prompt `i` of the whole set always uses
 //! the random stream `(seed, i, sample)` (the rollout's `prompt_index_offset`), so a sample
 //! does not depend on the batch size. Every sample is scored by the whole reward registry, its
-//! final answer extracted (docs/DESIGN.md §3.3: the `<answer>` block after `</think>`, the last
-//! `\boxed{}` inside it), and judged: *correct* when the reward named `correct_reward` scores
-//! it ≥ 1, *well formed* when the reward named `format_reward` does (or, when the registry has
-//! no such reward, when [`aha_reward::format::is_well_formed`] accepts it).
+//! final answer extracted under [`GenSettings::extract`] (docs/DESIGN.md §3.3: by default the
+//! `<answer>` block after `</think>`, the last `\boxed{}` inside it; `free` reads base and
+//! instruct models as benchmark harnesses do), and judged: *correct* when the reward named
+//! `correct_reward` scores it ≥ 1 (the rewards read the answer under the same extraction),
+//! *well formed* when the reward named `format_reward` does (or, when the registry has no such
+//! reward, when [`aha_reward::format::is_well_formed`] accepts it): the R1 format, whatever the
+//! extraction.
 
 use std::collections::BTreeMap;
 
 use aha_metrics::{Metrics, TrainProgress};
 use aha_model::rollout::{rollout, FinishReason, RolloutConfig, Sample as Completion};
 use aha_model::Transformer;
-use aha_reward::extract::final_answer;
+use aha_reward::extract::AnswerExtraction;
 use aha_reward::format::is_well_formed;
 use aha_reward::{Registry, Sample as RewardSample, ScoredSample};
 use serde::{Deserialize, Serialize};
@@ -49,6 +52,10 @@ pub struct GenSettings {
     /// Row fields naming a row's task or source, tried in order, for per-task breakdowns.
     /// Default `["task", "source"]`.
     pub task_fields: Vec<String>,
+    /// How final answers are read, for the extracted answer and for every reward that reads one:
+    /// `r1` (the strict `<answer>` block) or `free` (a base or instruct model's free text: last
+    /// `\boxed{}`, "the answer is X", `#### X`, else the last number). Default `r1`.
+    pub extract: AnswerExtraction,
 }
 
 impl Default for GenSettings {
@@ -63,6 +70,7 @@ impl Default for GenSettings {
             correct_reward: "accuracy".into(),
             format_reward: "format".into(),
             task_fields: vec!["task".into(), "source".into()],
+            extract: AnswerExtraction::R1,
         }
     }
 }
@@ -186,7 +194,8 @@ fn score_group(
         .iter()
         .map(|t| RewardSample { completion: t.clone(), answer: row.answer.clone(), fields: row.fields.clone() })
         .collect();
-    let scored = registry.score_batch(&inputs).map_err(|e| TrainError::Other(format!("rewards: {e}")))?;
+    let scored =
+        registry.score_batch_with(&inputs, settings.extract).map_err(|e| TrainError::Other(format!("rewards: {e}")))?;
     let task = task_of(row, &settings.task_fields);
     Ok(group
         .into_iter()
@@ -199,7 +208,7 @@ fn score_group(
             answer: row.answer.clone(),
             fields: row.fields.clone(),
             task: task.clone(),
-            extracted: final_answer(&text).ok().map(|a| a.trim().to_string()),
+            extracted: settings.extract.extract(&text),
             correct: passes(&s, &settings.correct_reward).unwrap_or(false),
             well_formed: passes(&s, &settings.format_reward).unwrap_or_else(|| is_well_formed(&text, false)),
             rewards: s.rewards,
@@ -246,6 +255,60 @@ mod tests {
         assert_eq!(task_of(&row, &fields).as_deref(), Some("gsm8k"));
         row.fields.insert("task".into(), Value::String("algebra".into()));
         assert_eq!(task_of(&row, &fields).as_deref(), Some("algebra"));
+    }
+
+    /// Decodes token id `i` to the `i`-th text.
+    struct Texts(Vec<&'static str>);
+
+    impl TextCodec for Texts {
+        fn encode(&self, _text: &str) -> Result<Vec<u32>> {
+            Ok(Vec::new())
+        }
+        fn decode(&self, ids: &[u32]) -> Result<String> {
+            Ok(ids.iter().map(|&i| self.0[i as usize]).collect())
+        }
+        fn eos_ids(&self) -> Vec<u32> {
+            Vec::new()
+        }
+    }
+
+    #[test]
+    fn extraction_mode_decides_the_extracted_answer_and_correctness() {
+        let texts = Texts(vec![
+            "Each box holds 4 pens, so 3 boxes hold 3 * 4 = 12 pens.\nThe answer is: 12",
+            "<think>3 * 4 = 12</think>\n<answer>12</answer>",
+            "3 boxes of 4 pens make 13 pens.\n#### 13",
+        ]);
+        let group = || -> Vec<Completion> {
+            (0..3)
+                .map(|i| Completion {
+                    prompt_index: 0,
+                    sample_index: i,
+                    completion_ids: vec![i as u32],
+                    logprobs: vec![0.0],
+                    finish_reason: FinishReason::Eos,
+                    timing: Default::default(),
+                })
+                .collect()
+        };
+        let row = PromptRow { prompt: "How many pens?".into(), answer: "12".into(), fields: Map::new() };
+        let rewards = "[[rewards]]\nkind = \"math\"\nname = \"accuracy\"\n[[rewards]]\nkind = \"format\"\n";
+        let reg = Registry::build(&aha_reward::RewardsConfig::from_toml_str(rewards).unwrap()).unwrap();
+        let judged = |extract| {
+            let settings = GenSettings { k: 3, extract, ..GenSettings::default() };
+            let records = score_group(0, &row, group(), &texts, &reg, &settings).unwrap();
+            records.iter().map(|r| (r.extracted.clone(), r.correct, r.well_formed)).collect::<Vec<_>>()
+        };
+        let some = |s: &str| Some(s.to_string());
+        assert_eq!(
+            judged(AnswerExtraction::R1),
+            vec![(None, false, false), (some("12"), true, true), (None, false, false)]
+        );
+        // Free text is read and judged; the format verdict stays the R1 format's.
+        assert_eq!(
+            judged(AnswerExtraction::Free),
+            vec![(some("12"), true, false), (some("12"), true, true), (some("13"), false, false)]
+        );
     }
 
     #[test]

@@ -12,7 +12,6 @@ use aha_train::grpo::{GrpoSettings, GrpoTrainer, TextCodec};
 use aha_train::optim::{named_vars, AdamW};
 use aha_train::run::{ensure_finite, restore, save, RunOptions};
 use aha_train::tasks::{Split, TaskSpec};
-use candle_core::{DType, Tensor};
 use tempfile::TempDir;
 
 const REWARDS_TOML: &str = r#"
@@ -26,7 +25,7 @@ kind = "format"
 "#;
 
 mod common;
-use common::tiny_spec;
+use common::{bits, tiny_spec};
 
 /// A tiny model and `n` arithmetic prompt rows, tokenised as the demo does.
 struct Setup {
@@ -121,18 +120,6 @@ fn max_param_diff(a: &[(String, Vec<f32>)], b: &[(String, Vec<f32>)]) -> f64 {
         }
     }
     worst
-}
-
-fn bits(t: &Tensor) -> Vec<u32> {
-    t.flatten_all()
-        .unwrap()
-        .to_dtype(DType::F32)
-        .unwrap()
-        .to_vec1::<f32>()
-        .unwrap()
-        .iter()
-        .map(|x| x.to_bits())
-        .collect()
 }
 
 #[test]

@@ -1,15 +1,17 @@
 //! `aha eval --model M (--data D.jsonl | --task NAME) [--k K] …`: evaluation as the R1 paper
 //! does it (T 0.6, top-p 0.95, k samples per question): pass@1, cons@k, unbiased pass@k,
-//! completion length (mean, median), reflection words per 1 000 words, format rate and a
-//! per-task breakdown, printed as a markdown table; with `--out DIR`, `eval.json` and
-//! `samples.jsonl` (every completion, its extracted answer, rewards and verdicts).
+//! completion length (mean, median), reflection words per 1 000 words, format rate, extraction
+//! rate and a per-task breakdown, printed as a markdown table; with `--out DIR`, `eval.json` and
+//! `samples.jsonl` (every completion, its extracted answer, rewards and verdicts). `--extract free`
+//! reads answers from free text, for base and instruct models that do not write the R1 format.
 //!
 //! The model, data, reward and sampling flags ([`SamplingArgs`]) are shared with `aha sample`.
 
 use std::path::PathBuf;
 
 use aha_metrics::{eval_summary_markdown, TrainProgress};
-use aha_model::{load_model, LoadedModel, ModelSpec};
+use aha_model::{LoadedModel, ModelSpec};
+use aha_reward::extract::AnswerExtraction;
 use aha_reward::{RewardSpec, RewardsConfig};
 use aha_train::data::ColumnMap;
 use aha_train::eval::{run_eval, EvalJob, EvalSettings, VoteRule};
@@ -27,6 +29,10 @@ pub struct SamplingArgs {
     /// Model: Hugging Face directory, `.gguf` file, checkpoint directory or hub repo id (downloaded when missing).
     #[arg(long)]
     pub model: String,
+    /// A PEFT LoRA adapter directory applied on top of `--model` (`adapter_config.json` +
+    /// `adapter_model.safetensors`, from an aha LoRA run or Python `peft`).
+    #[arg(long)]
+    pub adapter: Option<PathBuf>,
     /// A JSONL file of questions (`prompt`, `answer` and any verifier fields; see the column flags).
     #[arg(long, conflicts_with = "task", required_unless_present = "task")]
     pub data: Option<PathBuf>,
@@ -66,6 +72,11 @@ pub struct SamplingArgs {
     /// The reward that decides well-formedness (the strict format check when no reward has this name).
     #[arg(long, default_value = "format")]
     pub format_reward: String,
+    /// How final answers are read, for the extracted answer and the rewards: `r1` (the
+    /// `<answer>` block after `</think>`) or `free` (free text, as benchmark harnesses read base
+    /// and instruct models: the last `\boxed{}`, "the answer is X", `#### X`, else the last number).
+    #[arg(long, default_value = "r1", value_parser = parse_extract)]
+    pub extract: AnswerExtraction,
     /// Samples per question.
     #[arg(long, default_value_t = 4)]
     pub k: usize,
@@ -123,13 +134,14 @@ impl SamplingArgs {
             batch_prompts: self.batch_prompts,
             correct_reward: self.correct_reward.clone(),
             format_reward: self.format_reward.clone(),
+            extract: self.extract,
             ..GenSettings::default()
         }
     }
 
     /// Loads the model where `--device`/`--dtype`/`--backend` say.
     pub fn load_model(&self) -> Result<LoadedModel> {
-        load_model(&ModelSpec::parse(&self.model), &self.exec.request())
+        aha_model::load_with_adapter(&ModelSpec::parse(&self.model), self.adapter.as_deref(), &self.exec.request())
             .with_context(|| format!("loading {}", self.model))
     }
 
@@ -141,8 +153,8 @@ impl SamplingArgs {
             (None, None) => "?".into(),
         };
         format!(
-            "{} on {data}: k {}, T {}, top-p {}, ≤ {} new tokens",
-            self.model, self.k, self.temperature, self.top_p, self.max_new_tokens
+            "{} on {data}: k {}, T {}, top-p {}, ≤ {} new tokens, {} answer extraction",
+            self.model, self.k, self.temperature, self.top_p, self.max_new_tokens, self.extract
         )
     }
 }
@@ -165,6 +177,11 @@ fn parse_template(s: &str) -> std::result::Result<PromptTemplate, String> {
 /// `train` or `test`.
 fn parse_split(s: &str) -> std::result::Result<Split, String> {
     serde_json::from_value(serde_json::Value::String(s.to_string())).map_err(|e| e.to_string())
+}
+
+/// `r1` or `free`.
+fn parse_extract(s: &str) -> std::result::Result<AnswerExtraction, String> {
+    s.parse()
 }
 
 /// `math` or `exact`.
@@ -226,5 +243,7 @@ mod tests {
         assert!(parse_template("nope").is_err());
         assert_eq!(parse_vote("exact"), Ok(VoteRule::Exact));
         assert_eq!(parse_split("train"), Ok(Split::Train));
+        assert_eq!(parse_extract("free"), Ok(AnswerExtraction::Free));
+        assert!(parse_extract("R1-strict").is_err());
     }
 }

@@ -5,7 +5,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use aha_model::{load_model, sample_rng, sample_token, ChatMessage, KvCache, ModelSpec, SamplingParams};
+use aha_model::{load_with_adapter, sample_rng, sample_token, ChatMessage, KvCache, ModelSpec, SamplingParams};
 use anyhow::{bail, Context};
 use candle_core::{DType, Device, IndexOp, Tensor};
 
@@ -17,6 +17,10 @@ pub struct Args {
     /// Model: Hugging Face directory, `.gguf` file, or `org/name` (HF cache, downloaded when missing).
     #[arg(long)]
     pub model: String,
+    /// A PEFT LoRA adapter directory applied on top of `--model` (`adapter_config.json` +
+    /// `adapter_model.safetensors`, from an aha LoRA run or Python `peft`).
+    #[arg(long)]
+    pub adapter: Option<PathBuf>,
     /// The user message.
     #[arg(long)]
     pub prompt: String,
@@ -48,7 +52,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let params = SamplingParams { temperature: args.temperature, top_p: args.top_p, ..SamplingParams::default() };
     params.validate()?;
     let spec = super::convert::with_tokenizer(ModelSpec::parse(&args.model), args.tokenizer.clone());
-    let m = load_model(&spec, &args.exec.request()).with_context(|| format!("loading {}", args.model))?;
+    let m = load_with_adapter(&spec, args.adapter.as_deref(), &args.exec.request())
+        .with_context(|| format!("loading {}", args.model))?;
     let model = m.model.detached()?;
     let device = model.device().clone();
     eprintln!("{}", model.plan().describe());

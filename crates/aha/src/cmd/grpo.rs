@@ -21,7 +21,7 @@ use aha_train::TrainError;
 use anyhow::{bail, Context, Result};
 
 use crate::config::{load_grpo, EvalConfig, GrpoConfig};
-use crate::runs::{draw_plots, load_start, report_skipped, write_resolved_config};
+use crate::runs::{draw_plots, load_start, report_skipped, write_resolved_config, Start};
 
 /// Arguments of `aha grpo`.
 pub use crate::runs::ConfigArgs as Args;
@@ -39,7 +39,7 @@ pub fn run(args: Args) -> Result<()> {
 pub fn run_config(cfg: &GrpoConfig, resume: bool) -> Result<()> {
     let config_json = serde_json::to_value(cfg)?;
     let run_dir = cfg.output_dir.clone();
-    let (lm, from) = load_start(&cfg.model, &run_dir, resume, &cfg.exec)?;
+    let (lm, from) = load_start(&start(cfg), &run_dir, resume)?;
     let budget = prompt_budget(&lm, cfg.grpo.longest_completion()).context("[grpo].max_completion_length")?;
     let train_set = encode(train_rows(&cfg.data, cfg.seed)?, &lm, &cfg.data, budget)?;
     let registry = Registry::build(&cfg.rewards_config()).context("building the rewards")?;
@@ -177,4 +177,9 @@ fn run_eval(
     write_eval(run_dir, &rec)?;
     eprintln!("eval @ step {step}: pass@1 {:.3}, cons@{} {:.3}", rec.pass_at_1, rec.k, rec.cons_at_k);
     Ok(())
+}
+
+/// Where the run's weights start (`model`, `adapter`, `[lora]`, `[exec]`).
+fn start(cfg: &GrpoConfig) -> Start<'_> {
+    Start { model: &cfg.model, adapter: cfg.adapter.as_deref(), lora: cfg.lora.as_ref(), exec: &cfg.exec }
 }

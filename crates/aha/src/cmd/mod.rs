@@ -8,6 +8,7 @@ pub mod generate;
 pub mod grpo;
 pub mod init;
 pub mod math_equal;
+pub mod merge;
 pub mod pipeline;
 pub mod report;
 pub mod reward;

@@ -1,8 +1,10 @@
-//! `aha pipeline RECIPE.toml [--resume] [--set KEY=VALUE]… [--until STAGE]`: runs a recipe's
-//! stages in order (see `recipes/tiny.toml`, `recipes/r1.toml` and [`crate::pipeline`]).
+//! `aha pipeline RECIPE.toml [--resume] [--unset KEY]… [--set KEY=VALUE]… [--until STAGE]`:
+//! runs a recipe's stages in order (see `recipes/tiny.toml`, `recipes/smollm2.toml`,
+//! `recipes/r1.toml` and [`crate::pipeline`]).
 //!
-//! The recipe is parsed and every stage's config checked before anything runs; `--set`
-//! overrides any recipe value first (`--set model=runs/tiny-model`,
+//! The recipe is parsed and every stage's config checked before anything runs. Before that,
+//! `--unset` removes values or tables (`--unset stages.rl.lora`: full fine-tuning instead of
+//! LoRA), then `--set` overrides values (`--set model=runs/tiny-model`,
 //! `--set stages.rl-reasoning.grpo.max_steps=1`).
 
 use std::path::PathBuf;
@@ -24,6 +26,10 @@ pub struct Args {
     /// Override a recipe value: `KEY.PATH=VALUE` (a TOML value), `stages.<name>.…` for a stage.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub set: Vec<String>,
+    /// Remove a recipe value or table before the `--set`s apply: `stages.<name>.lora` trains
+    /// every weight of that stage instead of LoRA adapters.
+    #[arg(long = "unset", value_name = "KEY")]
+    pub unset: Vec<String>,
     /// Stop after this stage.
     #[arg(long)]
     pub until: Option<String>,
@@ -37,7 +43,7 @@ pub struct Args {
 
 /// Runs `aha pipeline`.
 pub fn run(args: Args) -> Result<()> {
-    let mut recipe = Recipe::load(&args.recipe, &args.set)?;
+    let mut recipe = Recipe::load(&args.recipe, &args.unset, &args.set)?;
     recipe.exec = args.exec.over(recipe.exec);
     if args.check {
         for s in &recipe.stages {

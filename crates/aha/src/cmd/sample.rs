@@ -1,7 +1,7 @@
 //! `aha sample --model M (--data D.jsonl | --task NAME) --k K [--out samples.jsonl]`: the first
 //! half of rejection sampling. Writes every sample, one JSON object a line, with its rewards
-//! (per component and the weighted total), extracted answer and verdicts (`correct`,
-//! `well_formed`); `aha filter` turns them into SFT data. A `--task` is sampled on its train
+//! (per component and the weighted total), extracted answer (under `--extract r1|free`) and
+//! verdicts (`correct`, `well_formed`); `aha filter` turns them into SFT data. A `--task` is sampled on its train
 //! split unless `--split test` is given.
 
 use std::path::PathBuf;
@@ -35,10 +35,12 @@ pub fn run(args: Args) -> Result<()> {
     let correct = records.iter().filter(|r| r.correct).count();
     let formed = records.iter().filter(|r| r.well_formed).count();
     let both = records.iter().filter(|r| r.correct && r.well_formed).count();
+    let extracted = records.iter().filter(|r| r.extracted.is_some()).count();
     println!(
-        "{} samples → {}: {correct} correct, {formed} well formed, {both} both",
+        "{} samples → {}: {correct} correct, {formed} well formed, {both} both; {extracted} answered ({} extraction)",
         records.len(),
-        args.out.display()
+        args.out.display(),
+        s.extract
     );
     Ok(())
 }

@@ -12,7 +12,7 @@ use aha_train::sft_data::{read_sft_jsonl, to_example};
 use anyhow::{bail, Context, Result};
 
 use crate::config::{load_sft, SftConfig};
-use crate::runs::{draw_plots, load_start, report_skipped, write_resolved_config};
+use crate::runs::{draw_plots, load_start, report_skipped, write_resolved_config, Start};
 
 /// Arguments of `aha sft`.
 pub use crate::runs::ConfigArgs as Args;
@@ -29,7 +29,7 @@ pub fn run(args: Args) -> Result<()> {
 pub fn run_config(cfg: &SftConfig, resume: bool) -> Result<()> {
     let config_json = serde_json::to_value(cfg)?;
     let run_dir = &cfg.output_dir;
-    let (lm, from) = load_start(&cfg.model, run_dir, resume, &cfg.exec)?;
+    let (lm, from) = load_start(&start(cfg), run_dir, resume)?;
     let examples = load_examples(cfg, &lm)?;
     let mut sft = SftRun::new(&lm, &examples, cfg.optim.clone(), options(cfg, config_json.clone()))?;
     if let Some(dir) = &from {
@@ -90,4 +90,9 @@ fn load_examples(cfg: &SftConfig, lm: &LoadedModel) -> Result<Vec<SftExample>> {
         bail!("{}: no example fits the model's context of {limit} tokens", path.display());
     }
     Ok(examples)
+}
+
+/// Where the run's weights start (`model`, `adapter`, `[lora]`, `[exec]`).
+fn start(cfg: &SftConfig) -> Start<'_> {
+    Start { model: &cfg.model, adapter: cfg.adapter.as_deref(), lora: cfg.lora.as_ref(), exec: &cfg.exec }
 }

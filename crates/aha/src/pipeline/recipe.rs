@@ -1,5 +1,5 @@
-//! The recipe of `aha pipeline`: a TOML file of ordered stages, parsed, overridden (`--set`)
-//! and checked **before anything runs**.
+//! The recipe of `aha pipeline`: a TOML file of ordered stages, parsed, overridden (`--unset`,
+//! `--set`) and checked **before anything runs**.
 //!
 //! ```toml
 //! output_dir = "runs/pipeline"
@@ -14,13 +14,18 @@
 //! ```
 //!
 //! A stage's own keys are `name`, `kind`, `from` and `eval` (false skips the evaluation after
-//! it); each kind adds a few that link stages: an SFT stage takes its data from `[data].path`,
-//! a generated `[stages.teacher]` set, or `data_from = "<sample or sft stage>"`; a GRPO reward
-//! with `kind = "model"` names its reward model by `from_stage = "<rm stage>"`; a `[[mix]]`
-//! entry of a sample stage may name `from_stage` instead of `path`; an rm stage can make its
-//! synthetic data (`[stages.make_data]`). Everything else is the kind's own typed config
+//! it; a GRPO stage may give a table instead, `aha grpo`'s own `[eval]` during training, and
+//! is still evaluated after); each kind adds a few that link stages: an SFT stage takes its
+//! data from `[data].path`, a generated `[stages.teacher]` set, or `data_from = "<sample or sft
+//! stage>"`; a GRPO reward with `kind = "model"` names its reward model by `from_stage = "<rm
+//! stage>"`; a `[[mix]]` entry of a sample stage may name `from_stage` instead of `path`; an
+//! rm stage can make its synthetic data (`[stages.make_data]`). Everything else is the kind's own typed config
 //! (`model` and `output_dir` are filled in by the pipeline), parsed by the same code as the
 //! stand-alone commands, so unknown fields are errors that name the stage and the field.
+//!
+//! Held-out questions stay held out: when an evaluation draws a task's test split, every
+//! stage that trains on questions of that task (a teacher, GRPO `[data]`, a sample stage) must
+//! draw the train split with the same `test_percent`, or the recipe is rejected.
 
 use std::path::{Path, PathBuf};
 
@@ -31,6 +36,7 @@ use aha_train::eval::EvalSettings;
 use aha_train::rejection::RejectionJob;
 use aha_train::rm::{RmConfig, SynthKind};
 use aha_train::source::PromptSource;
+use aha_train::tasks::{Split, TaskSpec};
 use aha_train::teacher::TeacherConfig;
 use anyhow::{anyhow, bail, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -204,10 +210,14 @@ struct Head {
 pub const BASE_DIR: &str = "00-base";
 
 impl Recipe {
-    /// Reads `path`, applies `overrides` (`key.path=VALUE`) and checks every stage.
-    pub fn load(path: &Path, overrides: &[String]) -> Result<Self> {
+    /// Reads `path`, removes the `unset` keys (`key.path`), applies `overrides`
+    /// (`key.path=VALUE`) and checks every stage.
+    pub fn load(path: &Path, unset: &[String], overrides: &[String]) -> Result<Self> {
         let text = std::fs::read_to_string(path).with_context(|| format!("reading recipe {}", path.display()))?;
         let mut table: Table = toml::from_str(&text).map_err(|e| anyhow!("{}: {e}", path.display()))?;
+        for key in unset {
+            apply_unset(&mut table, key).with_context(|| format!("--unset {key}"))?;
+        }
         for o in overrides {
             apply_override(&mut table, o).with_context(|| format!("--set {o}"))?;
         }
@@ -242,10 +252,12 @@ impl Recipe {
             let stage = recipe.stage(i, raw).with_context(|| format!("{at}: stages[{i}]"))?;
             recipe.stages.push(stage);
         }
+        let mut configs = Vec::with_capacity(recipe.stages.len());
         for s in &recipe.stages {
             let placeholder = recipe.model_placeholder(s);
-            recipe.materialize(s, &placeholder)?;
+            configs.push(recipe.materialize(s, &placeholder)?);
         }
+        recipe.check_held_out(&configs).with_context(|| format!("{at}: held-out questions"))?;
         Ok(recipe)
     }
 
@@ -271,7 +283,15 @@ impl Recipe {
         let eval_after = match t.remove("eval") {
             None => true,
             Some(Value::Boolean(b)) => b,
-            Some(v) => bail!("`{name}`: `eval` must be true or false, got {v}"),
+            // A GRPO stage's `[stages.eval]` table is `aha grpo`'s own `[eval]` (held-out
+            // evaluation during the run); the evaluation after the stage still runs.
+            Some(v @ Value::Table(_)) if kind == StageKind::Grpo => {
+                t.insert("eval".into(), v);
+                true
+            }
+            Some(v) => bail!(
+                "`{name}`: `eval` must be true or false (a GRPO stage may also give `aha grpo`'s [eval] table), got {v}"
+            ),
         };
         let sft_data = if kind == StageKind::Sft { Some(self.sft_data(&mut t).with_context(ctx)?) } else { None };
         let make_data = match (kind, t.remove("make_data")) {
@@ -434,6 +454,60 @@ impl Recipe {
         Ok(())
     }
 
+    /// No evaluation's held-out questions can be trained on. A task's split is a hash of each
+    /// problem's text against `test_percent` (whatever the task's other knobs), so every
+    /// evaluation of a task's test split — `[eval]` and eval stages — needs every source of
+    /// training questions of the same task (a teacher, a GRPO stage's `[data]`, a sample
+    /// stage's questions) to draw from the train split with the same `test_percent`.
+    /// Files (`[data].path`) cannot be checked and are not.
+    fn check_held_out(&self, configs: &[StageConfig]) -> Result<()> {
+        let mut evals: Vec<(String, &PromptSource)> = Vec::new();
+        if let Some(e) = &self.eval {
+            evals.push(("[eval]".into(), &e.data));
+        }
+        let mut trains: Vec<(String, &TaskSpec, u64, Split)> = Vec::new();
+        for (s, c) in self.stages.iter().zip(configs) {
+            let at = format!("stage `{}`", s.name);
+            if let Some(SftData::Teacher(t)) = &s.sft_data {
+                trains.push((format!("{at} [teacher]"), &t.task, t.test_percent, Split::Train));
+            }
+            match c {
+                StageConfig::Grpo(g, _) => {
+                    if let Some(task) = &g.data.task {
+                        trains.push((format!("{at} [data]"), task, g.data.test_percent, Split::Train));
+                    }
+                }
+                StageConfig::Sample(job) => {
+                    let d = &job.sample.data;
+                    if let Some(task) = &d.task {
+                        trains.push((format!("{at} [sample.data]"), task, d.test_percent, d.split));
+                    }
+                }
+                StageConfig::Eval(e) => evals.push((format!("eval {at}"), &e.data)),
+                StageConfig::Sft(..) | StageConfig::Rm(..) => {}
+            }
+        }
+        for (eval_at, e) in evals {
+            let Some(held) = e.task.as_ref().filter(|_| e.split == Split::Test) else { continue };
+            for (train_at, task, percent, split) in &trains {
+                if std::mem::discriminant(*task) != std::mem::discriminant(held) {
+                    continue;
+                }
+                if *split == Split::Test {
+                    bail!("{train_at} draws training questions from the test split that {eval_at} holds out");
+                }
+                if *percent != e.test_percent {
+                    bail!(
+                        "{train_at} has test_percent {percent} but {eval_at} holds out {}: the splits \
+                         would overlap; give both the same test_percent",
+                        e.test_percent
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// The stages to run: all, or up to and including `until`.
     pub fn upto(&self, until: Option<&str>) -> Result<usize> {
         match until {
@@ -491,12 +565,22 @@ fn table_at<'a>(t: &'a mut Table, key: &str) -> Result<&'a mut Table> {
 /// index); VALUE is a TOML value (`3`, `1e-4`, `"text"`, `[1, 2]`, `{ a = 1 }`), else a string.
 pub fn apply_override(table: &mut Table, spec: &str) -> Result<()> {
     let (key, value) = spec.split_once('=').ok_or_else(|| anyhow!("expected KEY=VALUE"))?;
-    let value = parse_value(value.trim());
+    edit_path(table, &key_parts(key)?, Some(parse_value(value.trim())))
+}
+
+/// Removes `a.b.c` from the recipe table (`--unset stages.rl.lora` drops a stage's `[lora]`
+/// table), addressed as [`apply_override`] does. A key that is not there is an error, so a typo
+/// cannot pass for a removal.
+pub fn apply_unset(table: &mut Table, key: &str) -> Result<()> {
+    edit_path(table, &key_parts(key)?, None)
+}
+
+fn key_parts(key: &str) -> Result<Vec<&str>> {
     let parts: Vec<&str> = key.trim().split('.').collect();
     if parts.iter().any(|p| p.is_empty()) {
         bail!("empty key segment in `{key}`");
     }
-    set_path(table, &parts, value)
+    Ok(parts)
 }
 
 fn parse_value(text: &str) -> Value {
@@ -506,20 +590,33 @@ fn parse_value(text: &str) -> Value {
         .unwrap_or_else(|| Value::String(text.to_string()))
 }
 
-fn set_path(t: &mut Table, parts: &[&str], value: Value) -> Result<()> {
+/// Sets (`Some`) or removes (`None`) the value at `parts`; setting creates missing tables.
+fn edit_path(t: &mut Table, parts: &[&str], value: Option<Value>) -> Result<()> {
     let Some((first, rest)) = parts.split_first() else { bail!("empty key") };
     if rest.is_empty() {
-        t.insert((*first).to_string(), value);
+        match value {
+            Some(v) => {
+                t.insert((*first).to_string(), v);
+            }
+            None => {
+                t.remove(*first).ok_or_else(|| anyhow!("there is no `{first}` to remove"))?;
+            }
+        }
         return Ok(());
     }
     if let Some(Value::Array(items)) = t.get_mut(*first) {
-        return set_in_array(items, first, rest, value);
+        return edit_in_array(items, first, rest, value);
     }
-    set_path(table_at(t, first)?, rest, value)
+    let next = if value.is_some() {
+        table_at(t, first)?
+    } else {
+        t.get_mut(*first).and_then(Value::as_table_mut).ok_or_else(|| anyhow!("there is no table `{first}`"))?
+    };
+    edit_path(next, rest, value)
 }
 
 /// `key.<name or index>.…`: an element of an array of tables, by its `name` or position.
-fn set_in_array(items: &mut [Value], key: &str, parts: &[&str], value: Value) -> Result<()> {
+fn edit_in_array(items: &mut [Value], key: &str, parts: &[&str], value: Option<Value>) -> Result<()> {
     let (sel, tail) = parts.split_first().ok_or_else(|| anyhow!("{key}.<name> needs a field"))?;
     if tail.is_empty() {
         bail!("{key}.{sel} needs a field");
@@ -532,7 +629,7 @@ fn set_in_array(items: &mut [Value], key: &str, parts: &[&str], value: Value) ->
         .map(|(_, s)| s)
         .ok_or_else(|| anyhow!("`{key}` has no element named `{sel}`"))?;
     let item = item.as_table_mut().ok_or_else(|| anyhow!("{key}.{sel} is not a table"))?;
-    set_path(item, tail, value)
+    edit_path(item, tail, value)
 }
 
 #[cfg(test)]
@@ -547,6 +644,73 @@ mod tests {
         assert_eq!(toml::from_str::<InitSpec>("").unwrap(), InitSpec::default());
         let err = toml::from_str::<InitSpec>("hidden_sise = 32\n").unwrap_err().to_string();
         assert!(err.contains("hidden_sise"), "{err}");
+    }
+
+    const ARITH: &str = "{ name = \"arithmetic\" }";
+
+    /// A recipe evaluating arithmetic's test split (`eval_data` extra keys) after `stage`.
+    fn recipe(eval_data: &str, stage: &str) -> Result<Recipe> {
+        let text = format!(
+            "output_dir = \"o\"\n[init]\n[eval]\ndata = {{ task = {ARITH}, limit = 4{eval_data} }}\n[[stages]]\n{stage}\n"
+        );
+        Recipe::from_table(Path::new("r.toml"), toml::from_str(&text)?)
+    }
+
+    fn teacher(extra: &str) -> String {
+        format!("name = \"c\"\nkind = \"sft\"\nteacher = {{ task = {ARITH}{extra} }}")
+    }
+
+    fn grpo(data: &str) -> String {
+        format!(
+            "name = \"rl\"\nkind = \"grpo\"\ndata = {{ {data} }}\nrewards = [{{ name = \"accuracy\", kind = \"numeric\" }}]"
+        )
+    }
+
+    #[test]
+    fn a_recipe_that_would_train_on_held_out_questions_is_rejected() {
+        let err = |r: Result<Recipe>| format!("{:#}", r.err().expect("the recipe should be rejected"));
+        recipe("", &teacher("")).unwrap();
+        recipe(", test_percent = 20", &teacher(", test_percent = 20")).unwrap();
+        let e = err(recipe("", &teacher(", test_percent = 20")));
+        assert!(
+            e.contains("stage `c` [teacher]") && e.contains("test_percent 20") && e.contains("holds out 10"),
+            "{e}"
+        );
+        let e = err(recipe("", &grpo(&format!("task = {ARITH}, test_percent = 5"))));
+        assert!(e.contains("stage `rl` [data]") && e.contains("test_percent 5"), "{e}");
+        recipe("", &grpo(&format!("task = {ARITH}"))).unwrap();
+        let sample = |split: &str| {
+            format!("name = \"s\"\nkind = \"sample\"\nsample = {{ data = {{ task = {ARITH}, split = \"{split}\" }} }}")
+        };
+        recipe("", &sample("train")).unwrap();
+        let e = err(recipe("", &sample("test")));
+        assert!(e.contains("stage `s` [sample.data]") && e.contains("test split"), "{e}");
+        // Another task's problems, an evaluation of the train split, and files are not constrained.
+        let countdown =
+            "name = \"c\"\nkind = \"sft\"\nteacher = { task = { name = \"countdown\" }, test_percent = 20 }";
+        recipe("", countdown).unwrap();
+        recipe(", split = \"train\"", &teacher(", test_percent = 20")).unwrap();
+        // So is an eval stage's own test split.
+        let stages = format!(
+            "{}\n[[stages]]\nname = \"e\"\nkind = \"eval\"\ndata = {{ task = {ARITH}, test_percent = 30 }}",
+            teacher("")
+        );
+        let e = err(recipe("", &stages));
+        assert!(e.contains("eval stage `e`") && e.contains("holds out 30"), "{e}");
+    }
+
+    #[test]
+    fn a_grpo_stage_passes_an_eval_table_to_its_run() {
+        let stage = format!("{}\neval = {{ every_steps = 5, questions = 8 }}", grpo(&format!("task = {ARITH}")));
+        let r = recipe("", &stage).unwrap();
+        assert!(r.stages[0].eval_after, "the evaluation after the stage still runs");
+        let StageConfig::Grpo(cfg, _) = r.materialize(&r.stages[0], "m").unwrap() else { panic!("not a GRPO stage") };
+        let e = cfg.eval.expect("the run's [eval]");
+        assert_eq!((e.every_steps, e.questions), (5, 8));
+        let off = recipe("", &format!("{}\neval = false", grpo(&format!("task = {ARITH}")))).unwrap();
+        assert!(!off.stages[0].eval_after);
+        let e = format!("{:#}", recipe("", &format!("{}\neval = {{ every_steps = 5 }}", teacher(""))).unwrap_err());
+        assert!(e.contains("`eval` must be true or false"), "{e}");
     }
 
     #[test]
@@ -567,5 +731,14 @@ mod tests {
         apply_override(&mut t, "stages.b.rewards.r.weight=0.5").unwrap();
         assert_eq!(t["stages"][1]["rewards"][0]["weight"].as_float(), Some(0.5));
         assert!(apply_override(&mut t, "novalue").is_err());
+        // --unset removes a key, by the same addresses; a key that is not there is an error.
+        apply_override(&mut t, "stages.b.lora={ r = 8 }").unwrap();
+        apply_unset(&mut t, "stages.b.lora").unwrap();
+        assert!(t["stages"][1].get("lora").is_none() && t["stages"][1].get("grpo").is_some());
+        apply_unset(&mut t, "stages.0.optim.learning_rate").unwrap();
+        assert!(t["stages"][0]["optim"].get("learning_rate").is_none());
+        for missing in ["stages.b.lora", "stages.b.nope.x", "stages.zz.lora", "nope"] {
+            assert!(apply_unset(&mut t, missing).is_err(), "{missing}");
+        }
     }
 }

@@ -1,11 +1,12 @@
 //! What `aha pipeline` shows: the eval table after every stage (pass@1, cons@k, mean length,
-//! reflection-word frequency, format rate and, when `[eval].language` is set, the chain of
+//! reflection-word frequency, format rate, extraction rate and, when `[eval].language` is set, the chain of
 //! thought's target-language fraction) and, at the end, `report.md` + `report.json` in the
 //! output directory, listing every stage's evaluation, figures and plots.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
+use aha_metrics::extraction_cell;
 use anyhow::{Context, Result};
 use serde_json::json;
 
@@ -15,11 +16,12 @@ use super::run::StageRecord;
 /// The markdown eval table of the stages so far.
 pub fn eval_table(recipe: &Recipe, records: &[StageRecord]) -> String {
     let lang = recipe.eval.as_ref().and_then(|e| e.language).map(|l| format!("{l:?}").to_lowercase());
-    let mut md = String::from("| stage | kind | pass@1 | cons@k | mean tokens | reflection /1k words | format |");
+    let mut md =
+        String::from("| stage | kind | pass@1 | cons@k | mean tokens | reflection /1k words | format | extracted |");
     if let Some(l) = &lang {
         let _ = write!(md, " CoT {l} fraction |");
     }
-    md.push_str(" wall s |\n| --- | --- | ---: | ---: | ---: | ---: | ---: |");
+    md.push_str(" wall s |\n| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |");
     if lang.is_some() {
         md.push_str(" ---: |");
     }
@@ -30,16 +32,17 @@ pub fn eval_table(recipe: &Recipe, records: &[StageRecord]) -> String {
             Some(e) => {
                 let _ = write!(
                     md,
-                    " {:.3} | {:.3} (k={}) | {:.1} | {} | {} |",
+                    " {:.3} | {:.3} (k={}) | {:.1} | {} | {} | {} |",
                     e.pass_at_1,
                     e.cons_at_k,
                     e.k,
                     e.mean_completion_tokens,
                     opt(e.reflection_per_1k_words, 2),
-                    opt(e.format_rate, 3)
+                    opt(e.format_rate, 3),
+                    extraction_cell(e, 3)
                 );
             }
-            None => md.push_str(" – | – | – | – | – |"),
+            None => md.push_str(" – | – | – | – | – | – |"),
         }
         if lang.is_some() {
             let _ = write!(md, " {} |", opt(r.cot_language, 3));

@@ -1,7 +1,9 @@
 //! Runs a [`Recipe`]'s stages in order: each reads the model of the stage it starts `from`,
 //! writes under `<output_dir>/<NN-name>/`, is evaluated, and is marked done atomically
 //! (`stage.json`). With `--resume`, done stages are skipped and an interrupted sft/grpo stage
-//! continues from its latest checkpoint (their own exact resume).
+//! continues from its latest checkpoint (their own exact resume). An sft/grpo stage that
+//! continues an evaluated stage gets that evaluation as its step 0, so its plots show the
+//! starting point.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -148,6 +150,7 @@ fn run_stage(
     let t0 = Instant::now();
     std::fs::create_dir_all(&stage.dir).with_context(|| format!("creating {}", stage.dir.display()))?;
     let config = recipe.materialize(stage, model)?;
+    write_start_eval(recipe, stage, records)?;
     let (out_model, summary, eval) = match config {
         StageConfig::Sft(sft, text) => {
             write_teacher(stage)?;
@@ -215,6 +218,27 @@ fn run_stage(
         summary,
         wall_s: t0.elapsed().as_secs_f64(),
     })
+}
+
+/// The label of the evaluation a policy stage starts from, written as its step 0.
+fn start_label(from: &str) -> String {
+    format!("{from} (start)")
+}
+
+/// Writes the evaluation of the model an sft/grpo stage starts from into the stage directory
+/// as step 0 (`eval_00000000_<from>__start_.json`), so the stage's accuracy plot starts where
+/// the stage it continues ended. Only an evaluation made of that stage's own output counts
+/// (not one carried forward from an earlier stage).
+fn write_start_eval(recipe: &Recipe, stage: &Stage, records: &[StageRecord]) -> Result<()> {
+    let Some(i) = stage.from.filter(|_| stage.kind.makes_policy()) else { return Ok(()) };
+    if recipe.eval.is_none() || !recipe.stages[i].eval_after {
+        return Ok(());
+    }
+    let Some(mut e) = records.get(i).and_then(|r| r.eval.clone()) else { return Ok(()) };
+    e.step = 0;
+    e.label = Some(start_label(&records[i].name));
+    write_eval(&stage.dir, &e)?;
+    Ok(())
 }
 
 /// Writes the teacher's SFT data of an SFT stage (deterministic; kept when already there).

@@ -4,8 +4,9 @@
 //! Why: with candle's autograd a training step of a small model is dominated not by its
 //! matmuls but by everything around them — one tensor, one pass over memory and one
 //! synchronisation of the element-wise pool per op, a zero tensor and an add per gradient edge
-//! (BENCHMARKS.md has the profile). Here the whole model is one forward that keeps exactly the
-//! activations its backward needs, and one backward that writes every parameter gradient once:
+//! (BENCHMARKS.md has the profile). Here the whole model is one forward that keeps only the
+//! activations its backward needs and cannot cheaply recompute, and one backward that writes
+//! every parameter gradient once:
 //! gemm calls (the same `gemm` crate candle uses) with transposes expressed as strides, and
 //! fused row kernels for RMSNorm, RoPE, masked softmax, SwiGLU and log-softmax, split over
 //! rayon's pool. It computes what [`Transformer::forward`] does (the tests compare values and
@@ -26,6 +27,15 @@
 //! norms take `cpu-autograd`), decided in `exec.rs`; [`forward`] refuses any other.
 //! Reductions over rows (bias and norm-weight gradients, the embedding scatter) run in a fixed
 //! order, so results do not depend on the number of threads.
+//!
+//! Memory: the activations kept per layer (`LayerTape`: its input, the q/k/v and gate/up
+//! projections) are what a step's peak is made of; everything else a layer's backward reads is
+//! recomputed by the forward's own code, so the bits do not change. The head's logits `[M, V]`
+//! are never kept either: the forward and the backward compute them a block of rows at a time
+//! (`head_blocks`), the backward only for rows whose log-prob has a gradient (the head's own
+//! gradient sums the blocks, so it rounds differently from one product over all rows). The
+//! backward frees each layer's tape once done with it and allocates a gradient only when it
+//! writes it, so the gradients of the lower layers take the memory of the tapes above them.
 
 use std::collections::HashMap;
 
@@ -33,8 +43,9 @@ use candle_core::{bail, DType, Tensor};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-use crate::cpu::rows::{self, grain, rms_backward, rms_forward, ROW_GRAIN};
+use crate::cpu::rows::{self, grain, rms_apply, rms_backward, rms_forward, rms_forward_into, ROW_GRAIN};
 use crate::error::Result;
+use crate::lora::{self, Module};
 use crate::transformer::Transformer;
 use attention::Packing;
 
@@ -62,15 +73,19 @@ struct Dims {
 }
 
 impl Dims {
+    /// Packed rows of the forward.
     fn rows(&self) -> usize {
         self.rows
     }
+    /// Width of the queries of all heads, `nh·hd`.
     fn q_width(&self) -> usize {
         self.heads * self.head_dim
     }
+    /// Width of the keys (or values) of all KV heads, `nkv·hd`.
     fn kv_width(&self) -> usize {
         self.kv_heads * self.head_dim
     }
+    /// Query heads per KV head.
     fn group(&self) -> usize {
         self.heads / self.kv_heads
     }
@@ -79,6 +94,9 @@ impl Dims {
 /// Positions of one layer's parameters in the named parameter list.
 #[derive(Debug, Clone)]
 struct LayerIdx {
+    layer: usize,
+    /// `(A, B)` of each projection's LoRA adapter, indexed like [`Module::ALL`].
+    lora: [Option<(usize, usize)>; 7],
     ln1: usize,
     q: usize,
     bq: Option<usize>,
@@ -103,6 +121,7 @@ struct ParamIdx {
 }
 
 impl ParamIdx {
+    /// The positions in `names` of a model of `layers` layers; an error names a missing one.
     fn build(names: &[String], layers: usize) -> CResult<Self> {
         let map: HashMap<&str, usize> = names.iter().enumerate().map(|(i, n)| (n.as_str(), i)).collect();
         let get = |name: &str| match map.get(name) {
@@ -113,7 +132,13 @@ impl ParamIdx {
             .map(|l| {
                 let p = format!("model.layers.{l}");
                 let a = |n: &str| get(&format!("{p}.self_attn.{n}"));
+                let lora = Module::ALL.map(|m| {
+                    let at = |which| map.get(lora::peft_key(l, m, which).as_str()).copied();
+                    at('A').zip(at('B'))
+                });
                 Ok(LayerIdx {
+                    layer: l,
+                    lora,
                     ln1: get(&format!("{p}.input_layernorm.weight"))?,
                     q: a("q_proj.weight")?,
                     bq: map.get(format!("{p}.self_attn.q_proj.bias").as_str()).copied(),
@@ -173,6 +198,7 @@ impl<'a> Mat<'a> {
         Self { rows: self.cols, cols: self.rows, rs: self.cs, cs: self.rs, ..self }
     }
 
+    /// The index in `data` of the last element of the view.
     fn last(&self) -> usize {
         self.off + (self.rows - 1) * self.rs + (self.cols - 1) * self.cs
     }
@@ -269,20 +295,40 @@ unsafe fn gemm_raw(dst: *mut f32, drs: usize, a: Mat, b: Mat, acc: bool, par: bo
 fn linear(x: &[f32], rows: usize, w: &[f32], bias: Option<&[f32]>, out: usize) -> CResult<Vec<f32>> {
     let inp = w.len() / out.max(1);
     let mut y = mm_new(Mat::new(x, rows, inp), Mat::new(w, out, inp).t(), true)?;
-    if let Some(b) = bias {
-        y.par_chunks_mut(out).with_min_len(grain(out)).for_each(|r| r.iter_mut().zip(b).for_each(|(o, &bv)| *o += bv));
-    }
+    add_bias(&mut y, bias, out);
     Ok(y)
 }
 
-/// The weight gradients of a (possibly stacked) projection `y = x · Wᵀ`, straight into each
+/// [`linear`] into `y` (`[rows, out]`, every element written): the same gemm, the same bits.
+fn linear_into(y: &mut [f32], x: &[f32], rows: usize, w: &[f32], bias: Option<&[f32]>, out: usize) -> CResult<()> {
+    let inp = w.len() / out.max(1);
+    if inp == 0 {
+        y.fill(0.0);
+    }
+    mm(y, 0, out, Mat::new(x, rows, inp), Mat::new(w, out, inp).t(), false, true)?;
+    add_bias(y, bias, out);
+    Ok(())
+}
+
+/// Adds `bias` (if any) to each row of `y` (rows of `out`).
+fn add_bias(y: &mut [f32], bias: Option<&[f32]>, out: usize) {
+    if let Some(b) = bias {
+        y.par_chunks_mut(out).with_min_len(grain(out)).for_each(|r| r.iter_mut().zip(b).for_each(|(o, &bv)| *o += bv));
+    }
+}
+
+/// The weight gradients of a (possibly stacked) projection `y = x · Wᵀ`, each into its
 /// parameter's buffer: `dW_p = dy[:, off..off+width]ᵀ · x` for each `(p, off, width)`.
+/// Frozen parameters are skipped.
 fn weight_grads(dy: &[f32], x: &[f32], rows: usize, parts: &[(usize, usize, usize)], gb: &mut GradBufs) -> CResult<()> {
     let out = dy.len() / rows.max(1);
     let inp = x.len() / rows.max(1);
     for &(p, off, width) in parts {
+        if !gb.wants(p) {
+            continue;
+        }
         let dyp = Mat::view(dy, off, rows, width, out);
-        mm(&mut gb[p], 0, inp, dyp.t(), Mat::new(x, rows, inp), false, true)?;
+        gb.put(p, mm_new(dyp.t(), Mat::new(x, rows, inp), true)?);
     }
     Ok(())
 }
@@ -295,6 +341,7 @@ fn column_sums(m: &[f32], cols: usize, acc: &mut [f32]) {
     }
 }
 
+/// `dst += src`, element-wise.
 fn add_into(dst: &mut [f32], src: &[f32]) {
     dst.par_chunks_mut(ROW_GRAIN).zip(src.par_chunks(ROW_GRAIN)).for_each(|(d, s)| {
         d.iter_mut().zip(s).for_each(|(a, &b)| *a += b);
@@ -315,29 +362,29 @@ fn rope_inplace(x: &mut [f32], width: usize, roped: usize, cos: &[f32], sin: &[f
         .for_each(|((row, c), s)| row[..roped].chunks_mut(hd).for_each(|head| rows::rope_head(head, c, s, inverse)));
 }
 
-/// `silu(gate) · up` for rows of the stacked projection `gu` (`[rows, 2·inter]`, gate first).
-fn swiglu(gu: &[f32], inter: usize) -> Vec<f32> {
-    let mut out = vec![0f32; gu.len() / 2];
+/// `silu(gate) · up` for rows of the stacked projection `gu` (`[rows, 2·inter]`, gate first),
+/// into `out` (`[rows, inter]`).
+fn swiglu_into(gu: &[f32], inter: usize, out: &mut [f32]) {
     out.par_chunks_mut(inter).zip(gu.par_chunks(2 * inter)).with_min_len(grain(inter)).for_each(|(o, row)| {
         let (g, u) = row.split_at(inter);
         rows::swiglu_row(g, u, o);
     });
-    out
 }
 
-/// The backward of [`swiglu`]: the gradient of `gu` for upstream `d` (`[rows, inter]`).
-fn swiglu_backward(gu: &[f32], inter: usize, d: &[f32]) -> Vec<f32> {
-    let mut dgu = vec![0f32; gu.len()];
-    dgu.par_chunks_mut(2 * inter)
-        .zip(gu.par_chunks(2 * inter))
+/// The activation `silu(gate) · up` of [`swiglu_into`], recomputed by the backward, and the
+/// backward for upstream `d` (`[rows, inter]`) in the same pass: returns the activation, and
+/// `gu` becomes its gradient.
+fn swiglu_act_and_backward(gu: &mut [f32], inter: usize, d: &[f32]) -> Vec<f32> {
+    let mut act = vec![0f32; d.len()];
+    gu.par_chunks_mut(2 * inter)
         .zip(d.par_chunks(inter))
+        .zip(act.par_chunks_mut(inter))
         .with_min_len(grain(inter))
-        .for_each(|((dr, row), dc)| {
-            let (g, u) = row.split_at(inter);
-            let (dg, du) = dr.split_at_mut(inter);
-            rows::swiglu_backward_row(g, u, dc, dg, du);
+        .for_each(|((row, dc), ac)| {
+            let (g, u) = row.split_at_mut(inter);
+            rows::swiglu_act_and_backward_row(g, u, dc, ac);
         });
-    dgu
+    act
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -352,6 +399,7 @@ struct QkvLayout {
 }
 
 impl QkvLayout {
+    /// The layout for the sizes `d`.
     fn of(d: &Dims) -> Self {
         Self { width: d.q_width() + 2 * d.kv_width(), k: d.q_width(), v: d.q_width() + d.kv_width() }
     }
@@ -360,21 +408,22 @@ impl QkvLayout {
 // ---------------------------------------------------------------------------------------------
 // Layers
 
-/// What one layer's backward needs from its forward.
+/// What one layer's backward needs from its forward: only what is dear to recompute. The
+/// backward recomputes the rest with the forward's own code, so its bits do not change: the
+/// projections' normed inputs from `x`/`xmid` and their `rstd` (one multiply per element), the
+/// SwiGLU activation from `gu`, the attention's probabilities and output from `qkv` (a small
+/// part of a layer's work at the lengths aha trains), and `xmid = x + o_proj(att)` (one
+/// `[H, nh·hd]` projection, a tenth of the layer's matmul work, for a sixth of its tape).
 struct LayerTape {
     x: Vec<f32>,
     rstd1: Vec<f32>,
-    xn1: Vec<f32>,
     /// The fused q/k/v projection, RoPE applied to q and k (`QkvLayout`).
     qkv: Vec<f32>,
-    probs: Vec<attention::Probs>,
-    att: Vec<f32>,
-    xmid: Vec<f32>,
+    /// Each projection's LoRA activations, indexed like [`Module::ALL`].
+    lora: [Option<LoraTape>; 7],
     rstd2: Vec<f32>,
-    xn2: Vec<f32>,
     /// The fused gate/up projection `[N, 2·I]` (gate first).
     gu: Vec<f32>,
-    act: Vec<f32>,
 }
 
 /// Row-wise inputs shared by every layer.
@@ -384,94 +433,429 @@ struct Ctx<'a> {
     mask: &'a [f32],
     cos: &'a [f32],
     sin: &'a [f32],
+    lora: Option<LoraCx>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// LoRA: `y += s·(drop(x)·Aᵀ)·Bᵀ` on a projection's output columns (`lora.rs` has the maths)
+
+/// The adapters' settings for one forward.
+#[derive(Debug, Clone, Copy)]
+struct LoraCx {
+    scale: f32,
+    dropout: f64,
+    /// The forward's dropout seed (`lora::forward_seed`), used when `dropout > 0`.
+    seed: u64,
+}
+
+/// One adapter within a (possibly stacked) projection: its parameters and the output columns
+/// `off .. off + width` it adds to.
+#[derive(Debug, Clone, Copy)]
+struct LoraSite {
+    m: Module,
+    a: usize,
+    b: usize,
+    off: usize,
+    width: usize,
+}
+
+/// What an adapter's backward needs from the forward: `s·(drop(x)·Aᵀ)` `[N, r]`. The dropout
+/// mask is drawn again from its seed ([`lora_dropped`]).
+struct LoraTape {
+    us: Vec<f32>,
+}
+
+/// The adapted projections of `li` among `parts` (`(projection, offset, width)` of a stacked output).
+fn lora_sites(li: &LayerIdx, parts: &[(Module, usize, usize)]) -> Vec<LoraSite> {
+    parts
+        .iter()
+        .filter_map(|&(m, off, width)| li.lora[m as usize].map(|(a, b)| LoraSite { m, a, b, off, width }))
+        .collect()
+}
+
+/// With dropout, the mask of adapter `m` of layer `li` over its input `x` and the masked input:
+/// drawn from the forward's seed, so the backward draws the forward's mask again.
+fn lora_dropped(lc: &LoraCx, li: &LayerIdx, m: Module, x: &[f32]) -> Option<(Vec<f32>, Vec<f32>)> {
+    (lc.dropout > 0.0).then(|| {
+        let mask = lora::dropout_mask(lora::module_seed(lc.seed, li.layer, m), x.len(), lc.dropout);
+        let xd: Vec<f32> = x.iter().zip(&mask).map(|(&v, &k)| v * k).collect();
+        (mask, xd)
+    })
+}
+
+/// Adds the adapters of `sites` to `y` (`[N, yw]`) for input `x` (`[N, in]`); records their tapes.
+fn lora_forward(
+    cx: &Ctx,
+    w: &[&[f32]],
+    li: &LayerIdx,
+    sites: &[LoraSite],
+    x: &[f32],
+    y: &mut [f32],
+    tapes: &mut [Option<LoraTape>; 7],
+) -> CResult<()> {
+    let Some(lc) = cx.lora else { return Ok(()) };
+    let n = cx.d.rows();
+    let (inp, yw) = (x.len() / n.max(1), y.len() / n.max(1));
+    for s in sites {
+        let r = w[s.a].len() / inp;
+        let dropped = lora_dropped(&lc, li, s.m, x);
+        let xin = dropped.as_ref().map_or(x, |(_, xd)| xd.as_slice());
+        let mut us = mm_new(Mat::new(xin, n, inp), Mat::new(w[s.a], r, inp).t(), true)?;
+        drop(dropped);
+        us.iter_mut().for_each(|v| *v *= lc.scale);
+        mm(y, s.off, yw, Mat::new(&us, n, r), Mat::new(w[s.b], s.width, r).t(), true, true)?;
+        tapes[s.m as usize] = Some(LoraTape { us });
+    }
+    Ok(())
+}
+
+/// The adapters' backward for upstream `dy` (`[N, yw]`) of the projection of `li` whose input
+/// was `x`: writes `dA`, `dB` and adds their input gradient to `dx` (`[N, in]`).
+#[allow(clippy::too_many_arguments)]
+fn lora_backward(
+    cx: &Ctx,
+    w: &[&[f32]],
+    li: &LayerIdx,
+    sites: &[LoraSite],
+    tapes: &[Option<LoraTape>; 7],
+    x: &[f32],
+    dy: &[f32],
+    gb: &mut GradBufs,
+    dx: &mut [f32],
+) -> CResult<()> {
+    let inp = x.len() / cx.d.rows().max(1);
+    for s in sites {
+        let du = lora_backward_dx(cx, w, li, s, tapes, inp, dy, gb, dx)?;
+        lora_backward_da(cx, w, li, s, x, &du, gb)?;
+    }
+    Ok(())
+}
+
+/// The part of adapter `s`'s backward that does not read its input (of width `inp`): writes
+/// `dB`, adds the input gradient to `dx` (`[N, inp]`); returns `du = s·dy·B` (`[N, r]`) for
+/// [`lora_backward_da`].
+#[allow(clippy::too_many_arguments)]
+fn lora_backward_dx(
+    cx: &Ctx,
+    w: &[&[f32]],
+    li: &LayerIdx,
+    s: &LoraSite,
+    tapes: &[Option<LoraTape>; 7],
+    inp: usize,
+    dy: &[f32],
+    gb: &mut GradBufs,
+    dx: &mut [f32],
+) -> CResult<Vec<f32>> {
+    let Some(lc) = cx.lora else { return Ok(Vec::new()) };
+    let Some(tp) = &tapes[s.m as usize] else {
+        bail!("hand-written backward: LoRA tape of {} is missing", s.m.hf_name())
+    };
+    let n = cx.d.rows();
+    let (r, yw) = (w[s.a].len() / inp.max(1), dy.len() / n.max(1));
+    let dyp = Mat::view(dy, s.off, n, s.width, yw);
+    gb.put(s.b, mm_new(dyp.t(), Mat::new(&tp.us, n, r), true)?);
+    let mut du = mm_new(dyp, Mat::new(w[s.b], s.width, r), true)?;
+    du.iter_mut().for_each(|v| *v *= lc.scale);
+    if lc.dropout > 0.0 {
+        // The forward's mask, drawn again (`lora_dropped`).
+        let mask = lora::dropout_mask(lora::module_seed(lc.seed, li.layer, s.m), n * inp, lc.dropout);
+        let mut g = mm_new(Mat::new(&du, n, r), Mat::new(w[s.a], r, inp), true)?;
+        g.iter_mut().zip(&mask).for_each(|(v, &k)| *v *= k);
+        add_into(dx, &g);
+    } else {
+        mm(dx, 0, inp, Mat::new(&du, n, r), Mat::new(w[s.a], r, inp), true, true)?;
+    }
+    Ok(du)
+}
+
+/// The rest of adapter `s`'s backward: `dA = duᵀ · drop(x)` for its input `x` and the `du` of
+/// [`lora_backward_dx`].
+fn lora_backward_da(
+    cx: &Ctx,
+    w: &[&[f32]],
+    li: &LayerIdx,
+    s: &LoraSite,
+    x: &[f32],
+    du: &[f32],
+    gb: &mut GradBufs,
+) -> CResult<()> {
+    let Some(lc) = cx.lora else { return Ok(()) };
+    let n = cx.d.rows();
+    let inp = x.len() / n.max(1);
+    let r = w[s.a].len() / inp.max(1);
+    let dropped = lora_dropped(&lc, li, s.m, x);
+    let xin = dropped.as_ref().map_or(x, |(_, xd)| xd.as_slice());
+    gb.put(s.a, mm_new(Mat::new(du, n, r).t(), Mat::new(xin, n, inp), true)?);
+    Ok(())
+}
+
+/// The projections of each stacked group, with their output columns.
+fn qkv_parts(d: &Dims) -> [(Module, usize, usize); 3] {
+    let l = QkvLayout::of(d);
+    [(Module::Q, 0, l.k), (Module::K, l.k, d.kv_width()), (Module::V, l.v, d.kv_width())]
+}
+
+/// The gate and up projections of the stacked `gu`, with their output columns.
+fn gate_up_parts(d: &Dims) -> [(Module, usize, usize); 2] {
+    [(Module::Gate, 0, d.inter), (Module::Up, d.inter, d.inter)]
 }
 
 /// Rows of several `[out_i, in]` weights stacked into one `[Σ out_i, in]` matrix (one gemm
 /// instead of several, the input packed once).
 fn stack(parts: &[&[f32]]) -> Vec<f32> {
-    let mut out = Vec::with_capacity(parts.iter().map(|p| p.len()).sum());
-    parts.iter().for_each(|p| out.extend_from_slice(p));
+    let mut out = vec![0f32; parts.iter().map(|p| p.len()).sum()];
+    stack_in(&mut out, parts);
     out
 }
 
-/// The stacked q/k/v weight and, when the model has them, the stacked biases.
-fn qkv_weights(w: &[&[f32]], li: &LayerIdx) -> (Vec<f32>, Option<Vec<f32>>) {
-    let weight = stack(&[w[li.q], w[li.k], w[li.v]]);
-    let bias = match (li.bq, li.bk, li.bv) {
+/// [`stack`] into the start of `out`; returns the stacked matrix (that start).
+fn stack_in<'a>(out: &'a mut [f32], parts: &[&[f32]]) -> &'a [f32] {
+    let mut at = 0;
+    for p in parts {
+        out[at..at + p.len()].copy_from_slice(p);
+        at += p.len();
+    }
+    &out[..at]
+}
+
+/// The q, k and v weights of `li`, in their stacked order.
+fn qkv_parts_of<'a>(w: &[&'a [f32]], li: &LayerIdx) -> [&'a [f32]; 3] {
+    [w[li.q], w[li.k], w[li.v]]
+}
+
+/// The stacked q/k/v biases, when the model has them.
+fn qkv_bias(w: &[&[f32]], li: &LayerIdx) -> Option<Vec<f32>> {
+    match (li.bq, li.bk, li.bv) {
         (Some(q), Some(k), Some(v)) => Some(stack(&[w[q], w[k], w[v]])),
         _ => None,
-    };
-    (weight, bias)
+    }
 }
 
-fn layer_forward(cx: &Ctx, w: &[&[f32]], li: &LayerIdx, x: Vec<f32>) -> CResult<(Vec<f32>, LayerTape)> {
+/// One buffer for a forward's temporaries, allocated once: each layer's normed inputs,
+/// attention output, `xmid`, SwiGLU activation and stacked weights ([`Scratch::layer`]), then
+/// the head's block of logits. Allocated afresh in each layer, between the kept activations,
+/// they would leave holes in the heap that later allocations of other sizes only partly fill
+/// (with an allocator that keeps freed memory, as the binary's does, holes are peak memory).
+struct Scratch {
+    buf: Vec<f32>,
+}
+
+/// The per-layer temporaries, carved out of a [`Scratch`].
+struct LayerScratch<'a> {
+    xn: &'a mut [f32],
+    att: &'a mut [f32],
+    xmid: &'a mut [f32],
+    act: &'a mut [f32],
+    /// Room for the larger of the stacked q/k/v and gate/up weights.
+    w: &'a mut [f32],
+}
+
+impl Scratch {
+    /// Room for the layers of `d` and for the head's blocks over `span_rows` rows.
+    fn new(d: &Dims, span_rows: usize) -> Self {
+        let head = head_blocks(span_rows, head_block_rows(d.vocab)).map(|(_, n)| n).max().unwrap_or(0) * d.vocab;
+        Self { buf: vec![0f32; Self::layer_len(d).max(head)] }
+    }
+
+    /// Elements of [`LayerScratch`].
+    fn layer_len(d: &Dims) -> usize {
+        let (n, h) = (d.rows(), d.hidden);
+        let stacked = (d.q_width() + 2 * d.kv_width()).max(2 * d.inter) * h;
+        n * (2 * h + d.q_width() + d.inter) + stacked
+    }
+
+    /// The per-layer temporaries of `d`.
+    fn layer(&mut self, d: &Dims) -> LayerScratch<'_> {
+        let (n, h) = (d.rows(), d.hidden);
+        let (xn, rest) = self.buf.split_at_mut(n * h);
+        let (att, rest) = rest.split_at_mut(n * d.q_width());
+        let (xmid, rest) = rest.split_at_mut(n * h);
+        let (act, w) = rest.split_at_mut(n * d.inter);
+        LayerScratch { xn, att, xmid, act, w }
+    }
+}
+
+/// One decoder layer over the packed rows `x`: its output and what its backward keeps; the
+/// temporaries live in `s`.
+fn layer_forward(
+    cx: &Ctx,
+    w: &[&[f32]],
+    li: &LayerIdx,
+    x: Vec<f32>,
+    s: LayerScratch,
+) -> CResult<(Vec<f32>, LayerTape)> {
     let d = &cx.d;
     let (n, l) = (d.rows(), QkvLayout::of(d));
-    let (xn1, rstd1) = rms_forward(&x, w[li.ln1], d.eps);
-    let (wqkv, bqkv) = qkv_weights(w, li);
-    let mut qkv = linear(&xn1, n, &wqkv, bqkv.as_deref(), l.width)?;
+    let mut lt: [Option<LoraTape>; 7] = Default::default();
+    let rstd1 = rms_forward_into(&x, w[li.ln1], d.eps, s.xn);
+    let wqkv = stack_in(s.w, &qkv_parts_of(w, li));
+    let mut qkv = linear(s.xn, n, wqkv, qkv_bias(w, li).as_deref(), l.width)?;
+    lora_forward(cx, w, li, &lora_sites(li, &qkv_parts(d)), s.xn, &mut qkv, &mut lt)?;
     rope_inplace(&mut qkv, l.width, l.v, cx.cos, cx.sin, d.head_dim, false);
-    let (att, probs) = attention::forward(d, cx.pk, &qkv, cx.mask)?;
-    let mut xmid = linear(&att, n, w[li.o], None, d.hidden)?;
-    add_into(&mut xmid, &x);
-    let (xn2, rstd2) = rms_forward(&xmid, w[li.ln2], d.eps);
-    let gu = linear(&xn2, n, &stack(&[w[li.gate], w[li.up]]), None, 2 * d.inter)?;
-    let act = swiglu(&gu, d.inter);
-    let mut out = linear(&act, n, w[li.down], None, d.hidden)?;
-    add_into(&mut out, &xmid);
-    Ok((out, LayerTape { x, rstd1, xn1, qkv, probs, att, xmid, rstd2, xn2, gu, act }))
+    drop(attention::forward(d, cx.pk, &qkv, cx.mask, s.att)?);
+    xmid_of(cx, w, li, &x, s.att, &mut lt, s.xmid)?;
+    // The backward recomputes the O adapter's tape with `xmid`.
+    lt[Module::O as usize] = None;
+    let rstd2 = rms_forward_into(s.xmid, w[li.ln2], d.eps, s.xn);
+    let wgu = stack_in(s.w, &[w[li.gate], w[li.up]]);
+    let mut gu = linear(s.xn, n, wgu, None, 2 * d.inter)?;
+    lora_forward(cx, w, li, &lora_sites(li, &gate_up_parts(d)), s.xn, &mut gu, &mut lt)?;
+    swiglu_into(&gu, d.inter, s.act);
+    let mut out = linear(s.act, n, w[li.down], None, d.hidden)?;
+    lora_forward(cx, w, li, &lora_sites(li, &[(Module::Down, 0, d.hidden)]), s.act, &mut out, &mut lt)?;
+    add_into(&mut out, s.xmid);
+    Ok((out, LayerTape { x, rstd1, qkv, lora: lt, rstd2, gu }))
 }
 
-/// Gradient buffers, one per named parameter.
-type GradBufs = Vec<Vec<f32>>;
+/// `xmid = x + o_proj(att)` of layer `li`, with the O adapter (whose tape goes to `lt`), into
+/// `xmid` (`[N, H]`). The forward runs it, and the backward again (after the attention), as
+/// the tape keeps neither: the same code, so the same bits.
+fn xmid_of(
+    cx: &Ctx,
+    w: &[&[f32]],
+    li: &LayerIdx,
+    x: &[f32],
+    att: &[f32],
+    lt: &mut [Option<LoraTape>; 7],
+    xmid: &mut [f32],
+) -> CResult<()> {
+    let d = &cx.d;
+    linear_into(xmid, att, d.rows(), w[li.o], None, d.hidden)?;
+    lora_forward(cx, w, li, &lora_sites(li, &[(Module::O, 0, d.hidden)]), att, xmid, lt)?;
+    add_into(xmid, x);
+    Ok(())
+}
 
+/// Gradient buffers, one per named parameter. A buffer is allocated when its gradient is
+/// written, not up front: the backward frees each layer's tape as it goes, so the gradients of
+/// the layers below reuse that memory. Frozen parameters never get one.
+struct GradBufs {
+    bufs: Vec<Vec<f32>>,
+    trainable: Vec<bool>,
+    /// The gradient of a frozen norm weight, which [`rms_backward`] writes anyway; discarded.
+    scratch: Vec<f32>,
+}
+
+impl GradBufs {
+    /// No buffers yet, for parameters of which `trainable` says which get a gradient.
+    fn new(trainable: &[bool]) -> Self {
+        Self { bufs: vec![Vec::new(); trainable.len()], trainable: trainable.to_vec(), scratch: Vec::new() }
+    }
+
+    /// Whether parameter `p` gets a gradient.
+    fn wants(&self, p: usize) -> bool {
+        self.trainable[p]
+    }
+
+    /// Sets the gradient of `p` (a trainable parameter) to `g`.
+    fn put(&mut self, p: usize, g: Vec<f32>) {
+        self.bufs[p] = g;
+    }
+
+    /// The gradient buffer of `p` for accumulating into: zeros of `len` if not written yet. A
+    /// frozen parameter gets a scratch buffer, whose contents are discarded.
+    fn acc(&mut self, p: usize, len: usize) -> &mut [f32] {
+        let buf = if self.trainable[p] { &mut self.bufs[p] } else { &mut self.scratch };
+        if buf.len() != len {
+            *buf = vec![0f32; len];
+        }
+        buf
+    }
+
+    /// Every trainable parameter's gradient (zeros where none was written), `None` for the
+    /// frozen ones; `len(p)` is the size of parameter `p`.
+    fn finish(self, len: impl Fn(usize) -> usize) -> CResult<Vec<Option<Vec<f32>>>> {
+        let trainable = self.trainable;
+        let mut out = Vec::with_capacity(self.bufs.len());
+        for (p, g) in self.bufs.into_iter().enumerate() {
+            out.push(match (trainable[p], g.len()) {
+                (false, _) => None,
+                (true, 0) => Some(vec![0f32; len(p)]),
+                (true, n) if n == len(p) => Some(g),
+                (true, n) => bail!("hand-written backward: a gradient of {n} for a parameter of {}", len(p)),
+            });
+        }
+        Ok(out)
+    }
+}
+
+/// The backward of [`layer_forward`] for upstream `dout`, consuming the layer's tape (each part
+/// is freed once read): writes the layer's parameter gradients, returns the gradient of its
+/// input. What the tape does not keep is recomputed first, by the forward's own kernels.
 fn layer_backward(
     cx: &Ctx,
     w: &[&[f32]],
     li: &LayerIdx,
-    tp: &LayerTape,
+    tp: LayerTape,
     dout: Vec<f32>,
     gb: &mut GradBufs,
 ) -> CResult<Vec<f32>> {
     let d = &cx.d;
     let (n, l, i2) = (d.rows(), QkvLayout::of(d), 2 * d.inter);
-    // MLP: out = xmid + down(silu(gate) · up), gate and up one stacked projection.
-    weight_grads(&dout, &tp.act, n, &[(li.down, 0, d.hidden)], gb)?;
-    let dact = mm_new(Mat::new(&dout, n, d.hidden), Mat::new(w[li.down], d.hidden, d.inter), true)?;
-    let dgu = swiglu_backward(&tp.gu, d.inter, &dact);
+    let LayerTape { x, rstd1, qkv, lora: mut lt, rstd2, gu } = tp;
+    let (mut att, mut xmid) = (vec![0f32; n * d.q_width()], vec![0f32; n * d.hidden]);
+    let probs = attention::forward(d, cx.pk, &qkv, cx.mask, &mut att)?;
+    xmid_of(cx, w, li, &x, &att, &mut lt, &mut xmid)?;
+    // MLP: out = xmid + down(silu(gate) · up), gate and up one stacked projection. The
+    // activation is recomputed in the pass that turns gu into its gradient, once dact is
+    // complete (the down adapter's dA, which reads it, comes last).
+    let down = lora_sites(li, &[(Module::Down, 0, d.hidden)]);
+    let mut dact = mm_new(Mat::new(&dout, n, d.hidden), Mat::new(w[li.down], d.hidden, d.inter), true)?;
+    let mut dus = Vec::with_capacity(down.len());
+    for s in &down {
+        dus.push(lora_backward_dx(cx, w, li, s, &lt, d.inter, &dout, gb, &mut dact)?);
+    }
+    let mut dgu = gu;
+    let act = swiglu_act_and_backward(&mut dgu, d.inter, &dact);
     drop(dact);
-    weight_grads(&dgu, &tp.xn2, n, &[(li.gate, 0, d.inter), (li.up, d.inter, d.inter)], gb)?;
-    let dxn2 = mm_new(Mat::new(&dgu, n, i2), Mat::new(&stack(&[w[li.gate], w[li.up]]), i2, d.hidden), true)?;
-    drop(dgu);
-    let mut dxmid = rms_backward(&tp.xmid, &tp.rstd2, w[li.ln2], &dxn2, &mut gb[li.ln2]);
+    weight_grads(&dout, &act, n, &[(li.down, 0, d.hidden)], gb)?;
+    for (s, du) in down.iter().zip(&dus) {
+        lora_backward_da(cx, w, li, s, &act, du, gb)?;
+    }
+    drop((act, dus));
+    let xn2 = rms_apply(&xmid, &rstd2, w[li.ln2]);
+    weight_grads(&dgu, &xn2, n, &[(li.gate, 0, d.inter), (li.up, d.inter, d.inter)], gb)?;
+    let mut dxn2 = mm_new(Mat::new(&dgu, n, i2), Mat::new(&stack(&[w[li.gate], w[li.up]]), i2, d.hidden), true)?;
+    lora_backward(cx, w, li, &lora_sites(li, &gate_up_parts(d)), &lt, &xn2, &dgu, gb, &mut dxn2)?;
+    drop((dgu, xn2));
+    let mut dxmid = rms_backward(&xmid, &rstd2, w[li.ln2], &dxn2, gb.acc(li.ln2, d.hidden));
+    drop((dxn2, xmid, rstd2));
     add_into(&mut dxmid, &dout);
     drop(dout);
     // Attention: xmid = x + o_proj(attention(rope(q), rope(k), v)), q/k/v one stacked projection.
-    weight_grads(&dxmid, &tp.att, n, &[(li.o, 0, d.hidden)], gb)?;
-    let datt = mm_new(Mat::new(&dxmid, n, d.hidden), Mat::new(w[li.o], d.hidden, d.q_width()), true)?;
-    let mut dqkv = attention::backward(d, cx.pk, &tp.qkv, &tp.probs, cx.mask, &datt)?;
-    drop(datt);
+    weight_grads(&dxmid, &att, n, &[(li.o, 0, d.hidden)], gb)?;
+    let mut datt = mm_new(Mat::new(&dxmid, n, d.hidden), Mat::new(w[li.o], d.hidden, d.q_width()), true)?;
+    let o = lora_sites(li, &[(Module::O, 0, d.hidden)]);
+    lora_backward(cx, w, li, &o, &lt, &att, &dxmid, gb, &mut datt)?;
+    drop(att);
+    let mut dqkv = attention::backward(d, cx.pk, &qkv, &probs, cx.mask, &datt)?;
+    drop((datt, probs, qkv));
     rope_inplace(&mut dqkv, l.width, l.v, cx.cos, cx.sin, d.head_dim, true);
-    let (wqkv, _) = qkv_weights(w, li);
     let (kw, h) = (d.kv_width(), d.hidden);
-    weight_grads(&dqkv, &tp.xn1, n, &[(li.q, 0, l.k), (li.k, l.k, kw), (li.v, l.v, kw)], gb)?;
+    let xn1 = rms_apply(&x, &rstd1, w[li.ln1]);
+    weight_grads(&dqkv, &xn1, n, &[(li.q, 0, l.k), (li.k, l.k, kw), (li.v, l.v, kw)], gb)?;
     if let (Some(bq), Some(bk), Some(bv)) = (li.bq, li.bk, li.bv) {
-        let mut db = vec![0f32; l.width];
-        column_sums(&dqkv, l.width, &mut db);
-        unstack(&db, &[(bq, 0), (bk, l.k), (bv, l.v)], gb);
+        if gb.wants(bq) {
+            let mut db = vec![0f32; l.width];
+            column_sums(&dqkv, l.width, &mut db);
+            unstack(&db, &[(bq, 0), (bk, l.k), (bv, l.v)], w, gb);
+        }
     }
-    let dxn1 = mm_new(Mat::new(&dqkv, n, l.width), Mat::new(&wqkv, l.width, h), true)?;
-    let mut dx = rms_backward(&tp.x, &tp.rstd1, w[li.ln1], &dxn1, &mut gb[li.ln1]);
+    let wqkv = stack(&qkv_parts_of(w, li));
+    let mut dxn1 = mm_new(Mat::new(&dqkv, n, l.width), Mat::new(&wqkv, l.width, h), true)?;
+    drop(wqkv);
+    lora_backward(cx, w, li, &lora_sites(li, &qkv_parts(d)), &lt, &xn1, &dqkv, gb, &mut dxn1)?;
+    drop((dqkv, xn1));
+    let mut dx = rms_backward(&x, &rstd1, w[li.ln1], &dxn1, gb.acc(li.ln1, d.hidden));
     add_into(&mut dx, &dxmid);
     Ok(dx)
 }
 
 /// Copies blocks of a stacked gradient into the parameters' buffers: `(parameter, offset)`,
-/// each parameter taking as many elements as its buffer holds.
-fn unstack(stacked: &[f32], parts: &[(usize, usize)], gb: &mut GradBufs) {
+/// each parameter taking as many elements as it has (`w`).
+fn unstack(stacked: &[f32], parts: &[(usize, usize)], w: &[&[f32]], gb: &mut GradBufs) {
     for &(param, off) in parts {
-        let len = gb[param].len();
-        gb[param].copy_from_slice(&stacked[off..off + len]);
+        gb.put(param, stacked[off..off + w[param].len()].to_vec());
     }
 }
 
@@ -493,7 +877,10 @@ struct Tape {
     d: Dims,
     pk: Packing,
     params: Vec<(String, Tensor)>,
+    /// Whether each parameter gets a gradient (a LoRA model trains only its adapters).
+    trainable: Vec<bool>,
     idx: ParamIdx,
+    lora: Option<LoraCx>,
     /// Token ids of the packed rows.
     ids: Vec<u32>,
     /// The attention mask `[B, T]` (not packed).
@@ -506,8 +893,8 @@ struct Tape {
     rstd_final: Vec<f32>,
     /// Final normed hidden states of the span rows, `[M, H]`.
     h_span: Vec<f32>,
-    /// Logits of the span rows `[M, V]`.
-    logits: Vec<f32>,
+    /// The log-sum-exp of each span row's logits (the logits themselves are not kept: the
+    /// backward recomputes them, a block of rows at a time).
     lse: Vec<f32>,
     targets: Vec<u32>,
     start: usize,
@@ -562,11 +949,22 @@ pub fn forward(
     };
     let targets = token_ids(targets, d.vocab, "target")?;
     let (cos, sin) = model.rope_tables(position_ids)?;
+    // Seeded from the unpacked batch, like `Transformer::dropout_seed`: without shared prefixes
+    // both paths draw the same masks.
+    let drop_seed = model.lora().map_or(0, |l| lora::forward_seed(&ids, l.init_seed));
     let src = pk.sources();
     let ids = gather_rows(&ids, 1, &src);
     let cos = gather_rows(&cos.flatten_all()?.to_vec1::<f32>()?, d.head_dim, &src);
     let sin = gather_rows(&sin.flatten_all()?.to_vec1::<f32>()?, d.head_dim, &src);
-    let params = model.named_parameters();
+    let mut params = model.named_parameters();
+    let base = params.len();
+    params.extend(model.adapter_parameters());
+    let trainable: Vec<bool> = (0..params.len()).map(|i| model.lora().is_none() || i >= base).collect();
+    let lora = model.lora().map(|l| LoraCx {
+        scale: l.scale() as f32,
+        dropout: if model.mode() == crate::exec::Mode::Train { l.dropout } else { 0.0 },
+        seed: drop_seed,
+    });
     let names: Vec<String> = params.iter().map(|(n, _)| n.clone()).collect();
     let idx = ParamIdx::build(&names, cfg.num_hidden_layers)?;
     let tensors: Vec<Tensor> = params.iter().map(|(_, t)| t.clone()).collect();
@@ -574,7 +972,9 @@ pub fn forward(
         d,
         pk,
         params,
+        trainable,
         idx,
+        lora,
         ids,
         mask,
         cos,
@@ -583,7 +983,6 @@ pub fn forward(
         x_last: Vec::new(),
         rstd_final: Vec::new(),
         h_span: Vec::new(),
-        logits: Vec::new(),
         lse: Vec::new(),
         targets,
         start,
@@ -629,10 +1028,11 @@ fn run_forward(tape: &mut Tape, w: &[&[f32]]) -> CResult<(Vec<f32>, Vec<f32>)> {
     x.par_chunks_mut(h).zip(tape.ids.par_iter()).for_each(|(row, &id)| {
         row.copy_from_slice(&embed[id as usize * h..(id as usize + 1) * h]);
     });
-    let cx = Ctx { d, pk: &tape.pk, mask: &tape.mask, cos: &tape.cos, sin: &tape.sin };
+    let cx = Ctx { d, pk: &tape.pk, mask: &tape.mask, cos: &tape.cos, sin: &tape.sin, lora: tape.lora };
     let mut layers = Vec::with_capacity(tape.idx.layers.len());
+    let mut scratch = Scratch::new(&d, d.batch * tape.len);
     for li in &tape.idx.layers {
-        let (out, lt) = layer_forward(&cx, w, li, x)?;
+        let (out, lt) = layer_forward(&cx, w, li, x, scratch.layer(&d))?;
         layers.push(lt);
         x = out;
     }
@@ -640,13 +1040,8 @@ fn run_forward(tape: &mut Tape, w: &[&[f32]]) -> CResult<(Vec<f32>, Vec<f32>)> {
     let h_span = span_rows(&xf, &d, &tape.pk, tape.start, tape.len);
     drop(xf);
     let m = d.batch * tape.len;
-    let logits = mm_new(Mat::new(&h_span, m, h), Mat::new(w[tape.idx.head], d.vocab, h).t(), true)?;
-    let stats: Vec<(f32, f32, f32)> = logits
-        .par_chunks(d.vocab)
-        .zip(tape.targets.par_iter())
-        .with_min_len(grain(d.vocab))
-        .map(|(z, &tgt)| rows::logprob_row(z, tgt as usize))
-        .collect();
+    let stats = head_forward(&h_span, w[tape.idx.head], &tape.targets, &d, head_block_rows(d.vocab), &mut scratch.buf)?;
+    drop(scratch);
     let mut logps = Vec::with_capacity(m);
     let mut entropy = Vec::with_capacity(m);
     let mut lse = Vec::with_capacity(m);
@@ -659,7 +1054,6 @@ fn run_forward(tape: &mut Tape, w: &[&[f32]]) -> CResult<(Vec<f32>, Vec<f32>)> {
     tape.x_last = x;
     tape.rstd_final = rstd_final;
     tape.h_span = h_span;
-    tape.logits = logits;
     tape.lse = lse;
     Ok((logps, entropy))
 }
@@ -677,12 +1071,105 @@ fn span_rows(x: &[f32], d: &Dims, pk: &Packing, start: usize, len: usize) -> Vec
     out
 }
 
+/// Bytes of logits per block of span rows in the head: the logits `[M, V]` (200 MB for
+/// SmolLM2's vocabulary and a GRPO step of 16 × 64 completion tokens) never exist at once.
+/// Small in unit tests, so that their batches span several blocks.
+const HEAD_BLOCK_BYTES: usize = if cfg!(test) { 1 << 12 } else { 1 << 25 };
+
+/// The most rows of a block of the head for a vocabulary of `vocab`: `HEAD_BLOCK_BYTES` of
+/// logits, and at least 4.
+fn head_block_rows(vocab: usize) -> usize {
+    (HEAD_BLOCK_BYTES / (4 * vocab.max(1))).max(4)
+}
+
+/// Splits `n` rows into blocks of at most `max` rows (at least 4), as even as possible:
+/// `(first, rows)` of each. No block of a split has a single row (as long as `n > 1`): gemm
+/// computes a one-row product by another kernel, whose sums round differently.
+fn head_blocks(n: usize, max: usize) -> impl Iterator<Item = (usize, usize)> {
+    let count = n.div_ceil(max.max(4)).max(1);
+    let (base, extra) = (n / count, n % count);
+    (0..count).map(move |b| (b * base + b.min(extra), base + usize::from(b < extra))).filter(|&(_, len)| len > 0)
+}
+
+/// The head over the final normed span rows `h_span` (`[M, H]`), in blocks of at most
+/// `block_rows` rows (the block's logits in `z`, grown if short): `(log p(target), entropy,
+/// log-sum-exp)` of each row.
+fn head_forward(
+    h_span: &[f32],
+    w_head: &[f32],
+    targets: &[u32],
+    d: &Dims,
+    block_rows: usize,
+    z: &mut Vec<f32>,
+) -> CResult<Vec<(f32, f32, f32)>> {
+    let (h, v) = (d.hidden, d.vocab);
+    let m = targets.len();
+    let mut stats = Vec::with_capacity(m);
+    for (r0, n) in head_blocks(m, block_rows) {
+        z.resize(z.len().max(n * v), 0f32);
+        let zb = &mut z[..n * v];
+        mm(zb, 0, v, Mat::new(h_span, m, h).sub((r0, r0 + n), (0, h)), Mat::new(w_head, v, h).t(), false, true)?;
+        stats.par_extend(
+            zb.par_chunks(v)
+                .zip(targets[r0..r0 + n].par_iter())
+                .with_min_len(grain(v))
+                .map(|(zr, &t)| rows::logprob_row(zr, t as usize)),
+        );
+    }
+    Ok(stats)
+}
+
+/// The head's backward for `dl` = d loss / d log p(target) of each span row: the head's
+/// gradient (when trainable), and d loss / d h of the span rows written into their packed rows
+/// of `dxf` (`[N, H]`, zero elsewhere). Only rows with `dl ≠ 0` are computed (padding has none;
+/// nor has a GRPO group whose rewards are all equal). Their logits are recomputed a block at a
+/// time by the forward's gemm — the same bits: a row's logits do not depend on the other rows
+/// of its product ([`head_blocks`]) — and turned into `dz = dl · (onehot − softmax)` in place.
+/// The head's gradient sums the blocks in order (deterministic, though not the bits of one
+/// product over all rows).
+fn head_backward(tape: &Tape, w: &[&[f32]], dl: &[f32], gb: &mut GradBufs, dxf: &mut [f32]) -> CResult<()> {
+    let d = tape.d;
+    let (h, v, head) = (d.hidden, d.vocab, tape.idx.head);
+    let mut live: Vec<usize> = (0..dl.len()).filter(|&r| dl[r] != 0.0).collect();
+    if live.len() == 1 && dl.len() > 1 {
+        // Not a one-row product (see `head_blocks`): a second row, whose dz is 0, comes along.
+        live.push(usize::from(live[0] == 0));
+    }
+    let wh = Mat::new(w[head], v, h);
+    let mut z = Vec::new();
+    for (bi, (r0, n)) in head_blocks(live.len(), head_block_rows(v)).enumerate() {
+        let rs = &live[r0..r0 + n];
+        let hb = gather_rows(&tape.h_span, h, rs);
+        z.resize(z.len().max(n * v), 0f32);
+        let zb = &mut z[..n * v];
+        mm(zb, 0, v, Mat::new(&hb, n, h), wh.t(), false, true)?;
+        // log p(target) = z[target] − lse: dz = dl · (onehot − softmax).
+        zb.par_chunks_mut(v).zip(rs.par_iter()).with_min_len(grain(v)).for_each(|(zr, &r)| {
+            if dl[r] != 0.0 {
+                rows::logprob_backward_row_in_place(zr, tape.lse[r], tape.targets[r] as usize, dl[r]);
+            } else {
+                zr.fill(0.0);
+            }
+        });
+        let dz = Mat::new(zb, n, v);
+        if gb.wants(head) {
+            mm(gb.acc(head, v * h), 0, h, dz.t(), Mat::new(&hb, n, h), bi > 0, true)?;
+        }
+        let dh = mm_new(dz, wh, true)?;
+        for (row, &r) in dh.chunks(h).zip(rs) {
+            let to = tape.pk.row(r / tape.len, tape.start + r % tape.len) * h;
+            dxf[to..to + h].copy_from_slice(row);
+        }
+    }
+    Ok(())
+}
+
 impl TrainForward {
     /// Parameter gradients `(HF name, gradient)` of a loss whose gradient with respect to
     /// [`TrainForward::logps`] is `dlogps` (`[B, L]`).
     pub fn backward(self, dlogps: &Tensor) -> Result<Vec<(String, Tensor)>> {
         let dl = dlogps.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
-        let tape = self.tape;
+        let mut tape = self.tape;
         if dl.len() != tape.d.batch * tape.len {
             return Err(invalid(format!(
                 "hand-written backward: {} log-prob gradients for a {}×{} span",
@@ -691,49 +1178,54 @@ impl TrainForward {
                 tape.len
             )));
         }
+        // The backward consumes the activations (each freed once read); the rest is borrowed.
+        let acts = Activations { layers: std::mem::take(&mut tape.layers), x_last: std::mem::take(&mut tape.x_last) };
         let tensors: Vec<&Tensor> = tape.params.iter().map(|(_, t)| t).collect();
-        let bufs = crate::cpu::autograd::cpu_slices(&tensors, |w| run_backward(&tape, w, &dl))??;
+        let bufs = crate::cpu::autograd::cpu_slices(&tensors, |w| run_backward(&tape, acts, w, &dl))??;
         let mut out = Vec::with_capacity(bufs.len());
         for ((name, t), g) in tape.params.iter().zip(bufs) {
-            out.push((name.clone(), Tensor::from_vec(g, t.shape(), t.device())?));
+            if let Some(g) = g {
+                out.push((name.clone(), Tensor::from_vec(g, t.shape(), t.device())?));
+            }
         }
         Ok(out)
     }
 }
 
-fn run_backward(tape: &Tape, w: &[&[f32]], dl: &[f32]) -> CResult<GradBufs> {
+/// The large activations of a [`Tape`], handed to [`run_backward`] to consume.
+struct Activations {
+    layers: Vec<LayerTape>,
+    x_last: Vec<f32>,
+}
+
+/// The backward of [`run_forward`] for `dl` = d loss / d log-probs: every trainable parameter's
+/// gradient (`None` for the frozen ones), in the order of `tape.params`. Each activation is
+/// freed once read, so memory falls as the backward goes down the layers.
+fn run_backward(tape: &Tape, acts: Activations, w: &[&[f32]], dl: &[f32]) -> CResult<Vec<Option<Vec<f32>>>> {
     let d = tape.d;
-    let (h, v, m) = (d.hidden, d.vocab, d.batch * tape.len);
-    let mut gb: GradBufs = w.iter().map(|p| vec![0f32; p.len()]).collect();
-    // log p(target) = z[target] − lse: dz = dl · (onehot − softmax).
-    let mut dz = vec![0f32; m * v];
-    dz.par_chunks_mut(v).zip(tape.logits.par_chunks(v)).enumerate().with_min_len(grain(v)).for_each(|(r, (dr, zr))| {
-        if dl[r] != 0.0 {
-            rows::logprob_backward_row(zr, tape.lse[r], tape.targets[r] as usize, dl[r], dr);
-        }
-    });
-    let head = tape.idx.head;
-    mm(&mut gb[head], 0, h, Mat::new(&dz, m, v).t(), Mat::new(&tape.h_span, m, h), false, true)?;
-    let dh_span = mm_new(Mat::new(&dz, m, v), Mat::new(w[head], v, h), true)?;
-    drop(dz);
+    let h = d.hidden;
+    let Activations { mut layers, x_last } = acts;
+    let mut gb = GradBufs::new(&tape.trainable);
     let mut dxf = vec![0f32; d.rows() * h];
-    for b in (0..d.batch).filter(|_| tape.len > 0) {
-        let to = tape.pk.row(b, tape.start) * h;
-        dxf[to..to + tape.len * h].copy_from_slice(&dh_span[b * tape.len * h..(b + 1) * tape.len * h]);
-    }
-    let mut dx = rms_backward(&tape.x_last, &tape.rstd_final, w[tape.idx.norm], &dxf, &mut gb[tape.idx.norm]);
-    drop(dxf);
-    let cx = Ctx { d, pk: &tape.pk, mask: &tape.mask, cos: &tape.cos, sin: &tape.sin };
-    for (li, lt) in tape.idx.layers.iter().zip(&tape.layers).rev() {
+    head_backward(tape, w, dl, &mut gb, &mut dxf)?;
+    let norm = tape.idx.norm;
+    let mut dx = rms_backward(&x_last, &tape.rstd_final, w[norm], &dxf, gb.acc(norm, h));
+    drop((dxf, x_last));
+    let cx = Ctx { d, pk: &tape.pk, mask: &tape.mask, cos: &tape.cos, sin: &tape.sin, lora: tape.lora };
+    for li in tape.idx.layers.iter().rev() {
+        let Some(lt) = layers.pop() else { bail!("hand-written backward: the tape of layer {} is missing", li.layer) };
         dx = layer_backward(&cx, w, li, lt, dx, &mut gb)?;
     }
     // Embedding rows, in token order (deterministic); added to the head's gradient when tied.
-    let embed = &mut gb[tape.idx.embed];
-    for (row, &id) in dx.chunks(h).zip(&tape.ids) {
-        let dst = &mut embed[id as usize * h..(id as usize + 1) * h];
-        dst.iter_mut().zip(row).for_each(|(a, &g)| *a += g);
+    let embed = tape.idx.embed;
+    if gb.wants(embed) {
+        let buf = gb.acc(embed, w[embed].len());
+        for (row, &id) in dx.chunks(h).zip(&tape.ids) {
+            let dst = &mut buf[id as usize * h..(id as usize + 1) * h];
+            dst.iter_mut().zip(row).for_each(|(a, &g)| *a += g);
+        }
     }
-    Ok(gb)
+    gb.finish(|p| w[p].len())
 }
 
 mod attention;

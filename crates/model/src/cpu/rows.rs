@@ -107,9 +107,23 @@ multiversion! {
     /// RMSNorm of one row: `y = x · rstd · w`; returns `rstd = 1 / √(mean x² + eps)`.
     pub(crate) fn rms_row(x: &[f32], w: &[f32], eps: f32, y: &mut [f32]) -> f32 {
         let r = 1.0 / (dot(x, x) / x.len() as f32 + eps).sqrt();
-        y.iter_mut().zip(x).zip(w).for_each(|((o, &xv), &wv)| *o = xv * r * wv);
+        rms_scale(x, w, r, y);
         r
     }
+}
+
+multiversion! {
+    /// [`rms_row`] with its `rstd` already known: `y = x · r · w`, the same bits (a backward
+    /// recomputes the normed row from the input and the kept `rstd` instead of keeping it).
+    pub(crate) fn rms_scale_row(x: &[f32], w: &[f32], r: f32, y: &mut [f32]) {
+        rms_scale(x, w, r, y);
+    }
+}
+
+/// `y = x · r · w`, element-wise (the one expression [`rms_row`] and [`rms_scale_row`] share).
+#[inline(always)]
+fn rms_scale(x: &[f32], w: &[f32], r: f32, y: &mut [f32]) {
+    y.iter_mut().zip(x).zip(w).for_each(|((o, &xv), &wv)| *o = xv * r * wv);
 }
 
 multiversion! {
@@ -177,6 +191,21 @@ multiversion! {
 }
 
 multiversion! {
+    /// [`swiglu_row`] and [`swiglu_backward_row`] in one pass, for a backward that did not keep
+    /// the activation: writes `act = silu(gate) · up`, and `gate` and `up` become `dgate` and
+    /// `dup` for upstream `d` — the same bits as the two kernels.
+    pub(crate) fn swiglu_act_and_backward_row(gate: &mut [f32], up: &mut [f32], d: &[f32], act: &mut [f32]) {
+        for (((gr, ur), &dv), a) in gate.iter_mut().zip(up.iter_mut()).zip(d).zip(act.iter_mut()) {
+            let (g, u) = (*gr, *ur);
+            let s = sigmoid(g);
+            *a = g * s * u;
+            *ur = dv * g * s;
+            *gr = dv * u * s * (1.0 + g * (1.0 - s));
+        }
+    }
+}
+
+multiversion! {
     /// Softmax of `scale · row` over the keys query `i` may see (`j ≤ i`, `valid[j] > 0.5`);
     /// zero elsewhere (and everywhere when it may see none, as for left padding).
     pub(crate) fn masked_softmax_row(row: &mut [f32], i: usize, valid: &[f32], scale: f32) {
@@ -226,15 +255,34 @@ fn softmax_in_place(live: &mut [f32]) {
 
 /// RMSNorm rows of `x` (`[rows, d]`): returns `(x · rstd · w, rstd)`.
 pub(crate) fn rms_forward(x: &[f32], w: &[f32], eps: f32) -> (Vec<f32>, Vec<f32>) {
-    let d = w.len();
     let mut y = vec![0f32; x.len()];
+    let rstd = rms_forward_into(x, w, eps, &mut y);
+    (y, rstd)
+}
+
+/// [`rms_forward`] into `y` (as long as `x`): writes `x · rstd · w`, returns `rstd`.
+pub(crate) fn rms_forward_into(x: &[f32], w: &[f32], eps: f32, y: &mut [f32]) -> Vec<f32> {
+    let d = w.len();
     let mut rstd = vec![0f32; x.len() / d];
     y.par_chunks_mut(d)
         .zip(x.par_chunks(d))
         .zip(rstd.par_iter_mut())
         .with_min_len(grain(d))
         .for_each(|((yr, xr), r)| *r = rms_row(xr, w, eps, yr));
-    (y, rstd)
+    rstd
+}
+
+/// The RMSNorm of rows of `x` (`[rows, d]`) whose `rstd` [`rms_forward`] returned: the same
+/// `x · rstd · w`, bit for bit, without the reduction.
+pub(crate) fn rms_apply(x: &[f32], rstd: &[f32], w: &[f32]) -> Vec<f32> {
+    let d = w.len();
+    let mut y = vec![0f32; x.len()];
+    y.par_chunks_mut(d)
+        .zip(x.par_chunks(d))
+        .zip(rstd.par_iter())
+        .with_min_len(grain(d))
+        .for_each(|((yr, xr), &r)| rms_scale_row(xr, w, r, yr));
+    y
 }
 
 /// The backward of [`rms_forward`] for upstream `g`: returns `dx`, writes `dw` (summed over row
@@ -310,6 +358,17 @@ multiversion! {
     }
 }
 
+multiversion! {
+    /// [`logprob_backward_row`] in place: `z` (one row of logits) becomes its gradient
+    /// `g · (onehot(target) − softmax(z))`, the same bits.
+    pub(crate) fn logprob_backward_row_in_place(z: &mut [f32], lse: f32, target: usize, g: f32) {
+        z.iter_mut().for_each(|x| *x = -g * exp(*x - lse));
+        if let Some(t) = z.get_mut(target) {
+            *t += g;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::cell::Cell;
@@ -332,6 +391,7 @@ mod tests {
         (base, f())
     }
 
+    /// The bit patterns of `v`, to compare floats exactly.
     fn bits(v: &[f32]) -> Vec<u32> {
         v.iter().map(|x| x.to_bits()).collect()
     }
@@ -356,6 +416,10 @@ mod tests {
             swiglu_row(&g, &u, &mut act);
             let (mut dg, mut du) = (vec![0f32; n], vec![0f32; n]);
             swiglu_backward_row(&g, &u, &x, &mut dg, &mut du);
+            let (mut dg_fused, mut du_fused, mut act_fused) = (g.clone(), u.clone(), vec![0f32; n]);
+            swiglu_act_and_backward_row(&mut dg_fused, &mut du_fused, &x, &mut act_fused);
+            assert_eq!(bits(&act), bits(&act_fused));
+            assert_eq!((bits(&dg), bits(&du)), (bits(&dg_fused), bits(&du_fused)));
             let mut p = z.clone();
             masked_softmax_row(&mut p, 60, &valid, 0.125);
             let mut pb = z.clone();
@@ -365,6 +429,12 @@ mod tests {
             let (lp, ent, lse) = logprob_row(&z, 3);
             let mut dz = vec![0f32; n];
             logprob_backward_row(&z, lse, 3, -0.25, &mut dz);
+            let mut dz_in_place = z.clone();
+            logprob_backward_row_in_place(&mut dz_in_place, lse, 3, -0.25);
+            assert_eq!(bits(&dz), bits(&dz_in_place));
+            let mut y_again = vec![0f32; n];
+            rms_scale_row(&x, &w, r, &mut y_again);
+            assert_eq!(bits(&y), bits(&y_again));
             let scalars = vec![r, lp, ent, lse, exp(-3.3), exp(40.0)];
             [y, dx, part, head, act, dg, du, p, pb, dp, dz, scalars].concat()
         });

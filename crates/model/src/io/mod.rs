@@ -7,6 +7,7 @@
 //! against the config, it becomes a trainable `Var` in a fresh `VarMap`, and the transformer is
 //! built from that map. Errors name the file and the tensor or field.
 
+mod adapter;
 mod gguf;
 mod gguf_scan;
 mod hf;
@@ -28,6 +29,7 @@ use crate::exec::{ExecPlan, ExecRequest};
 use crate::tokenizer::AhaTokenizer;
 use crate::transformer::Transformer;
 
+pub use adapter::{adapter_base, is_adapter_dir, read_adapter, save_adapter, ADAPTER_CONFIG, ADAPTER_WEIGHTS};
 pub use gguf::{hf_to_gguf_name, load_gguf, read_gguf_config, unpermute_qk};
 pub use hf::load_hf_dir;
 pub use hub::{resolve_hub_repo, resolve_hub_repo_in, resolve_hub_repo_with, HubOptions, DEFAULT_HF_ENDPOINT};
@@ -127,8 +129,19 @@ impl std::fmt::Debug for LoadedModel {
 /// Loads a model from any [`ModelSpec`] onto the requested device, with parameters in the
 /// requested dtype (GGUF tensors are dequantised) and the execution plan decided for it
 /// ([`crate::exec::ExecPlan::decide`], before any weight is read).
+///
+/// A PEFT adapter directory (with `adapter_config.json` and no `config.json`) loads its
+/// `base_model_name_or_path` with the adapter on top, as `peft`'s `AutoPeftModel` does.
 pub fn load_model(spec: &ModelSpec, exec: &ExecRequest) -> Result<LoadedModel> {
     match spec {
+        ModelSpec::HfDir(dir) if is_adapter_dir(dir) && !dir.join(hf::CONFIG_JSON).is_file() => {
+            let base = adapter_base(dir)?.ok_or_else(|| ModelError::Config {
+                path: dir.join(ADAPTER_CONFIG),
+                field: "base_model_name_or_path".into(),
+                reason: "is empty: pass the base model with --model and this directory with --adapter".into(),
+            })?;
+            load_with_adapter(&ModelSpec::parse(&base), Some(dir), exec)
+        }
         ModelSpec::HfDir(dir) => load_hf_dir(dir, exec),
         ModelSpec::Gguf { file, tokenizer_dir } => load_gguf(file, tokenizer_dir.as_deref(), exec),
         ModelSpec::HubRepo { repo_id, revision } => {
@@ -136,6 +149,15 @@ pub fn load_model(spec: &ModelSpec, exec: &ExecRequest) -> Result<LoadedModel> {
             load_hf_dir(&dir, exec)
         }
     }
+}
+
+/// Loads `spec` and, when given, a PEFT adapter directory on top of it (`--adapter`).
+pub fn load_with_adapter(spec: &ModelSpec, adapter: Option<&Path>, exec: &ExecRequest) -> Result<LoadedModel> {
+    let mut lm = load_model(spec, exec)?;
+    if let Some(dir) = adapter {
+        lm.load_adapter(dir)?;
+    }
+    Ok(lm)
 }
 
 /// Where weight sources put what they read (files are read, GGUF blocks dequantised, fresh

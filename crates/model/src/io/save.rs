@@ -54,13 +54,19 @@ pub fn save_parts_with(
     tokenizer: &AhaTokenizer,
     extra: &serde_json::Map<String, Json>,
 ) -> Result<()> {
+    write_dir_atomically(dir, |tmp| write_contents(tmp, config, tensors, tokenizer, extra))
+}
+
+/// Creates `dir` atomically with what `fill` writes into a temporary sibling (see the module
+/// docs): fsync'ed, renamed into place, an existing `dir` replaced only once the new one is whole.
+pub(crate) fn write_dir_atomically(dir: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
     let tmp = sibling(dir, "tmp")?;
     let io = |path: &Path| {
         let path = path.to_path_buf();
         move |source| ModelError::Io { path, source }
     };
     std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
-    let written = write_contents(&tmp, config, tensors, tokenizer, extra).and_then(|()| sync_dir_files(&tmp));
+    let written = fill(&tmp).and_then(|()| sync_dir_files(&tmp));
     if let Err(e) = written {
         let _ = std::fs::remove_dir_all(&tmp);
         return Err(e);
@@ -142,14 +148,14 @@ fn generation_config(config: &ModelConfig, tokenizer: &AhaTokenizer) -> Json {
     g
 }
 
-fn write_json(path: &Path, v: &Json) -> Result<()> {
+pub(crate) fn write_json(path: &Path, v: &Json) -> Result<()> {
     let text =
         serde_json::to_string_pretty(v).map_err(|source| ModelError::Json { path: path.to_path_buf(), source })?;
     write_file(path, text.as_bytes())
 }
 
 /// Writes tensors with the `{"format": "pt"}` metadata `transformers` requires.
-fn write_safetensors(path: &Path, tensors: &[(String, Tensor)]) -> Result<()> {
+pub(crate) fn write_safetensors(path: &Path, tensors: &[(String, Tensor)]) -> Result<()> {
     let contiguous =
         tensors.iter().map(|(n, t)| Ok((n.clone(), t.contiguous()?))).collect::<Result<Vec<(String, Tensor)>>>()?;
     let metadata: HashMap<String, String> = [("format".to_string(), "pt".to_string())].into();

@@ -158,9 +158,40 @@ pub fn load_sequence_classifier(
     })
 }
 
-/// Writes the classifier as a Hugging Face sequence-classification directory, atomically.
+impl SequenceClassifier {
+    /// LoRA on the body: fresh adapters (the only trainable body parameters, the base frozen)
+    /// and the score head trained in full, as PEFT's `modules_to_save = ["score"]`.
+    pub fn apply_lora(&mut self, lora: &crate::lora::LoraConfig, origin: &str) -> Result<()> {
+        let modules = lora.validate(origin)?;
+        let set = crate::lora::init_adapters(&self.config, lora, &modules)?;
+        let (dtype, device) = (self.backbone.dtype(), self.backbone.device().clone());
+        let varmap = VarMap::new();
+        let mut vars = crate::lora::AdapterSet::new();
+        {
+            let mut data = lock(&varmap)?;
+            for ((l, m), pair) in set {
+                let a = Var::from_tensor(&pair.a.to_dtype(dtype)?.to_device(&device)?)?;
+                let b = Var::from_tensor(&pair.b.to_dtype(dtype)?.to_device(&device)?)?;
+                vars.insert((l, m), crate::lora::AdapterPair { a: a.as_tensor().clone(), b: b.as_tensor().clone() });
+                data.insert(crate::lora::peft_key(l, m, 'A'), a);
+                data.insert(crate::lora::peft_key(l, m, 'B'), b);
+            }
+            let score = lock(&self.varmap)?.remove(SCORE_WEIGHT);
+            if let Some(score) = score {
+                data.insert(SCORE_WEIGHT.to_string(), score);
+            }
+        }
+        self.backbone = self.backbone.with_adapters(lora, vars)?;
+        self.varmap = varmap;
+        Ok(())
+    }
+}
+
+/// Writes the classifier as a Hugging Face sequence-classification directory, atomically (a
+/// body with LoRA adapters is saved merged: a plain classifier any tool loads).
 pub fn save_sequence_classifier(dir: &Path, m: &SequenceClassifier) -> Result<()> {
-    let mut tensors = m.backbone.named_parameters();
+    let body = if m.backbone.lora().is_some() { m.backbone.merged()? } else { m.backbone.clone() };
+    let mut tensors = body.named_parameters();
     tensors.push((SCORE_WEIGHT.to_string(), m.score.clone()));
     let mut extra = Map::new();
     extra.insert("architectures".into(), json!([seq_cls_class(m.config.arch)]));

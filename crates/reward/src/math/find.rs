@@ -108,11 +108,15 @@ fn is_prose(text: &str) -> bool {
     false
 }
 
-/// Joins span `last` with the spans before it while the gaps are mere separators.
-/// Spans are `(start, end, content_start, content_end)`.
+/// Most spans joined into one answer: bounds the work on a text of many adjacent spans, which
+/// would otherwise make [`candidates`] quadratic.
+const MAX_JOINED: usize = 64;
+
+/// Joins span `last` with the spans before it (at most [`MAX_JOINED`] in all) while the gaps are
+/// mere separators. Spans are `(start, end, content_start, content_end)`.
 fn join_back(text: &str, spans: &[(usize, usize, usize, usize)], last: usize) -> String {
     let mut first = last;
-    while first > 0 && is_separator_gap(&text[spans[first - 1].1..spans[first].0]) {
+    while first > 0 && last - first + 1 < MAX_JOINED && is_separator_gap(&text[spans[first - 1].1..spans[first].0]) {
         first -= 1;
     }
     spans[first..=last].iter().map(|s| text[s.2..s.3].trim()).collect::<Vec<_>>().join(", ")
@@ -277,5 +281,13 @@ mod tests {
         assert!(candidates("AZYUK2A").is_empty());
         assert_eq!(candidates("10/9"), vec!["10/9", "10/9"]);
         assert!(candidates("Answer $ \n 9 \n $").is_empty());
+    }
+
+    #[test]
+    fn many_adjacent_spans_stay_linear() {
+        let started = std::time::Instant::now();
+        let boxes = candidates(&"$1$ ".repeat(30_000));
+        assert!(started.elapsed().as_secs_f64() < 5.0, "took {:?}", started.elapsed());
+        assert_eq!(boxes[0].matches('1').count(), super::MAX_JOINED);
     }
 }

@@ -29,7 +29,7 @@ pub mod normalize;
 pub mod parser;
 pub mod simplify;
 
-use crate::extract::final_answer;
+use crate::extract::AnswerExtraction;
 use crate::registry::Reward;
 use crate::sample::{Sample, Score};
 use compare::Cmp;
@@ -125,8 +125,8 @@ pub fn parse_answer(text: &str, opts: &MathOptions) -> Result<Vec<(Node, String)
     Err(last_err)
 }
 
-/// The math accuracy reward: 1 when the final answer (see [`crate::extract`]) is equivalent to the
-/// gold answer, else 0. Policy: no answer, or an answer that exhausts the budget, scores 0 (the policy
+/// The math accuracy reward: 1 when the final answer (see [`crate::extract`], under the run's
+/// [`AnswerExtraction`]) is equivalent to the gold answer, else 0. Policy: no answer, or an answer that exhausts the budget, scores 0 (the policy
 /// is responsible for a judgeable answer); an unparseable gold answer is unscorable.
 pub struct MathReward {
     opts: MathOptions,
@@ -141,10 +141,14 @@ impl MathReward {
 
 impl Reward for MathReward {
     fn score(&self, sample: &Sample) -> Score {
-        let Ok(answer) = final_answer(&sample.completion) else {
+        self.score_with(sample, AnswerExtraction::R1)
+    }
+
+    fn score_with(&self, sample: &Sample, extraction: AnswerExtraction) -> Score {
+        let Ok(answer) = extraction.final_answer(&sample.completion) else {
             return Score::Value(0.0);
         };
-        match math_equal_with(&sample.answer, answer, &self.opts) {
+        match math_equal_with(&sample.answer, &answer, &self.opts) {
             Verdict::Equal => Score::Value(1.0),
             Verdict::NotEqual | Verdict::Undecided(_) => Score::Value(0.0),
             Verdict::BadGold(why) => Score::unscorable(format!("gold answer: {why}")),

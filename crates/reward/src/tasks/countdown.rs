@@ -14,7 +14,7 @@
 //! assert_eq!(check("25 * 4 - 5 * 3", &[3, 4, 5, 25], 83), Ok(false));
 //! ```
 
-use crate::extract::final_answer;
+use crate::extract::AnswerExtraction;
 use crate::registry::Reward;
 use crate::sample::{Sample, Score};
 use num_bigint::BigInt;
@@ -26,16 +26,20 @@ pub struct CountdownReward;
 
 impl Reward for CountdownReward {
     fn score(&self, sample: &Sample) -> Score {
+        self.score_with(sample, AnswerExtraction::R1)
+    }
+
+    fn score_with(&self, sample: &Sample, extraction: AnswerExtraction) -> Score {
         let Some(numbers) = int_list(sample.field("numbers")) else {
             return Score::unscorable("missing or malformed `numbers`");
         };
         let Some(target) = sample.field("target").and_then(|v| v.as_i64()) else {
             return Score::unscorable("missing or malformed `target`");
         };
-        let Ok(answer) = final_answer(&sample.completion) else {
+        let Ok(answer) = extraction.final_answer(&sample.completion) else {
             return Score::Value(0.0);
         };
-        Score::from_bool(check(answer, &numbers, target) == Ok(true))
+        Score::from_bool(check(&answer, &numbers, target) == Ok(true))
     }
 }
 

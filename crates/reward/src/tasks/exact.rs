@@ -5,7 +5,7 @@
 //! leading `$` and a trailing `%` are dropped) exactly as rationals, then compares within an
 //! absolute tolerance (default 0: exactly equal). A gold answer that is not a number is unscorable.
 
-use crate::extract::final_answer;
+use crate::extract::AnswerExtraction;
 use crate::registry::Reward;
 use crate::sample::{Sample, Score};
 use num_bigint::BigInt;
@@ -20,7 +20,11 @@ pub struct ExactMatchReward {
 
 impl Reward for ExactMatchReward {
     fn score(&self, sample: &Sample) -> Score {
-        let Ok(answer) = final_answer(&sample.completion) else {
+        self.score_with(sample, AnswerExtraction::R1)
+    }
+
+    fn score_with(&self, sample: &Sample, extraction: AnswerExtraction) -> Score {
+        let Ok(answer) = extraction.final_answer(&sample.completion) else {
             return Score::Value(0.0);
         };
         let norm = |s: &str| {
@@ -32,7 +36,7 @@ impl Reward for ExactMatchReward {
                 s.to_lowercase()
             }
         };
-        Score::from_bool(norm(answer) == norm(&sample.answer))
+        Score::from_bool(norm(&answer) == norm(&sample.answer))
     }
 }
 
@@ -44,13 +48,17 @@ pub struct NumericReward {
 
 impl Reward for NumericReward {
     fn score(&self, sample: &Sample) -> Score {
+        self.score_with(sample, AnswerExtraction::R1)
+    }
+
+    fn score_with(&self, sample: &Sample, extraction: AnswerExtraction) -> Score {
         let Some(gold) = parse_decimal(&sample.answer) else {
             return Score::unscorable("gold answer is not a number");
         };
-        let Ok(answer) = final_answer(&sample.completion) else {
+        let Ok(answer) = extraction.final_answer(&sample.completion) else {
             return Score::Value(0.0);
         };
-        let Some(pred) = parse_decimal(answer) else {
+        let Some(pred) = parse_decimal(&answer) else {
             return Score::Value(0.0);
         };
         let diff = (gold - pred).abs().to_f64().unwrap_or(f64::INFINITY);

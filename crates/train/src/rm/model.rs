@@ -83,6 +83,13 @@ impl RewardModel {
         Ok(Self { inner, template, objective, frozen })
     }
 
+    /// Trains LoRA adapters on the body (and the head in full) instead of every parameter.
+    pub fn apply_lora(&mut self, lora: &aha_model::LoraConfig, origin: &str) -> Result<()> {
+        self.inner.apply_lora(lora, origin)?;
+        self.frozen = (self.inner.backbone.detached()?, self.inner.score.detach());
+        Ok(())
+    }
+
     /// The context length: sequences longer than this cannot be scored.
     pub fn max_length(&self) -> usize {
         self.inner.config.max_position_embeddings

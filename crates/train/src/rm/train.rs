@@ -118,6 +118,10 @@ pub struct RmConfig {
     /// AdamW and schedule.
     #[serde(default)]
     pub optim: OptimConfig,
+    /// LoRA on the body (`[lora]`), the head trained in full; `final/` is saved merged.
+    /// Default none (every parameter trains).
+    #[serde(default)]
+    pub lora: Option<aha_model::LoraConfig>,
 }
 
 impl RmConfig {
@@ -129,6 +133,9 @@ impl RmConfig {
         }
         if self.train.max_steps == 0 && self.train.epochs == 0 {
             return bad("[train]: give max_steps > 0 or epochs > 0");
+        }
+        if let Some(lora) = &self.lora {
+            lora.validate("[lora]")?;
         }
         if self.data.eval_path.is_none() && !(1..100).contains(&self.data.test_percent) {
             return bad("[data].test_percent must lie in 1..=99 without an eval_path");
@@ -193,6 +200,9 @@ pub fn train_reward_model(cfg: &RmConfig) -> Result<RmReport> {
     let spec = ModelSpec::parse(&cfg.model);
     let mut rm = RewardModel::load(&spec, Some(cfg.data.template), cfg.train.head_std, cfg.seed, &cfg.exec)?;
     rm.objective = cfg.objective;
+    if let Some(lora) = &cfg.lora {
+        rm.apply_lora(lora, "[lora]")?;
+    }
     let data = prepare_data(cfg, &rm)?;
     let total = cfg.total_steps(data.train.len());
     let out = &cfg.output_dir;

@@ -8,6 +8,7 @@
 //! backward of a group sums the prefix's key and value gradients over its samples in a fixed
 //! order (deterministic).
 
+use candle_core::bail;
 use rayon::prelude::*;
 
 use super::{mm, CResult, Dims, Mat, QkvLayout};
@@ -91,6 +92,7 @@ impl Packing {
         src
     }
 
+    /// The packed rows of group `g`: its prefix, then each sequence's suffix.
     fn group_rows(&self, g: &Group) -> usize {
         self.prefix + g.count * self.suffix
     }
@@ -116,9 +118,11 @@ struct Segment<'a> {
 }
 
 impl Segment<'_> {
+    /// Keys before the segment's own rows (the shared prefix's, if any).
     fn n_before(&self) -> usize {
         self.before.map_or(0, |(k, _)| k.rows)
     }
+    /// Keys a row of the segment may see at most: those before, then its own.
     fn width(&self) -> usize {
         self.n_before() + self.len
     }
@@ -154,22 +158,19 @@ fn head_views<'a>(d: &Dims, qkv: &'a [f32], row0: usize, rows: usize, h: usize, 
     [at(h * hd), at(l.k + kvh * hd), at(l.v + kvh * hd)]
 }
 
-/// The outputs `[g, R, hd]` of one (group, KV head) task and the probabilities of its heads.
-struct Block {
-    out: Vec<f32>,
-    probs: Vec<Probs>,
-}
-
-/// Scaled, causal, key-masked softmax attention over the fused projection `qkv` (packed rows);
-/// returns the output `[N, nh·hd]` and the probabilities per `(group, head)`.
-pub(super) fn forward(d: &Dims, pk: &Packing, qkv: &[f32], mask: &[f32]) -> CResult<(Vec<f32>, Vec<Probs>)> {
+/// Scaled, causal, key-masked softmax attention over the fused projection `qkv` (packed rows):
+/// writes the output `[N, nh·hd]` into `out` (every element); returns the probabilities per
+/// `(group, head)`.
+pub(super) fn forward(d: &Dims, pk: &Packing, qkv: &[f32], mask: &[f32], out: &mut [f32]) -> CResult<Vec<Probs>> {
     let kvh_n = d.kv_heads;
+    let (hd, qw, g) = (d.head_dim, d.q_width(), d.group());
+    if out.len() != pk.rows * qw {
+        bail!("hand-written attention: output of {} for {}×{qw}", out.len(), pk.rows);
+    }
     let blocks: Vec<Block> = (0..pk.groups.len() * kvh_n)
         .into_par_iter()
         .map(|task| group_forward(d, pk, &pk.groups[task / kvh_n], task % kvh_n, qkv, mask))
         .collect::<CResult<_>>()?;
-    let (hd, qw, g) = (d.head_dim, d.q_width(), d.group());
-    let mut out = vec![0f32; pk.rows * qw];
     let mut probs = vec![Vec::new(); pk.groups.len() * d.heads];
     for (task, block) in blocks.into_iter().enumerate() {
         let (grp, kvh) = (&pk.groups[task / kvh_n], task % kvh_n);
@@ -183,32 +184,53 @@ pub(super) fn forward(d: &Dims, pk: &Packing, qkv: &[f32], mask: &[f32]) -> CRes
             probs[(task / kvh_n) * d.heads + h] = p;
         }
     }
-    Ok((out, probs))
+    Ok(probs)
 }
 
-fn group_forward(d: &Dims, pk: &Packing, grp: &Group, kvh: usize, qkv: &[f32], mask: &[f32]) -> CResult<Block> {
-    let (hd, g, rows) = (d.head_dim, d.group(), pk.group_rows(grp));
+/// The probabilities ([`Probs`]) of one query head over its group's segments: `q` and `keys`
+/// are the head's `[R, hd]` views.
+fn head_probs(pk: &Packing, grp: &Group, segs: &[Segment], q: Mat, keys: Mat, hd: usize) -> CResult<Probs> {
     let scale = 1.0 / (hd as f32).sqrt();
     let t = pk.prefix + pk.suffix;
+    let mut p = vec![0f32; pk.prefix * pk.prefix + grp.count * pk.suffix * t];
+    for seg in segs {
+        let (w, nb) = (seg.width(), seg.n_before());
+        for (i0, i1) in causal_blocks(seg.len) {
+            let (own, qb) = ((seg.row, seg.row + i1), q.sub((seg.row + i0, seg.row + i1), (0, hd)));
+            let at = seg.p_off + i0 * w;
+            if let Some((kb, _)) = seg.before {
+                mm(&mut p, at, w, qb, kb.t(), false, false)?;
+            }
+            mm(&mut p, at + nb, w, qb, keys.sub(own, (0, hd)).t(), false, false)?;
+            for i in i0..i1 {
+                let row = seg.p_off + i * w;
+                kernels::masked_softmax_row(&mut p[row..row + nb + i1], nb + i, seg.valid, scale);
+            }
+        }
+    }
+    Ok(p)
+}
+
+/// The outputs `[g, R, hd]` of one (group, KV head) task and the probabilities of its heads.
+struct Block {
+    out: Vec<f32>,
+    probs: Vec<Probs>,
+}
+
+/// The attention of one (group, KV head) task.
+fn group_forward(d: &Dims, pk: &Packing, grp: &Group, kvh: usize, qkv: &[f32], mask: &[f32]) -> CResult<Block> {
+    let (hd, g, rows) = (d.head_dim, d.group(), pk.group_rows(grp));
     let mut out = vec![0f32; g * rows * hd];
     let mut probs = Vec::with_capacity(g);
     for j in 0..g {
         let [q, keys, values] = head_views(d, qkv, grp.row0, rows, kvh * g + j, kvh);
-        let mut p = vec![0f32; pk.prefix * pk.prefix + grp.count * pk.suffix * t];
-        for seg in segments(pk, grp, mask, (keys, values)) {
+        let segs = segments(pk, grp, mask, (keys, values));
+        let p = head_probs(pk, grp, &segs, q, keys, hd)?;
+        for seg in &segs {
             let (w, nb) = (seg.width(), seg.n_before());
+            let pm = Mat::view(&p, seg.p_off, seg.len, w, w);
             for (i0, i1) in causal_blocks(seg.len) {
-                let (own, qb) = ((seg.row, seg.row + i1), q.sub((seg.row + i0, seg.row + i1), (0, hd)));
-                let at = seg.p_off + i0 * w;
-                if let Some((kb, _)) = seg.before {
-                    mm(&mut p, at, w, qb, kb.t(), false, false)?;
-                }
-                mm(&mut p, at + nb, w, qb, keys.sub(own, (0, hd)).t(), false, false)?;
-                for i in i0..i1 {
-                    let row = seg.p_off + i * w;
-                    kernels::masked_softmax_row(&mut p[row..row + nb + i1], nb + i, seg.valid, scale);
-                }
-                let pm = Mat::view(&p, seg.p_off, seg.len, w, w);
+                let own = (seg.row, seg.row + i1);
                 let o_at = (j * rows + seg.row + i0) * hd;
                 if let Some((_, vb)) = seg.before {
                     mm(&mut out, o_at, hd, pm.sub((i0, i1), (0, nb)), vb, false, false)?;
@@ -266,6 +288,7 @@ pub(super) fn backward(
     Ok(dqkv)
 }
 
+/// The gradients of one (group, KV head) task.
 #[allow(clippy::too_many_arguments)]
 fn group_backward(
     d: &Dims,
@@ -284,9 +307,10 @@ fn group_backward(
     for j in 0..g {
         let h = kvh * g + j;
         let [q, keys, values] = head_views(d, qkv, grp.row0, rows, h, kvh);
+        let segs = segments(pk, grp, mask, (keys, values));
         let p = &head_probs[h];
         let d_o = Mat::view(dout, grp.row0 * qw + h * hd, rows, hd, qw);
-        for seg in segments(pk, grp, mask, (keys, values)) {
+        for seg in &segs {
             let (w, nb) = (seg.width(), seg.n_before());
             let pm = Mat::view(p, seg.p_off, seg.len, w, w);
             for (i0, i1) in causal_blocks(seg.len) {

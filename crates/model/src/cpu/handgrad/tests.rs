@@ -269,3 +269,39 @@ fn fast_exp_is_accurate_to_two_ulps() {
     assert!(worst < 2.5e-7, "relative error {worst}");
     assert!(exp(-1e30) > 0.0 && exp(1e30).is_finite());
 }
+
+#[test]
+fn head_blocks_cover_every_row_without_a_single_row_block() {
+    for n in 0..60 {
+        for max in [1, 4, 5, 7, 16] {
+            let blocks: Vec<(usize, usize)> = head_blocks(n, max).collect();
+            let mut next = 0;
+            for &(first, rows) in &blocks {
+                assert_eq!(first, next, "n {n} max {max}: {blocks:?}");
+                assert!(rows <= max.max(4) && (rows > 1 || n == 1), "n {n} max {max}: {blocks:?}");
+                next += rows;
+            }
+            assert_eq!(next, n, "n {n} max {max}: {blocks:?}");
+        }
+    }
+}
+
+#[test]
+fn the_head_in_blocks_gives_the_bits_of_one_product() {
+    // A row's logits do not depend on the other rows of its gemm: any split into blocks (none of
+    // one row) gives the bits of the whole, so the backward may recompute them a block at a time.
+    let mut rng = ChaCha8Rng::seed_from_u64(4);
+    let (m, h, v) = (37, 48, 300);
+    let d = Dims { batch: 1, rows: m, hidden: h, heads: 1, kv_heads: 1, head_dim: h, inter: h, vocab: v, eps: 1e-6 };
+    let h_span: Vec<f32> = (0..m * h).map(|_| rng.random_range(-1.0..1.0)).collect();
+    let w_head: Vec<f32> = (0..v * h).map(|_| rng.random_range(-1.0..1.0)).collect();
+    let targets: Vec<u32> = (0..m).map(|_| rng.random_range(0..v as u32)).collect();
+    let bits = |block_rows: usize| {
+        let stats = head_forward(&h_span, &w_head, &targets, &d, block_rows, &mut Vec::new()).unwrap();
+        stats.iter().flat_map(|&(a, b, c)| [a.to_bits(), b.to_bits(), c.to_bits()]).collect::<Vec<u32>>()
+    };
+    let whole = bits(m);
+    for block_rows in [4, 5, 9, 18] {
+        assert_eq!(bits(block_rows), whole, "blocks of {block_rows}");
+    }
+}
