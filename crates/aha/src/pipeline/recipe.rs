@@ -668,7 +668,7 @@ mod tests {
 
     #[test]
     fn a_recipe_that_would_train_on_held_out_questions_is_rejected() {
-        let err = |r: Result<Recipe>| format!("{:#}", r.err().expect("the recipe should be rejected"));
+        let err = |r: Result<Recipe>| format!("{:#}", r.expect_err("the recipe should be rejected"));
         recipe("", &teacher("")).unwrap();
         recipe(", test_percent = 20", &teacher(", test_percent = 20")).unwrap();
         let e = err(recipe("", &teacher(", test_percent = 20")));
