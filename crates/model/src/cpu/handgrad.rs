@@ -30,10 +30,12 @@
 //!
 //! Memory: the activations kept per layer (`LayerTape`: its input, the q/k/v and gate/up
 //! projections) are what a step's peak is made of; everything else a layer's backward reads is
-//! recomputed by the forward's own code, so the bits do not change. The head's logits `[M, V]`
-//! are never kept either: the forward and the backward compute them a block of rows at a time
-//! (`head_blocks`), the backward only for rows whose log-prob has a gradient (the head's own
-//! gradient sums the blocks, so it rounds differently from one product over all rows). The
+//! recomputed by the forward's own code, so the bits do not change (the attention and `xmid`
+//! are kept instead when small, `KEEP_BYTES`, as recomputing them costs time). The head's logits `[M, V]`
+//! are kept only when small (one block of `head_blocks`); otherwise the forward and the
+//! backward compute them a block of rows at a time, the backward only for rows whose log-prob
+//! has a gradient (the head's own gradient then sums the blocks, so it rounds differently from
+//! one product over all rows). The
 //! backward frees each layer's tape once done with it and allocates a gradient only when it
 //! writes it, so the gradients of the lower layers take the memory of the tapes above them.
 
@@ -408,12 +410,13 @@ impl QkvLayout {
 // ---------------------------------------------------------------------------------------------
 // Layers
 
-/// What one layer's backward needs from its forward: only what is dear to recompute. The
-/// backward recomputes the rest with the forward's own code, so its bits do not change: the
-/// projections' normed inputs from `x`/`xmid` and their `rstd` (one multiply per element), the
-/// SwiGLU activation from `gu`, the attention's probabilities and output from `qkv` (a small
-/// part of a layer's work at the lengths aha trains), and `xmid = x + o_proj(att)` (one
-/// `[H, nh·hd]` projection, a tenth of the layer's matmul work, for a sixth of its tape).
+/// What one layer's backward needs from its forward: what is dear to recompute, and what is
+/// cheap to recompute only when it is small ([`Kept`]). The backward recomputes the rest with
+/// the forward's own code, so its bits do not change: the projections' normed inputs from
+/// `x`/`xmid` and their `rstd` (one multiply per element), the SwiGLU activation from `gu`
+/// and, unless kept, the attention's probabilities and output from `qkv` (a small part of a
+/// layer's work at the lengths aha trains) and `xmid = x + o_proj(att)` (one `[H, nh·hd]`
+/// projection, a tenth of the layer's matmul work, for a sixth of its tape).
 struct LayerTape {
     x: Vec<f32>,
     rstd1: Vec<f32>,
@@ -424,6 +427,31 @@ struct LayerTape {
     rstd2: Vec<f32>,
     /// The fused gate/up projection `[N, 2·I]` (gate first).
     gu: Vec<f32>,
+    kept: Option<Kept>,
+}
+
+/// The activations a layer's backward can recompute, kept by a forward whose activations are
+/// small ([`KEEP_BYTES`]).
+struct Kept {
+    /// The attention output `[N, nh·hd]` and probabilities.
+    att: Vec<f32>,
+    probs: Vec<attention::Probs>,
+    /// `x + o_proj(att)`, `[N, H]`.
+    xmid: Vec<f32>,
+}
+
+/// Bytes of the activations a layer's backward can recompute ([`Kept`]), over all layers, up to
+/// which a forward keeps them: a small model trains faster keeping them, and recomputing them
+/// saves memory worth the time only where they are big (a GRPO step of SmolLM2-135M: over
+/// 300 MB).
+const KEEP_BYTES: usize = 64 << 20;
+
+/// Whether a forward of sizes `d` over `pk` with `layers` layers keeps what its backward can
+/// recompute ([`KEEP_BYTES`]). Never in unit tests, so that they run the recomputation, while
+/// the integration tests' tiny models keep: both paths run.
+fn keeps(d: &Dims, pk: &Packing, layers: usize) -> bool {
+    let per_layer = attention::probs_len(pk, d.heads) + d.rows() * (d.q_width() + d.hidden);
+    !cfg!(test) && per_layer * 4 * layers <= KEEP_BYTES
 }
 
 /// Row-wise inputs shared by every layer.
@@ -434,6 +462,8 @@ struct Ctx<'a> {
     cos: &'a [f32],
     sin: &'a [f32],
     lora: Option<LoraCx>,
+    /// Whether the forward keeps what the backward can recompute ([`keeps`]; forward only).
+    keep: bool,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -692,24 +722,33 @@ fn layer_forward(
     let mut qkv = linear(s.xn, n, wqkv, qkv_bias(w, li).as_deref(), l.width)?;
     lora_forward(cx, w, li, &lora_sites(li, &qkv_parts(d)), s.xn, &mut qkv, &mut lt)?;
     rope_inplace(&mut qkv, l.width, l.v, cx.cos, cx.sin, d.head_dim, false);
-    drop(attention::forward(d, cx.pk, &qkv, cx.mask, s.att)?);
-    xmid_of(cx, w, li, &x, s.att, &mut lt, s.xmid)?;
-    // The backward recomputes the O adapter's tape with `xmid`.
-    lt[Module::O as usize] = None;
-    let rstd2 = rms_forward_into(s.xmid, w[li.ln2], d.eps, s.xn);
+    let kept = if cx.keep {
+        let (mut att, mut xmid) = (vec![0f32; n * d.q_width()], vec![0f32; n * d.hidden]);
+        let probs = attention::forward(d, cx.pk, &qkv, cx.mask, &mut att)?;
+        xmid_of(cx, w, li, &x, &att, &mut lt, &mut xmid)?;
+        Some(Kept { att, probs, xmid })
+    } else {
+        drop(attention::forward(d, cx.pk, &qkv, cx.mask, s.att)?);
+        xmid_of(cx, w, li, &x, s.att, &mut lt, s.xmid)?;
+        // The backward recomputes the O adapter's tape with `xmid`.
+        lt[Module::O as usize] = None;
+        None
+    };
+    let xmid: &[f32] = kept.as_ref().map_or(&*s.xmid, |k| &k.xmid);
+    let rstd2 = rms_forward_into(xmid, w[li.ln2], d.eps, s.xn);
     let wgu = stack_in(s.w, &[w[li.gate], w[li.up]]);
     let mut gu = linear(s.xn, n, wgu, None, 2 * d.inter)?;
     lora_forward(cx, w, li, &lora_sites(li, &gate_up_parts(d)), s.xn, &mut gu, &mut lt)?;
     swiglu_into(&gu, d.inter, s.act);
     let mut out = linear(s.act, n, w[li.down], None, d.hidden)?;
     lora_forward(cx, w, li, &lora_sites(li, &[(Module::Down, 0, d.hidden)]), s.act, &mut out, &mut lt)?;
-    add_into(&mut out, s.xmid);
-    Ok((out, LayerTape { x, rstd1, qkv, lora: lt, rstd2, gu }))
+    add_into(&mut out, xmid);
+    Ok((out, LayerTape { x, rstd1, qkv, lora: lt, rstd2, gu, kept }))
 }
 
 /// `xmid = x + o_proj(att)` of layer `li`, with the O adapter (whose tape goes to `lt`), into
-/// `xmid` (`[N, H]`). The forward runs it, and the backward again (after the attention), as
-/// the tape keeps neither: the same code, so the same bits.
+/// `xmid` (`[N, H]`). The forward runs it, and the backward again (after the attention) unless
+/// the forward kept them ([`Kept`]): the same code, so the same bits.
 fn xmid_of(
     cx: &Ctx,
     w: &[&[f32]],
@@ -792,10 +831,16 @@ fn layer_backward(
 ) -> CResult<Vec<f32>> {
     let d = &cx.d;
     let (n, l, i2) = (d.rows(), QkvLayout::of(d), 2 * d.inter);
-    let LayerTape { x, rstd1, qkv, lora: mut lt, rstd2, gu } = tp;
-    let (mut att, mut xmid) = (vec![0f32; n * d.q_width()], vec![0f32; n * d.hidden]);
-    let probs = attention::forward(d, cx.pk, &qkv, cx.mask, &mut att)?;
-    xmid_of(cx, w, li, &x, &att, &mut lt, &mut xmid)?;
+    let LayerTape { x, rstd1, qkv, lora: mut lt, rstd2, gu, kept } = tp;
+    let Kept { att, probs, xmid } = match kept {
+        Some(k) => k,
+        None => {
+            let (mut att, mut xmid) = (vec![0f32; n * d.q_width()], vec![0f32; n * d.hidden]);
+            let probs = attention::forward(d, cx.pk, &qkv, cx.mask, &mut att)?;
+            xmid_of(cx, w, li, &x, &att, &mut lt, &mut xmid)?;
+            Kept { att, probs, xmid }
+        }
+    };
     // MLP: out = xmid + down(silu(gate) · up), gate and up one stacked projection. The
     // activation is recomputed in the pass that turns gu into its gradient, once dact is
     // complete (the down adapter's dA, which reads it, comes last).
@@ -893,8 +938,11 @@ struct Tape {
     rstd_final: Vec<f32>,
     /// Final normed hidden states of the span rows, `[M, H]`.
     h_span: Vec<f32>,
-    /// The log-sum-exp of each span row's logits (the logits themselves are not kept: the
-    /// backward recomputes them, a block of rows at a time).
+    /// The logits of the span rows `[M, V]` when they take one block of the head
+    /// (`head_blocks`): kept, small next to the activations, which spares the backward their
+    /// recomputation. Larger ones are not kept: the backward recomputes them a block at a time.
+    logits: Option<Vec<f32>>,
+    /// The log-sum-exp of each span row's logits.
     lse: Vec<f32>,
     targets: Vec<u32>,
     start: usize,
@@ -981,6 +1029,7 @@ pub fn forward(
         sin,
         layers: Vec::new(),
         x_last: Vec::new(),
+        logits: None,
         rstd_final: Vec::new(),
         h_span: Vec::new(),
         lse: Vec::new(),
@@ -1028,7 +1077,8 @@ fn run_forward(tape: &mut Tape, w: &[&[f32]]) -> CResult<(Vec<f32>, Vec<f32>)> {
     x.par_chunks_mut(h).zip(tape.ids.par_iter()).for_each(|(row, &id)| {
         row.copy_from_slice(&embed[id as usize * h..(id as usize + 1) * h]);
     });
-    let cx = Ctx { d, pk: &tape.pk, mask: &tape.mask, cos: &tape.cos, sin: &tape.sin, lora: tape.lora };
+    let keep = keeps(&d, &tape.pk, tape.idx.layers.len());
+    let cx = Ctx { d, pk: &tape.pk, mask: &tape.mask, cos: &tape.cos, sin: &tape.sin, lora: tape.lora, keep };
     let mut layers = Vec::with_capacity(tape.idx.layers.len());
     let mut scratch = Scratch::new(&d, d.batch * tape.len);
     for li in &tape.idx.layers {
@@ -1040,8 +1090,15 @@ fn run_forward(tape: &mut Tape, w: &[&[f32]]) -> CResult<(Vec<f32>, Vec<f32>)> {
     let h_span = span_rows(&xf, &d, &tape.pk, tape.start, tape.len);
     drop(xf);
     let m = d.batch * tape.len;
-    let stats = head_forward(&h_span, w[tape.idx.head], &tape.targets, &d, head_block_rows(d.vocab), &mut scratch.buf)?;
-    drop(scratch);
+    let block_rows = head_block_rows(d.vocab);
+    let stats = head_forward(&h_span, w[tape.idx.head], &tape.targets, &d, block_rows, &mut scratch.buf)?;
+    if m <= block_rows {
+        // One block: the scratch buffer holds all the logits.
+        let mut logits = scratch.buf;
+        logits.truncate(m * d.vocab);
+        logits.shrink_to_fit();
+        tape.logits = Some(logits);
+    }
     let mut logps = Vec::with_capacity(m);
     let mut entropy = Vec::with_capacity(m);
     let mut lse = Vec::with_capacity(m);
@@ -1164,6 +1221,37 @@ fn head_backward(tape: &Tape, w: &[&[f32]], dl: &[f32], gb: &mut GradBufs, dxf: 
     Ok(())
 }
 
+/// [`head_backward`] over the kept logits `z` (`[M, V]`, turned into `dz` in place): one product
+/// over all span rows for each of the head's gradient and d loss / d h.
+fn head_backward_kept(
+    tape: &Tape,
+    mut z: Vec<f32>,
+    w: &[&[f32]],
+    dl: &[f32],
+    gb: &mut GradBufs,
+    dxf: &mut [f32],
+) -> CResult<()> {
+    let d = tape.d;
+    let (h, v, m, head) = (d.hidden, d.vocab, dl.len(), tape.idx.head);
+    z.par_chunks_mut(v).enumerate().with_min_len(grain(v)).for_each(|(r, zr)| {
+        if dl[r] != 0.0 {
+            rows::logprob_backward_row_in_place(zr, tape.lse[r], tape.targets[r] as usize, dl[r]);
+        } else {
+            zr.fill(0.0);
+        }
+    });
+    let dz = Mat::new(&z, m, v);
+    if gb.wants(head) {
+        gb.put(head, mm_new(dz.t(), Mat::new(&tape.h_span, m, h), true)?);
+    }
+    let dh = mm_new(dz, Mat::new(w[head], v, h), true)?;
+    for (r, row) in dh.chunks(h).enumerate() {
+        let to = tape.pk.row(r / tape.len, tape.start + r % tape.len) * h;
+        dxf[to..to + h].copy_from_slice(row);
+    }
+    Ok(())
+}
+
 impl TrainForward {
     /// Parameter gradients `(HF name, gradient)` of a loss whose gradient with respect to
     /// [`TrainForward::logps`] is `dlogps` (`[B, L]`).
@@ -1179,7 +1267,11 @@ impl TrainForward {
             )));
         }
         // The backward consumes the activations (each freed once read); the rest is borrowed.
-        let acts = Activations { layers: std::mem::take(&mut tape.layers), x_last: std::mem::take(&mut tape.x_last) };
+        let acts = Activations {
+            layers: std::mem::take(&mut tape.layers),
+            x_last: std::mem::take(&mut tape.x_last),
+            logits: tape.logits.take(),
+        };
         let tensors: Vec<&Tensor> = tape.params.iter().map(|(_, t)| t).collect();
         let bufs = crate::cpu::autograd::cpu_slices(&tensors, |w| run_backward(&tape, acts, w, &dl))??;
         let mut out = Vec::with_capacity(bufs.len());
@@ -1196,6 +1288,7 @@ impl TrainForward {
 struct Activations {
     layers: Vec<LayerTape>,
     x_last: Vec<f32>,
+    logits: Option<Vec<f32>>,
 }
 
 /// The backward of [`run_forward`] for `dl` = d loss / d log-probs: every trainable parameter's
@@ -1204,14 +1297,18 @@ struct Activations {
 fn run_backward(tape: &Tape, acts: Activations, w: &[&[f32]], dl: &[f32]) -> CResult<Vec<Option<Vec<f32>>>> {
     let d = tape.d;
     let h = d.hidden;
-    let Activations { mut layers, x_last } = acts;
+    let Activations { mut layers, x_last, logits } = acts;
     let mut gb = GradBufs::new(&tape.trainable);
     let mut dxf = vec![0f32; d.rows() * h];
-    head_backward(tape, w, dl, &mut gb, &mut dxf)?;
+    match logits {
+        Some(z) => head_backward_kept(tape, z, w, dl, &mut gb, &mut dxf)?,
+        None => head_backward(tape, w, dl, &mut gb, &mut dxf)?,
+    }
     let norm = tape.idx.norm;
     let mut dx = rms_backward(&x_last, &tape.rstd_final, w[norm], &dxf, gb.acc(norm, h));
     drop((dxf, x_last));
-    let cx = Ctx { d, pk: &tape.pk, mask: &tape.mask, cos: &tape.cos, sin: &tape.sin, lora: tape.lora };
+    let (pk, mask, cos, sin) = (&tape.pk, &tape.mask, &tape.cos, &tape.sin);
+    let cx = Ctx { d, pk, mask, cos, sin, lora: tape.lora, keep: false };
     for li in tape.idx.layers.iter().rev() {
         let Some(lt) = layers.pop() else { bail!("hand-written backward: the tape of layer {} is missing", li.layer) };
         dx = layer_backward(&cx, w, li, lt, dx, &mut gb)?;

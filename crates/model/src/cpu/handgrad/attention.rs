@@ -98,6 +98,12 @@ impl Packing {
     }
 }
 
+/// Elements of the probabilities [`forward`] returns, over all (group, head) pairs.
+pub(super) fn probs_len(pk: &Packing, heads: usize) -> usize {
+    let t = pk.prefix + pk.suffix;
+    pk.groups.iter().map(|g| pk.prefix * pk.prefix + g.count * pk.suffix * t).sum::<usize>() * heads
+}
+
 /// The attention probabilities of one (group, query head): the prefix's `[P, P]`, then each
 /// sequence's `[S, P + S]` (keys: prefix, then its own rows), zero where masked.
 pub(super) type Probs = Vec<f32>;
