@@ -1,9 +1,13 @@
 //! Cold-start SFT data written by a procedural *teacher*: a task's problems with their
 //! `<think>…</think><answer>…</answer>` traces, as prompt/completion JSONL that `aha sft` reads.
 //!
-//! Two knobs make the data realistic (arithmetic only; other tasks keep their exact traces):
+//! Three knobs make the data realistic (arithmetic only; other tasks keep their exact traces):
 //! - `slip_rate`: the fraction of traces in which the teacher slips by ±1 in one step and
-//!   carries the mistake into the answer, as real cold-start data is imperfect (`aha demo`);
+//!   carries the mistake into the answer, as real cold-start data is imperfect;
+//! - `guess`: the teacher answers from intuition first (`<think>9?`, the guess slipping at
+//!   `slip_rate`), and only in a small fraction `check_rate` of the traces says `wait` and works
+//!   the chain out step by step, answering what the steps give — a rare, latent self-check that
+//!   catches the guess's slips (`aha demo`, docs/DESIGN.md §1.5);
 //! - `cot_words`: every step opens with a connective word, the English `so` or, with
 //!   probability `foreign_fraction`, the Chinese `故` ("therefore"). At 0.5 half of the chain
 //!   of thought's words are Chinese: the language mixing R1's language-consistency reward
@@ -37,6 +41,19 @@ pub struct CotWords {
     pub foreign_fraction: f64,
 }
 
+/// Guess-first traces: an intuitive answer, and in a fraction of the traces a check.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GuessFirst {
+    /// Fraction of the guessed traces in which the guess is followed by `wait` and the chain.
+    pub check_rate: f64,
+    /// Fraction of the problems written instead as worked examples, asked `Work out a+b-c.` and
+    /// answered by the exact chain with no guess: where the arithmetic of the steps is learned,
+    /// under another phrasing than the task's (the same train-split problems). Default 0.
+    #[serde(default)]
+    pub worked_rate: f64,
+}
+
 /// What the teacher writes (`[stages.teacher]` of a pipeline SFT stage).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -55,6 +72,9 @@ pub struct TeacherConfig {
     /// Connective words in the chain of thought. Default none.
     #[serde(default)]
     pub cot_words: Option<CotWords>,
+    /// Guess first, check rarely (instead of the plain chain). Default none.
+    #[serde(default)]
+    pub guess: Option<GuessFirst>,
     /// Seed of the problems, slips and words. Default 0.
     #[serde(default)]
     pub seed: u64,
@@ -74,8 +94,15 @@ impl TeacherConfig {
         if self.size == 0 || self.test_percent >= 100 {
             return Err(TrainError::Config("teacher: size must be positive and test_percent below 100".into()));
         }
-        if !prob(self.slip_rate) || self.cot_words.is_some_and(|w| !prob(w.foreign_fraction)) {
-            return Err(TrainError::Config("teacher: slip_rate and foreign_fraction must lie in [0, 1]".into()));
+        let bad_words = self.cot_words.is_some_and(|w| !prob(w.foreign_fraction));
+        let bad_check = self.guess.is_some_and(|g| !prob(g.check_rate) || !prob(g.worked_rate));
+        if !prob(self.slip_rate) || bad_words || bad_check {
+            return Err(TrainError::Config(
+                "teacher: slip_rate, foreign_fraction, check_rate and worked_rate must lie in [0, 1]".into(),
+            ));
+        }
+        if self.guess.is_some() && self.cot_words.is_some() {
+            return Err(TrainError::Config("teacher: guess and cot_words cannot be combined".into()));
         }
         Ok(())
     }
@@ -103,14 +130,21 @@ impl TeacherConfig {
 
     /// The (prompt, completion) pairs, deterministic in the seed.
     pub fn rows(&self) -> Vec<(String, String)> {
-        let problems = self.problems();
-        problems.iter().map(|p| p.prompt.clone()).zip(self.traces(&problems)).collect()
+        self.examples(&self.problems())
     }
 
-    /// One trace per problem, in order, from the teacher's random stream (`seed ^ 0x51f7`).
-    pub fn traces(&self, problems: &[Problem]) -> Vec<String> {
+    /// One (prompt, completion) per problem, in order, from the teacher's random stream
+    /// (`seed ^ 0x51f7`). The prompt is the problem's own, except a guess-first teacher's worked
+    /// examples ([`GuessFirst::worked_rate`]).
+    pub fn examples(&self, problems: &[Problem]) -> Vec<(String, String)> {
         let mut rng = ChaCha8Rng::seed_from_u64(self.seed ^ 0x51f7);
-        problems.iter().map(|p| trace(p, self.slip_rate, self.cot_words, &mut rng)).collect()
+        problems
+            .iter()
+            .map(|p| match self.guess {
+                Some(g) => guess_example(p, self.slip_rate, g, &mut rng),
+                None => (p.prompt.clone(), trace(p, self.slip_rate, self.cot_words, &mut rng)),
+            })
+            .collect()
     }
 }
 
@@ -179,6 +213,65 @@ pub fn trace(p: &Problem, slip_rate: f64, words: Option<CotWords>, rng: &mut Cha
     format!("<think>{}</think><answer>{value}</answer>", steps.join(" "))
 }
 
+/// The word that opens the check of a guess-first trace.
+pub const CHECK_WORD: &str = "wait";
+
+/// The prompt prefix of a worked example (the task's own questions say `Compute `).
+pub const WORKED_PREFIX: &str = "Work out ";
+
+/// The guess-first example of `p`. With probability `worked_rate` a worked example: the prompt
+/// `Work out a+b-c.` and the exact chain, `<think>a+b=… …</think><answer>V</answer>`. Otherwise the
+/// task's prompt and `<think>G?</think><answer>G</answer>`, where the guess `G` is the value off by
+/// ±1 at rate `slip_rate`; with probability `check_rate` the guess is followed by ` wait` and the
+/// exact steps, and the answer is what the steps give. Draws, in order: worked, then the slip, then
+/// the check. Non-arithmetic problems get their task's solution.
+pub fn guess_example(p: &Problem, slip_rate: f64, g: GuessFirst, rng: &mut ChaCha8Rng) -> (String, String) {
+    let Some((nums, ops)) = parse_arithmetic(&p.prompt) else { return (p.prompt.clone(), p.solution.clone()) };
+    let (steps, value) = arithmetic_steps(&nums, &ops, None);
+    if rng.random_bool(g.worked_rate) {
+        let question = p.prompt.strip_prefix("Compute ").unwrap_or(&p.prompt);
+        return (format!("{WORKED_PREFIX}{question}"), format!("<think>{steps}</think><answer>{value}</answer>"));
+    }
+    let guess = value + Slip::draw(slip_rate, 1, rng).map_or(0, |s| s.delta);
+    let completion = if rng.random_bool(g.check_rate) {
+        format!("<think>{guess}? {CHECK_WORD} {steps}</think><answer>{value}</answer>")
+    } else {
+        format!("<think>{guess}?</think><answer>{guess}</answer>")
+    };
+    (p.prompt.clone(), completion)
+}
+
+/// A guess-first completion read back: what it guessed, whether it checked, what it answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuessReading {
+    /// The number before `?` at the start of the thinking, when there is one.
+    pub guess: Option<String>,
+    /// Whether the thinking says [`CHECK_WORD`] after the guess.
+    pub checked: bool,
+    /// The text of the `<answer>` block, trimmed, when there is one.
+    pub answer: Option<String>,
+}
+
+impl GuessReading {
+    /// Reads `completion` (lenient: missing parts are `None` / `false`).
+    pub fn of(completion: &str) -> Self {
+        let think = completion.split_once("<think>").map(|(_, t)| t.split("</think>").next().unwrap_or(t));
+        let guess = think.and_then(|t| t.split_once('?')).map(|(g, _)| g.trim().to_string());
+        let checked = think.is_some_and(|t| t.split_whitespace().any(|w| w == CHECK_WORD));
+        let answer = completion
+            .split_once("<answer>")
+            .and_then(|(_, a)| a.split_once("</answer>"))
+            .map(|(a, _)| a.trim().to_string());
+        GuessReading { guess: guess.filter(|g| !g.is_empty()), checked, answer }
+    }
+
+    /// A check that changed a guess into a different answer: the self-correction (whether it
+    /// fixed an error is the verifier's call on the answer).
+    pub fn corrected(&self) -> bool {
+        self.checked && self.guess.is_some() && self.answer.is_some() && self.guess != self.answer
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -191,8 +284,87 @@ mod tests {
             test_percent: 10,
             slip_rate,
             cot_words: words.map(|f| CotWords { foreign_fraction: f }),
+            guess: None,
             seed: 3,
         }
+    }
+
+    fn guesser(slip_rate: f64, check_rate: f64) -> TeacherConfig {
+        TeacherConfig {
+            size: 2000,
+            guess: Some(GuessFirst { check_rate, worked_rate: 0.0 }),
+            ..teacher(slip_rate, None)
+        }
+    }
+
+    #[test]
+    fn guesses_slip_at_the_rate_and_checks_answer_the_exact_value() {
+        let t = guesser(0.5, 0.1);
+        let problems = t.problems();
+        let (mut slipped, mut checked) = (0, 0);
+        for (p, (prompt, text)) in problems.iter().zip(t.examples(&problems)) {
+            assert_eq!(prompt, p.prompt);
+            let r = GuessReading::of(&text);
+            let guess: i64 = r.guess.as_deref().unwrap().parse().unwrap();
+            let answer: i64 = r.answer.as_deref().unwrap().parse().unwrap();
+            let exact: i64 = p.answer.parse().unwrap();
+            assert!((guess - exact).abs() <= 1, "{text}");
+            slipped += usize::from(guess != exact);
+            if r.checked {
+                checked += 1;
+                let (nums, ops) = parse_arithmetic(&p.prompt).unwrap();
+                let steps = arithmetic_steps(&nums, &ops, None).0;
+                assert_eq!(text, format!("<think>{guess}? wait {steps}</think><answer>{exact}</answer>"));
+                assert_eq!(r.corrected(), guess != exact);
+            } else {
+                assert_eq!(text, format!("<think>{guess}?</think><answer>{guess}</answer>"));
+                assert_eq!(answer, guess);
+            }
+        }
+        let n = problems.len() as f64;
+        assert!((slipped as f64 / n - 0.5).abs() < 0.05, "{slipped} of {n} guesses slipped");
+        assert!((checked as f64 / n - 0.1).abs() < 0.03, "{checked} of {n} traces check");
+        let none = guesser(0.5, 0.0);
+        assert!(none.examples(&problems).iter().all(|(_, t)| !GuessReading::of(t).checked));
+    }
+
+    #[test]
+    fn worked_examples_are_rephrased_exact_chains() {
+        let t = TeacherConfig { guess: Some(GuessFirst { check_rate: 0.1, worked_rate: 0.5 }), ..guesser(0.5, 0.1) };
+        let problems = t.problems();
+        let mut worked = 0;
+        for (p, (prompt, text)) in problems.iter().zip(t.examples(&problems)) {
+            if prompt == p.prompt {
+                assert!(text.starts_with("<think>") && GuessReading::of(&text).guess.is_some(), "{text}");
+                continue;
+            }
+            worked += 1;
+            let (nums, ops) = parse_arithmetic(&p.prompt).unwrap();
+            assert_eq!(prompt, p.prompt.replacen("Compute ", WORKED_PREFIX, 1));
+            let steps = arithmetic_steps(&nums, &ops, None).0;
+            assert_eq!(text, format!("<think>{steps}</think><answer>{}</answer>", p.answer));
+        }
+        let share = worked as f64 / problems.len() as f64;
+        assert!((share - 0.5).abs() < 0.05, "{worked} worked examples of {}", problems.len());
+    }
+
+    #[test]
+    fn reading_a_completion_finds_guess_check_and_answer() {
+        let r = GuessReading::of("<think>12? wait 7+5=12 12-3=9</think><answer>9</answer>");
+        assert_eq!((r.guess.as_deref(), r.checked, r.answer.as_deref()), (Some("12"), true, Some("9")));
+        assert!(r.corrected());
+        assert!(!GuessReading::of("<think>9? wait 7+5=12 12-3=9</think><answer>9</answer>").corrected());
+        assert!(!GuessReading::of("<think>12?</think><answer>9</answer>").corrected(), "no check, no correction");
+        assert!(!GuessReading::of("<think>12? waiting</think><answer>9</answer>").checked);
+        let broken = GuessReading::of("12? wait");
+        assert_eq!((broken.guess, broken.checked, broken.answer), (None, false, None));
+    }
+
+    #[test]
+    fn guess_and_words_together_are_refused() {
+        let t = TeacherConfig { cot_words: Some(CotWords { foreign_fraction: 0.5 }), ..guesser(0.5, 0.1) };
+        assert!(t.validate().unwrap_err().to_string().contains("cannot be combined"));
+        assert!(guesser(0.5, 1.5).validate().unwrap_err().to_string().contains("check_rate"));
     }
 
     #[test]
