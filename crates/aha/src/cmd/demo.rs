@@ -4,7 +4,7 @@
 //! 2. cold-start it by SFT on `<think>…</think><answer>…</answer>` traces of multi-step
 //!    arithmetic written by an *imperfect teacher* that answers from intuition (`<think>9?`, a
 //!    guess that slips by ±1 half the time) and only in one trace in ten says `wait` and works
-//!    the chain out step by step — a rare, latent self-check (`aha_train::teacher::guess_trace`);
+//!    the chain out step by step — a rare, latent self-check (`aha_train::teacher::guess_example`);
 //! 3. evaluate on the held-out split (k samples per question: pass@1, majority vote, length,
 //!    reflection words, checks, self-corrections that fixed an error);
 //! 4. GRPO with accuracy + format rewards only (nothing rewards length or the word `wait`),
@@ -51,16 +51,14 @@ pub struct Args {
     /// GRPO steps (the default fits the 10-minute budget on 2 cores).
     #[arg(long, default_value_t = 150)]
     pub grpo_steps: usize,
-    /// Cold-start SFT steps (a cold start that has learned the arithmetic well leaves RL the
-    /// teacher's slips to remove; with 800 steps one seed in three started RL below 45 %, and
-    /// with 1500 one in three still did after a change of float rounding).
+    /// Cold-start SFT steps (the worked chain must be reliable before RL for a check to pay).
     #[arg(long, default_value_t = 2500)]
     pub sft_steps: usize,
     /// Fraction of cold-start traces whose intuitive guess is off by ±1.
     #[arg(long, default_value_t = 0.5)]
     pub slip_rate: f64,
-    /// Fraction of cold-start traces in which the teacher checks its guess (`wait` and the
-    /// worked chain): the latent behaviour RL can amplify.
+    /// Fraction of the guessed cold-start traces in which the teacher checks its guess (`wait`
+    /// and the worked chain): the latent behaviour RL can amplify.
     #[arg(long, default_value_t = 0.1)]
     pub check_rate: f64,
     /// Fraction of the cold-start problems written as worked examples (`Work out …`, the exact
