@@ -99,7 +99,7 @@ pub struct EvalOutput {
 }
 
 /// Evaluates `model` on `rows` (prompts already tokenised in `prompt_ids`), without a progress
-/// bar: the form the GRPO loop and the demo use.
+/// bar: the form the GRPO loop uses.
 pub fn evaluate(
     model: &Transformer,
     rows: &[PromptRow],

@@ -16,7 +16,8 @@
 //! `aha demo`'s cold start and pipeline SFT stages (`[stages.teacher]`) both write their traces
 //! here. The step arithmetic of the chains ([`arithmetic_step_list`]) is the only copy in the
 //! workspace: a task's exact solution is its slip-free case. Random draws come in a fixed order
-//! per problem (slip, then one word per step), so a seed gives the same traces everywhere.
+//! per problem (slip, then one word per step; guess-first: worked, slip, check), so a seed gives
+//! the same traces everywhere.
 
 use std::path::Path;
 
@@ -66,7 +67,8 @@ pub struct TeacherConfig {
     /// Percentage of the problem space held out (must match evaluation's). Default 10.
     #[serde(default = "default_test_percent")]
     pub test_percent: u64,
-    /// Fraction of traces with one ±1 slip carried to the answer. Default 0.
+    /// Fraction of traces with one ±1 slip carried to the answer (guess-first: of guesses off by
+    /// ±1). Default 0.
     #[serde(default)]
     pub slip_rate: f64,
     /// Connective words in the chain of thought. Default none.
@@ -75,7 +77,7 @@ pub struct TeacherConfig {
     /// Guess first, check rarely (instead of the plain chain). Default none.
     #[serde(default)]
     pub guess: Option<GuessFirst>,
-    /// Seed of the problems, slips and words. Default 0.
+    /// Seed of the problems and of every draw (slips, words, worked examples, checks). Default 0.
     #[serde(default)]
     pub seed: u64,
 }
@@ -242,11 +244,12 @@ pub fn guess_example(p: &Problem, slip_rate: f64, g: GuessFirst, rng: &mut ChaCh
 }
 
 /// A guess-first completion read back: what it guessed, whether it checked, what it answered.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct GuessReading {
-    /// The number before `?` at the start of the thinking, when there is one.
-    pub guess: Option<String>,
-    /// Whether the thinking says [`CHECK_WORD`] after the guess.
+    /// The integer between `<think>` and the first `?`, when that is what the thinking opens with.
+    pub guess: Option<i64>,
+    /// Whether, after the guess, the thinking has the whitespace-separated word [`CHECK_WORD`]
+    /// (exactly, as the teacher writes it; reflection-word counts are separate and looser).
     pub checked: bool,
     /// The text of the `<answer>` block, trimmed, when there is one.
     pub answer: Option<String>,
@@ -255,20 +258,26 @@ pub struct GuessReading {
 impl GuessReading {
     /// Reads `completion` (lenient: missing parts are `None` / `false`).
     pub fn of(completion: &str) -> Self {
-        let think = completion.split_once("<think>").map(|(_, t)| t.split("</think>").next().unwrap_or(t));
-        let guess = think.and_then(|t| t.split_once('?')).map(|(g, _)| g.trim().to_string());
-        let checked = think.is_some_and(|t| t.split_whitespace().any(|w| w == CHECK_WORD));
+        let think = completion.split_once("<think>").map(|(_, t)| t.split_once("</think>").map_or(t, |(t, _)| t));
+        let parts = think.and_then(|t| t.split_once('?'));
+        let guess = parts.and_then(|(g, _)| g.trim().parse::<i64>().ok());
+        let checked =
+            guess.is_some() && parts.is_some_and(|(_, rest)| rest.split_whitespace().any(|w| w == CHECK_WORD));
         let answer = completion
             .split_once("<answer>")
             .and_then(|(_, a)| a.split_once("</answer>"))
             .map(|(a, _)| a.trim().to_string());
-        GuessReading { guess: guess.filter(|g| !g.is_empty()), checked, answer }
+        GuessReading { guess, checked, answer }
     }
 
-    /// A check that changed a guess into a different answer: the self-correction (whether it
+    /// A check that changed the guess into a different number: the self-correction (whether it
     /// fixed an error is the verifier's call on the answer).
     pub fn corrected(&self) -> bool {
-        self.checked && self.guess.is_some() && self.answer.is_some() && self.guess != self.answer
+        let answer = self.answer.as_deref().and_then(|a| a.parse::<f64>().ok());
+        match (self.checked, self.guess, answer) {
+            (true, Some(g), Some(a)) => a != g as f64,
+            _ => false,
+        }
     }
 }
 
@@ -305,7 +314,7 @@ mod tests {
         for (p, (prompt, text)) in problems.iter().zip(t.examples(&problems)) {
             assert_eq!(prompt, p.prompt);
             let r = GuessReading::of(&text);
-            let guess: i64 = r.guess.as_deref().unwrap().parse().unwrap();
+            let guess = r.guess.unwrap();
             let answer: i64 = r.answer.as_deref().unwrap().parse().unwrap();
             let exact: i64 = p.answer.parse().unwrap();
             assert!((guess - exact).abs() <= 1, "{text}");
@@ -351,11 +360,16 @@ mod tests {
     #[test]
     fn reading_a_completion_finds_guess_check_and_answer() {
         let r = GuessReading::of("<think>12? wait 7+5=12 12-3=9</think><answer>9</answer>");
-        assert_eq!((r.guess.as_deref(), r.checked, r.answer.as_deref()), (Some("12"), true, Some("9")));
+        assert_eq!((r.guess, r.checked, r.answer.as_deref()), (Some(12), true, Some("9")));
         assert!(r.corrected());
+        let negative = GuessReading::of("<think>-4? wait 1+2=3 3-5=-2 -2-4=-6</think><answer>-6</answer>");
+        assert_eq!((negative.guess, negative.corrected()), (Some(-4), true));
         assert!(!GuessReading::of("<think>9? wait 7+5=12 12-3=9</think><answer>9</answer>").corrected());
+        assert!(!GuessReading::of("<think>9? wait 7+5=12 12-3=9</think><answer>9.0</answer>").corrected());
         assert!(!GuessReading::of("<think>12?</think><answer>9</answer>").corrected(), "no check, no correction");
         assert!(!GuessReading::of("<think>12? waiting</think><answer>9</answer>").checked);
+        let before_guess = GuessReading::of("<think>wait 7+5=12 12-3=9? 9</think><answer>9</answer>");
+        assert_eq!((before_guess.guess, before_guess.checked), (None, false), "not a guess-first completion");
         let broken = GuessReading::of("12? wait");
         assert_eq!((broken.guess, broken.checked, broken.answer), (None, false, None));
     }

@@ -66,7 +66,7 @@ pub struct Args {
     #[arg(long, default_value_t = 0.5)]
     pub worked_rate: f64,
     /// The ablation: no self-check in the cold start (check rate 0), everything else the same.
-    #[arg(long, default_value_t = false)]
+    #[arg(long, default_value_t = false, conflicts_with = "check_rate")]
     pub ablation: bool,
     /// Fewest operands of a problem (4–5 operands are long enough that the tiny model's
     /// intuitive guess is often wrong, and short enough that the worked chain is reliable).
@@ -86,7 +86,8 @@ pub struct Args {
     /// problems, so the 90 % that GRPO trains on are not memorised).
     #[arg(long, default_value_t = 5)]
     pub max_value: i64,
-    /// Held-out questions evaluated before and after RL (fewer when the held-out split is smaller).
+    /// Held-out questions evaluated before, during (`--eval-every`) and after RL (fewer when the
+    /// held-out split is smaller).
     #[arg(long, default_value_t = 200)]
     pub eval_questions: usize,
     /// Prompts per GRPO step.
@@ -145,7 +146,8 @@ struct Plan {
 
 impl Plan {
     fn new(args: &Args) -> Self {
-        // Room for the guess, `wait`, every step (≤ 10 tokens each) and the answer.
+        // Room for the guess, `wait`, every step and the answer: with operands ≤ 9 a step such as
+        // `-35-9=-44 ` takes ≤ 10 byte tokens (larger operands need more than this allows).
         let max_len = 16 + 10 * args.max_operands;
         let check_rate = if args.ablation { 0.0 } else { args.check_rate };
         Self {
@@ -221,7 +223,12 @@ kind = "format"
 pub fn run(args: Args) -> Result<()> {
     let start = Instant::now();
     let plan = Plan::new(&args);
-    plan.teacher.validate().context("--slip-rate")?;
+    plan.teacher.validate().context("--slip-rate / --check-rate / --worked-rate")?;
+    anyhow::ensure!(
+        (1..=9).contains(&args.max_value),
+        "--max-value {}: must lie in 1..=9 (single-digit operands; the completion limit allows no more)",
+        args.max_value
+    );
     let out = args.out_dir();
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     clear_previous_run(&out)?;
@@ -470,6 +477,8 @@ fn write_summary(
         "eval_temperature": plan.eval.generation.temperature,
         "teacher_slip_rate": plan.teacher.slip_rate,
         "teacher_check_rate": plan.teacher.guess.map_or(0.0, |g| g.check_rate),
+        "teacher_worked_rate": plan.teacher.guess.map_or(0.0, |g| g.worked_rate),
+        "eval_every": plan.eval_every,
         "ablation": args.ablation,
         "operands": [args.min_operands, args.max_operands],
         "max_value": args.max_value,
