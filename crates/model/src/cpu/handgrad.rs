@@ -723,10 +723,7 @@ fn layer_forward(
     lora_forward(cx, w, li, &lora_sites(li, &qkv_parts(d)), s.xn, &mut qkv, &mut lt)?;
     rope_inplace(&mut qkv, l.width, l.v, cx.cos, cx.sin, d.head_dim, false);
     let kept = if cx.keep {
-        let (mut att, mut xmid) = (vec![0f32; n * d.q_width()], vec![0f32; n * d.hidden]);
-        let probs = attention::forward(d, cx.pk, &qkv, cx.mask, &mut att)?;
-        xmid_of(cx, w, li, &x, &att, &mut lt, &mut xmid)?;
-        Some(Kept { att, probs, xmid })
+        Some(kept_of(cx, w, li, &x, &qkv, &mut lt)?)
     } else {
         drop(attention::forward(d, cx.pk, &qkv, cx.mask, s.att)?);
         xmid_of(cx, w, li, &x, s.att, &mut lt, s.xmid)?;
@@ -744,6 +741,24 @@ fn layer_forward(
     lora_forward(cx, w, li, &lora_sites(li, &[(Module::Down, 0, d.hidden)]), s.act, &mut out, &mut lt)?;
     add_into(&mut out, xmid);
     Ok((out, LayerTape { x, rstd1, qkv, lora: lt, rstd2, gu, kept }))
+}
+
+/// The attention (output and probabilities) and `xmid` of layer `li` from its input `x` and
+/// roped `qkv`: what a keeping forward stores ([`Kept`]) and a backward otherwise recomputes,
+/// with the same code, so the same bits.
+fn kept_of(
+    cx: &Ctx,
+    w: &[&[f32]],
+    li: &LayerIdx,
+    x: &[f32],
+    qkv: &[f32],
+    lt: &mut [Option<LoraTape>; 7],
+) -> CResult<Kept> {
+    let (d, n) = (&cx.d, cx.d.rows());
+    let (mut att, mut xmid) = (vec![0f32; n * d.q_width()], vec![0f32; n * d.hidden]);
+    let probs = attention::forward(d, cx.pk, qkv, cx.mask, &mut att)?;
+    xmid_of(cx, w, li, x, &att, lt, &mut xmid)?;
+    Ok(Kept { att, probs, xmid })
 }
 
 /// `xmid = x + o_proj(att)` of layer `li`, with the O adapter (whose tape goes to `lt`), into
@@ -834,12 +849,7 @@ fn layer_backward(
     let LayerTape { x, rstd1, qkv, lora: mut lt, rstd2, gu, kept } = tp;
     let Kept { att, probs, xmid } = match kept {
         Some(k) => k,
-        None => {
-            let (mut att, mut xmid) = (vec![0f32; n * d.q_width()], vec![0f32; n * d.hidden]);
-            let probs = attention::forward(d, cx.pk, &qkv, cx.mask, &mut att)?;
-            xmid_of(cx, w, li, &x, &att, &mut lt, &mut xmid)?;
-            Kept { att, probs, xmid }
-        }
+        None => kept_of(cx, w, li, &x, &qkv, &mut lt)?,
     };
     // MLP: out = xmid + down(silu(gate) · up), gate and up one stacked projection. The
     // activation is recomputed in the pass that turns gu into its gradient, once dact is
@@ -1200,25 +1210,36 @@ fn head_backward(tape: &Tape, w: &[&[f32]], dl: &[f32], gb: &mut GradBufs, dxf: 
         z.resize(z.len().max(n * v), 0f32);
         let zb = &mut z[..n * v];
         mm(zb, 0, v, Mat::new(&hb, n, h), wh.t(), false, true)?;
-        // log p(target) = z[target] − lse: dz = dl · (onehot − softmax).
-        zb.par_chunks_mut(v).zip(rs.par_iter()).with_min_len(grain(v)).for_each(|(zr, &r)| {
-            if dl[r] != 0.0 {
-                rows::logprob_backward_row_in_place(zr, tape.lse[r], tape.targets[r] as usize, dl[r]);
-            } else {
-                zr.fill(0.0);
-            }
-        });
+        logits_to_dz(tape, zb, rs, dl);
         let dz = Mat::new(zb, n, v);
         if gb.wants(head) {
             mm(gb.acc(head, v * h), 0, h, dz.t(), Mat::new(&hb, n, h), bi > 0, true)?;
         }
-        let dh = mm_new(dz, wh, true)?;
-        for (row, &r) in dh.chunks(h).zip(rs) {
-            let to = tape.pk.row(r / tape.len, tape.start + r % tape.len) * h;
-            dxf[to..to + h].copy_from_slice(row);
-        }
+        scatter_dh(tape, &mm_new(dz, wh, true)?, rs, dxf);
     }
     Ok(())
+}
+
+/// Turns the logits `z` of span rows `rs` into d loss / d logits in place: for
+/// log p(target) = z[target] − lse, dz = dl · (onehot − softmax); rows without a gradient get 0.
+fn logits_to_dz(tape: &Tape, z: &mut [f32], rs: &[usize], dl: &[f32]) {
+    let v = tape.d.vocab;
+    z.par_chunks_mut(v).zip(rs.par_iter()).with_min_len(grain(v)).for_each(|(zr, &r)| {
+        if dl[r] != 0.0 {
+            rows::logprob_backward_row_in_place(zr, tape.lse[r], tape.targets[r] as usize, dl[r]);
+        } else {
+            zr.fill(0.0);
+        }
+    });
+}
+
+/// Writes d loss / d h of span rows `rs` (`dh`, one row each) to their rows of `dxf`.
+fn scatter_dh(tape: &Tape, dh: &[f32], rs: &[usize], dxf: &mut [f32]) {
+    let h = tape.d.hidden;
+    for (row, &r) in dh.chunks(h).zip(rs) {
+        let to = tape.pk.row(r / tape.len, tape.start + r % tape.len) * h;
+        dxf[to..to + h].copy_from_slice(row);
+    }
 }
 
 /// [`head_backward`] over the kept logits `z` (`[M, V]`, turned into `dz` in place): one product
@@ -1233,22 +1254,13 @@ fn head_backward_kept(
 ) -> CResult<()> {
     let d = tape.d;
     let (h, v, m, head) = (d.hidden, d.vocab, dl.len(), tape.idx.head);
-    z.par_chunks_mut(v).enumerate().with_min_len(grain(v)).for_each(|(r, zr)| {
-        if dl[r] != 0.0 {
-            rows::logprob_backward_row_in_place(zr, tape.lse[r], tape.targets[r] as usize, dl[r]);
-        } else {
-            zr.fill(0.0);
-        }
-    });
+    let all: Vec<usize> = (0..m).collect();
+    logits_to_dz(tape, &mut z, &all, dl);
     let dz = Mat::new(&z, m, v);
     if gb.wants(head) {
         gb.put(head, mm_new(dz.t(), Mat::new(&tape.h_span, m, h), true)?);
     }
-    let dh = mm_new(dz, Mat::new(w[head], v, h), true)?;
-    for (r, row) in dh.chunks(h).enumerate() {
-        let to = tape.pk.row(r / tape.len, tape.start + r % tape.len) * h;
-        dxf[to..to + h].copy_from_slice(row);
-    }
+    scatter_dh(tape, &mm_new(dz, Mat::new(w[head], v, h), true)?, &all, dxf);
     Ok(())
 }
 
