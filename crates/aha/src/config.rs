@@ -15,6 +15,7 @@ use aha_train::config::OptimConfig;
 use aha_train::data::DataConfig;
 use aha_train::eval::EvalSettings;
 use aha_train::grpo::GrpoSettings;
+use aha_train::remote::RolloutSettings;
 use aha_train::rm::ModelRewardSpec;
 use aha_train::run::RunOptions;
 pub use aha_train::sft::SftSettings;
@@ -117,6 +118,12 @@ pub struct GrpoConfig {
     /// AdamW and schedule.
     #[serde(default)]
     pub optim: OptimConfig,
+    /// Where completions are sampled (`[rollout]`: `engine`, `urls`, `api`, `model`,
+    /// `lora_name`, `sync_every`, `max_prompts_per_request`, `timeout_s`, `retries`, `is_cap`,
+    /// `max_staleness`; see
+    /// [`RolloutSettings`]). Default in process.
+    #[serde(default)]
+    pub rollout: RolloutSettings,
     /// Rewards by name and weight (`[[rewards]]`): rule-based, or reward models (`kind = "model"`).
     pub rewards: Vec<RewardEntry>,
     /// Reward panics tolerated over the run before it aborts. Default 16.
@@ -306,6 +313,8 @@ impl GrpoConfig {
         validate_data(&self.data)?;
         validate_lora(self.lora.as_ref(), self.adapter.as_deref())?;
         self.grpo.validate().context("[grpo]")?;
+        let lora = self.lora.is_some() || self.adapter.is_some();
+        self.rollout.validate(lora).context("[rollout]")?;
         validate_optim(&self.optim)?;
         self.rewards_config().validate().context("[[rewards]]")?;
         self.validate_model_rewards().context("[[rewards]] kind = \"model\"")?;
@@ -536,6 +545,35 @@ name = "accuracy"
         assert!(format!("{:#}", load_grpo(&write(&both).1).unwrap_err()).contains("not both"));
         let clash = model.replace("helpful", "accuracy");
         assert!(format!("{:#}", load_grpo(&write(&format!("{MINIMAL}{clash}")).1).unwrap_err()).contains("duplicate"));
+    }
+
+    #[test]
+    fn the_rollout_table_is_typed_defaulted_and_validated() {
+        let plain = load_grpo(&write(MINIMAL).1).unwrap();
+        assert!(!plain.rollout.is_remote());
+        let text = format!(
+            "{MINIMAL}[rollout]\nengine = \"openai\"\nurls = [\"http://127.0.0.1:8000\", \"http://127.0.0.1:8001\"]\n\
+             max_staleness = 1\nis_cap = 2.0\n"
+        );
+        let c = load_grpo(&write(&text).1).unwrap();
+        assert!(c.rollout.is_remote());
+        assert_eq!((c.rollout.urls.len(), c.rollout.max_staleness, c.rollout.is_cap), (2, 1, 2.0));
+        assert_eq!((c.rollout.sync_every, c.rollout.retries, c.rollout.timeout_s), (1, 2, 120.0));
+        for (extra, named) in [
+            ("[rollout]\nengine = \"openai\"\n", "rollout.urls"),
+            ("[rollout]\nengine = \"remote\"\n", "remote"),
+            ("[rollout]\nurl = \"http://x\"\n", "url"),
+            ("[rollout]\nengine = \"openai\"\nurls = [\"http://x:1\"]\napi = \"vllm\"\n", "LoRA"),
+            ("[rollout]\nengine = \"openai\"\nurls = [\"http://x:1\"]\nsync_every = 2\n", "rollout.max_staleness"),
+        ] {
+            let (_d, p) = write(&format!("{MINIMAL}{extra}"));
+            let err = format!("{:#}", load_grpo(&p).unwrap_err());
+            assert!(err.contains(named) && err.contains("c.toml"), "{named}: {err}");
+        }
+        let lora = format!(
+            "{MINIMAL}[lora]\nr = 4\n[rollout]\nengine = \"openai\"\nurls = [\"http://x:1\"]\napi = \"vllm\"\n"
+        );
+        assert!(load_grpo(&write(&lora).1).is_ok());
     }
 
     #[test]

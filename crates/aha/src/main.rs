@@ -6,7 +6,9 @@
 mod alloc;
 mod cmd;
 mod config;
+mod dp;
 mod exec_args;
+mod model_args;
 mod pipeline;
 mod runs;
 mod threads;
@@ -57,6 +59,8 @@ enum Command {
     Rm(cmd::rm::Args),
     /// Run a recipe of stages (sft, grpo, sample, rm, eval): the R1 pipeline.
     Pipeline(cmd::pipeline::Args),
+    /// Serve a model over an OpenAI-compatible HTTP API (completions, chat, weight reloads).
+    Serve(cmd::serve::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -81,5 +85,6 @@ fn main() -> anyhow::Result<()> {
         Command::Filter(args) => cmd::filter::run(args),
         Command::Rm(args) => cmd::rm::run(args),
         Command::Pipeline(args) => cmd::pipeline::run(args),
+        Command::Serve(args) => cmd::serve::run(args),
     }
 }

@@ -3,16 +3,12 @@
 //! determinism under a seed and independence from the decoding batch size, the per-task
 //! breakdown, and a filtered, mixed SFT file that `aha sft` trains on.
 
+mod common;
+
 use std::path::Path;
-use std::process::{Command, Output};
 
+use common::{aha, init_tiny, ok};
 use serde_json::Value;
-
-fn aha(args: &[&str]) -> Output {
-    let out = Command::new(env!("CARGO_BIN_EXE_aha")).args(args).output().unwrap();
-    assert!(out.status.success(), "aha {args:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
-    out
-}
 
 fn jsonl(path: &Path) -> Vec<Value> {
     let text = std::fs::read_to_string(path).unwrap();
@@ -22,7 +18,7 @@ fn jsonl(path: &Path) -> Vec<Value> {
 fn tiny_model(dir: &Path) -> String {
     let model = dir.join("model");
     let m = model.to_str().unwrap().to_string();
-    aha(&["init", "--out", &m, "--layers", "1", "--hidden-size", "32", "--intermediate-size", "64", "--seed", "3"]);
+    init_tiny(&model, &["--intermediate-size", "64", "--seed", "3"]);
     m
 }
 
@@ -37,7 +33,7 @@ fn eval_writes_a_consistent_record_and_samples() {
         let mut args = vec!["eval", "--model", &model, "--task", "arithmetic", "--limit", "5"];
         args.extend(SAMPLING);
         args.extend(["--batch-prompts", batch, "--pass-at", "1,3,4", "--out", out.to_str().unwrap()]);
-        String::from_utf8(aha(&args).stdout).unwrap()
+        String::from_utf8(ok(&args).stdout).unwrap()
     };
     let table = run(&out_a, "2");
     for row in ["| pass@1 |", "| cons@4 |", "| pass@3 |", "| median completion tokens |", "| format rate |"] {
@@ -84,15 +80,12 @@ fn eval_breaks_down_by_task_column() {
     let mut args = vec!["eval", "--model", &model, "--data", data.to_str().unwrap(), "--prompt-column", "question"];
     args.extend(SAMPLING);
     args.extend(["--out", out.to_str().unwrap()]);
-    let table = String::from_utf8(aha(&args).stdout).unwrap();
+    let table = String::from_utf8(ok(&args).stdout).unwrap();
     let record: Value = serde_json::from_str(&std::fs::read_to_string(out.join("eval.json")).unwrap()).unwrap();
     assert_eq!(record["per_task"]["easy"]["questions"], 2);
     assert_eq!(record["per_task"]["hard"]["questions"], 1);
     assert!(table.contains("| easy | 2 |"), "{table}");
-    let bad = Command::new(env!("CARGO_BIN_EXE_aha"))
-        .args(["eval", "--model", &model, "--data", data.to_str().unwrap(), "--k", "2", "--pass-at", "4"])
-        .output()
-        .unwrap();
+    let bad = aha(&["eval", "--model", &model, "--data", data.to_str().unwrap(), "--k", "2", "--pass-at", "4"]);
     assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("pass_at 4"));
 }
 
@@ -105,14 +98,14 @@ fn sample_filter_mix_then_sft() {
     let mut args = vec!["sample", "--model", &model, "--task", "{ name = \"arithmetic\", max_value = 3 }"];
     args.extend(["--limit", "3", "--out", samples.to_str().unwrap()]);
     args.extend(SAMPLING);
-    aha(&args);
+    ok(&args);
     let records = jsonl(&samples);
     assert_eq!(records.len(), 12);
     assert!(records.iter().all(|r| r["reward"].is_number() && r["rewards"]["accuracy"].is_number()), "{records:?}");
 
     // A random model is never right: the default filter keeps nothing and says why.
     let sft = dir.join("sft.jsonl");
-    let out = aha(&["filter", "--input", samples.to_str().unwrap(), "--out", sft.to_str().unwrap()]);
+    let out = ok(&["filter", "--input", samples.to_str().unwrap(), "--out", sft.to_str().unwrap()]);
     let report = String::from_utf8(out.stdout).unwrap();
     assert!(report.contains("| kept | 0 |") && report.contains("| dropped: incorrect | 12 |"), "{report}");
 
@@ -136,7 +129,7 @@ fn sample_filter_mix_then_sft() {
             "--seed",
             "4",
         ];
-        String::from_utf8(aha(&args).stdout).unwrap()
+        String::from_utf8(ok(&args).stdout).unwrap()
     };
     let report = filter(&sft);
     assert!(report.contains("| kept | 6 |") && report.contains("| dropped: over the per-prompt cap | 6 |"), "{report}");
@@ -160,7 +153,7 @@ fn sample_filter_mix_then_sft() {
         ),
     )
     .unwrap();
-    aha(&["sft", "--config", toml.to_str().unwrap()]);
+    ok(&["sft", "--config", toml.to_str().unwrap()]);
     assert!(run.join("metrics.jsonl").exists());
 }
 
@@ -176,7 +169,7 @@ fn eval_extract_free_reads_free_text_and_bad_values_name_the_flag() {
             args.extend(["--extract", mode]);
         }
         args.extend(["--out", out.to_str().unwrap()]);
-        let table = String::from_utf8(aha(&args).stdout).unwrap();
+        let table = String::from_utf8(ok(&args).stdout).unwrap();
         let record: Value = serde_json::from_str(&std::fs::read_to_string(out.join("eval.json")).unwrap()).unwrap();
         (table, record, jsonl(&out.join("samples.jsonl")))
     };
@@ -200,10 +193,7 @@ fn eval_extract_free_reads_free_text_and_bad_values_name_the_flag() {
     assert!(samples.iter().all(|s| s["extracted"].is_null()));
 
     for cmd in ["eval", "sample"] {
-        let bad = Command::new(env!("CARGO_BIN_EXE_aha"))
-            .args([cmd, "--model", &model, "--task", "arithmetic", "--extract", "loose"])
-            .output()
-            .unwrap();
+        let bad = aha(&[cmd, "--model", &model, "--task", "arithmetic", "--extract", "loose"]);
         let err = String::from_utf8_lossy(&bad.stderr);
         assert!(!bad.status.success() && err.contains("--extract") && err.contains("loose"), "{err}");
         assert!(err.contains("`r1` or `free`"), "{err}");

@@ -2,14 +2,13 @@
 //! its metrics header and resolved config record, a flag beats the file, and a bad value is an
 //! error naming the file and the field before anything trains.
 
+mod common;
+
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
+use common::{aha, init_tiny};
 use serde_json::Value;
-
-fn aha(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_aha")).args(args).output().unwrap()
-}
 
 fn sft_config(model: &Path, out: &Path, exec: &str) -> String {
     let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/data/sft-arithmetic.jsonl");
@@ -38,8 +37,7 @@ fn exec_table_and_flags_choose_the_plan_of_a_run() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let model = dir.join("model");
-    let init = ["init", "--out", model.to_str().unwrap(), "--layers", "1", "--hidden-size", "32", "--heads", "2"];
-    assert!(aha(&init).status.success());
+    init_tiny(&model, &["--heads", "2"]);
 
     let (o, header) = sft(dir, "composite", "[exec]\nbackend = \"composite\"", &[]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));

@@ -1,13 +1,10 @@
 //! `aha init`, `aha generate` and `aha convert` end to end on a tiny model made on the spot.
 
-use std::path::Path;
-use std::process::Command;
+mod common;
 
-fn aha(args: &[&str]) -> std::process::Output {
-    let out = Command::new(env!("CARGO_BIN_EXE_aha")).args(args).output().unwrap();
-    assert!(out.status.success(), "aha {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-    out
-}
+use std::path::Path;
+
+use common::{aha, init_tiny, ok};
 
 fn dir() -> std::path::PathBuf {
     let d = std::env::temp_dir().join(format!("aha-model-cli-{}", std::process::id()));
@@ -21,31 +18,15 @@ fn init_generate_convert() {
     let root = dir();
     let model = root.join("tiny");
     let m = model.to_str().unwrap();
-    aha(&[
-        "init",
-        "--out",
-        m,
-        "--arch",
-        "qwen3",
-        "--layers",
-        "1",
-        "--hidden-size",
-        "32",
-        "--heads",
-        "2",
-        "--kv-heads",
-        "1",
-        "--seed",
-        "5",
-    ]);
+    init_tiny(&model, &["--arch", "qwen3", "--heads", "2", "--kv-heads", "1", "--seed", "5"]);
     for f in ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "generation_config.json"] {
         assert!(Path::new(m).join(f).is_file(), "{f} missing");
     }
-    let refuse = Command::new(env!("CARGO_BIN_EXE_aha")).args(["init", "--out", m]).output().unwrap();
+    let refuse = aha(&["init", "--out", m]);
     assert!(!refuse.status.success(), "init must not overwrite without --force");
 
     let gen = |seed: &str| {
-        let out = aha(&[
+        let out = ok(&[
             "generate",
             "--model",
             m,
@@ -65,7 +46,7 @@ fn init_generate_convert() {
     assert_eq!(gen("1").0, a, "same seed, same text");
 
     let copy = root.join("copy");
-    aha(&["convert", "--model", m, "--out", copy.to_str().unwrap()]);
+    ok(&["convert", "--model", m, "--out", copy.to_str().unwrap()]);
     let original = std::fs::read(Path::new(m).join("model.safetensors")).unwrap();
     assert_eq!(std::fs::read(copy.join("model.safetensors")).unwrap(), original);
     let _ = std::fs::remove_dir_all(&root);
@@ -78,11 +59,11 @@ fn exec_flags_choose_the_backend_or_say_why_not() {
     let root = tempfile::tempdir().unwrap();
     let m = root.path().join("tiny");
     let m = m.to_str().unwrap();
-    aha(&["init", "--out", m, "--layers", "1", "--hidden-size", "32", "--heads", "2", "--kv-heads", "1"]);
+    init_tiny(Path::new(m), &["--heads", "2", "--kv-heads", "1"]);
     let gen = |extra: &[&str]| {
         let mut args = vec!["generate", "--model", m, "--prompt", "1+2", "--max-new-tokens", "6", "--temperature", "0"];
         args.extend_from_slice(extra);
-        Command::new(env!("CARGO_BIN_EXE_aha")).args(&args).output().unwrap()
+        aha(&args)
     };
     let text = |o: &std::process::Output| (String::from_utf8_lossy(&o.stdout).to_string(), o.status.success());
     let auto = gen(&[]);

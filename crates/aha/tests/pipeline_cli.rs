@@ -3,70 +3,29 @@
 //! name the field before anything runs, and `recipes/r1.toml`: its values against the paper
 //! (docs/DESIGN.md §1) and one step of its first RL stage with a tiny model substituted.
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
+use common::{cold_stage, err, ok, recipe_head, rl_stage, TASK};
 use serde_json::Value;
-
-fn aha(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_aha")).args(args).output().unwrap()
-}
-
-fn ok(args: &[&str]) -> Output {
-    let out = aha(args);
-    assert!(out.status.success(), "aha {args:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
-    out
-}
-
-fn err(args: &[&str]) -> String {
-    let out = aha(args);
-    assert!(!out.status.success(), "aha {args:?} should fail");
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-const TASK: &str = "{ name = \"arithmetic\", min_operands = 2, max_operands = 3, max_value = 3 }";
-
 /// Every stage kind, each as small as it gets.
 fn tiny_recipe(out: &Path) -> String {
-    format!(
-        r#"
-output_dir = {out:?}
-[init]
-hidden_size = 32
-intermediate_size = 64
-max_position_embeddings = 96
-[eval]
-language = "en"
-data = {{ task = {TASK}, limit = 2, template = "raw" }}
-sampling = {{ k = 2, max_new_tokens = 8 }}
-
-[[stages]]
-name = "cold"
-kind = "sft"
-teacher = {{ task = {TASK}, size = 40, slip_rate = 0.5, cot_words = {{ foreign_fraction = 0.5 }} }}
-data = {{ template = "raw" }}
-sft = {{ max_steps = 2, batch_size = 4 }}
-optim = {{ learning_rate = 1e-3 }}
-run = {{ progress = false }}
-
-[[stages]]
-name = "rl"
-kind = "grpo"
-data = {{ task = {TASK}, task_size = 20, template = "raw" }}
-grpo = {{ max_steps = 2, prompts_per_step = 2, group_size = 2, max_completion_length = 6, length_schedule = [{{ from_step = 2, max_completion_length = 8 }}] }}
-optim = {{ learning_rate = 1e-4 }}
-run = {{ progress = false }}
-[[stages.rewards]]
-name = "accuracy"
-kind = "numeric"
-[[stages.rewards]]
-name = "language"
-kind = "language"
-
+    recipe_head(out, 2, "language = \"en\"\n")
+        + &cold_stage(", cot_words = { foreign_fraction = 0.5 }", "max_steps = 2, batch_size = 4")
+        + &rl_stage(
+            "max_steps = 2, prompts_per_step = 2, group_size = 2, max_completion_length = 6, \
+             length_schedule = [{ from_step = 2, max_completion_length = 8 }]",
+            1e-4,
+            "progress = false",
+        )
+        + &format!(
+            r#"
 [[stages]]
 name = "rejection"
 kind = "sample"
@@ -116,7 +75,7 @@ kind = "eval"
 data = {{ task = {TASK}, limit = 2, template = "raw" }}
 sampling = {{ k = 2, max_new_tokens = 8 }}
 "#
-    )
+        )
 }
 
 fn metrics(run: &Path) -> Vec<Value> {

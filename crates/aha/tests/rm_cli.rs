@@ -4,20 +4,12 @@
 //! must score accuracy (n − ties) / 2n whatever the model), and `aha rm score` agreeing with
 //! the report. A GRPO run with `kind = "model"` checks the reward is logged only in its window.
 
+mod common;
+
 use std::path::Path;
-use std::process::{Command, Output};
 
+use common::{aha, init_tiny, ok};
 use serde_json::Value;
-
-fn aha(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_aha")).args(args).output().unwrap()
-}
-
-fn ok(args: &[&str]) -> Output {
-    let out = aha(args);
-    assert!(out.status.success(), "aha {args:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
-    out
-}
 
 fn rows(path: &Path) -> Vec<Value> {
     std::fs::read_to_string(path).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
@@ -51,8 +43,7 @@ fn config(model: &Path, out: &Path, objective: &str, data: &Path, eval: Option<&
 
 fn init(dir: &Path) -> std::path::PathBuf {
     let model = dir.join("base");
-    let m = model.to_str().unwrap();
-    ok(&["init", "--out", m, "--hidden-size", "32", "--intermediate-size", "64", "--layers", "1"]);
+    init_tiny(&model, &["--intermediate-size", "64"]);
     model
 }
 

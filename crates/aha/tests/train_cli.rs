@@ -2,20 +2,12 @@
 //! built binary: metrics lines, checkpoints with trainer state, resume at the right step, and
 //! config errors that name the field.
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
+use common::{aha, init_tiny, ok};
 use serde_json::Value;
-
-fn aha(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_aha")).args(args).output().unwrap()
-}
-
-fn ok(args: &[&str]) -> Output {
-    let out = aha(args);
-    assert!(out.status.success(), "aha {args:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
-    out
-}
 
 fn metrics(run: &Path) -> Vec<Value> {
     let text = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
@@ -59,17 +51,7 @@ fn init_sft_grpo_resume_and_config_errors() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let model = dir.join("model");
-    ok(&[
-        "init",
-        "--out",
-        model.to_str().unwrap(),
-        "--layers",
-        "1",
-        "--hidden-size",
-        "32",
-        "--intermediate-size",
-        "64",
-    ]);
+    init_tiny(&model, &["--intermediate-size", "64"]);
 
     let sft_run = dir.join("sft");
     let sft_toml = dir.join("sft.toml");

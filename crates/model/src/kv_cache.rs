@@ -4,7 +4,8 @@
 //! written in place as tokens arrive; a per-row validity mask records which slots hold real
 //! tokens (left-padded prompts leave padding slots invalid). Rows can be selected or repeated
 //! (`select_rows`), which is how a rollout shares one prompt prefill across G samples and drops
-//! finished sequences.
+//! finished sequences. Caches of different lengths can be joined into one batch
+//! ([`KvCache::merge`]), which is how a serving loop adds requests to a running batch.
 
 use candle_core::{DType, Device, Tensor};
 
@@ -105,5 +106,63 @@ impl KvCache {
             len: self.len,
             max_len: self.max_len,
         })
+    }
+
+    /// Joins caches into one batch (rows of `parts[0]` first), each right-aligned: a part's
+    /// filled slots end at the merged cache's fill position, and the slots before them are
+    /// invalid. Leading slots no row of a part uses are dropped first, so rows whose tokens are
+    /// contiguous and end at the fill position (every prefilled-then-decoded row) keep the
+    /// merged length at the longest row's. `extra` free slots follow, for decoding.
+    ///
+    /// Keys and values keep their slots' contents and validity, so attention over the merged
+    /// cache equals attention over each part; positions are the caller's, per row.
+    pub fn merge(parts: &[KvCache], extra: usize) -> Result<Self> {
+        let first = parts.first().ok_or_else(|| ModelError::InvalidConfig("KV cache merge: no caches".into()))?;
+        let layers = first.keys.len();
+        if parts.iter().any(|p| p.keys.len() != layers) {
+            return Err(ModelError::InvalidConfig("KV cache merge: caches have different layer counts".into()));
+        }
+        let used: Vec<(usize, usize)> = parts.iter().map(KvCache::used_span).collect::<Result<_>>()?;
+        let len = used.iter().map(|&(_, n)| n).max().unwrap_or(0);
+        let max_len = len + extra;
+        let place = |t: &Tensor, (start, n): (usize, usize)| -> candle_core::Result<Tensor> {
+            let body = t.narrow(2, start, n)?;
+            let mut dims = body.dims().to_vec();
+            let mut pieces = Vec::with_capacity(3);
+            dims[2] = len - n;
+            pieces.push(Tensor::zeros(dims.as_slice(), body.dtype(), body.device())?);
+            pieces.push(body);
+            dims[2] = extra;
+            pieces.push(Tensor::zeros(dims.as_slice(), t.dtype(), t.device())?);
+            Tensor::cat(&pieces, 2)
+        };
+        let join = |pick: &dyn Fn(&KvCache) -> &Tensor, dim: usize| -> candle_core::Result<Tensor> {
+            let placed: Vec<Tensor> = parts
+                .iter()
+                .zip(&used)
+                .map(|(p, &span)| place(&pick(p).unsqueeze(dim)?, span)?.squeeze(dim))
+                .collect::<candle_core::Result<_>>()?;
+            Tensor::cat(&placed, 0)
+        };
+        let mut keys = Vec::with_capacity(layers);
+        let mut values = Vec::with_capacity(layers);
+        for l in 0..layers {
+            keys.push(join(&|p: &KvCache| &p.keys[l], 4)?.contiguous()?);
+            values.push(join(&|p: &KvCache| &p.values[l], 4)?.contiguous()?);
+        }
+        // The mask is [batch, slots]: view it as [batch, 1, slots] so slots sit on dim 2.
+        let valid = join(&|p: &KvCache| &p.valid, 1)?.contiguous()?;
+        Ok(Self { keys, values, valid, len, max_len })
+    }
+
+    /// `(first used slot, used slots up to the fill position)`: the span of filled slots that
+    /// at least one row marks valid, starting at the first such slot.
+    fn used_span(&self) -> Result<(usize, usize)> {
+        if self.len == 0 {
+            return Ok((0, 0));
+        }
+        let valid: Vec<Vec<f32>> = self.valid.narrow(1, 0, self.len)?.to_vec2()?;
+        let start = (0..self.len).find(|&s| valid.iter().any(|row| row[s] != 0.0)).unwrap_or(self.len);
+        Ok((start, self.len - start))
     }
 }

@@ -172,7 +172,8 @@ fn validate(prompts: &[Vec<u32>], cfg: &RolloutConfig, has_decoder: bool) -> Res
 
 /// Prefills all prompts in one left-padded batch into a fresh cache sized for the longest
 /// prompt plus `max_new_tokens`; returns the cache and each prompt's next-token logits.
-fn prefill(model: &Transformer, prompts: &[Vec<u32>], max_new_tokens: usize) -> Result<(KvCache, Vec<Vec<f32>>)> {
+/// Prompts must be non-empty. Also the first step of `aha serve`'s admission of new requests.
+pub fn prefill(model: &Transformer, prompts: &[Vec<u32>], max_new_tokens: usize) -> Result<(KvCache, Vec<Vec<f32>>)> {
     let width = prompts.iter().map(Vec::len).max().unwrap_or(0);
     let n = prompts.len();
     let (mut ids, mut mask, mut pos) = (vec![0u32; n * width], vec![0u8; n * width], vec![0u32; n * width]);

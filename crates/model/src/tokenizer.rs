@@ -188,9 +188,10 @@ impl AhaTokenizer {
     }
 
     /// A streaming decoder: feed ids one at a time, get the text they complete (multi-byte
-    /// characters are held back until whole).
+    /// characters are held back until whole). Each push decodes a short window, not the whole
+    /// sequence, so streaming costs O(1) per token.
     pub fn stream(&self, skip_special_tokens: bool) -> TokenStream<'_> {
-        TokenStream { tokenizer: self, ids: Vec::new(), emitted: 0, skip_special_tokens }
+        TokenStream { tokenizer: self, ids: Vec::new(), prefix: 0, read: 0, skip_special_tokens }
     }
 
     fn template(&self) -> Result<&ChatTemplate> {
@@ -206,11 +207,18 @@ impl AhaTokenizer {
 }
 
 /// Incremental detokenisation for streaming output (see [`AhaTokenizer::stream`]).
+///
+/// The window is `ids[prefix..]`: the text of `ids[prefix..read]` was already emitted, and
+/// decoding it together with the new ids (rather than the new ids alone) keeps the spacing that
+/// decoders derive from the previous token. Once new text is complete (no trailing U+FFFD, the
+/// mark of a partial UTF-8 sequence), it is emitted and the window moves on — the scheme of
+/// Hugging Face's streaming decoders.
 #[derive(Debug)]
 pub struct TokenStream<'a> {
     tokenizer: &'a AhaTokenizer,
     ids: Vec<u32>,
-    emitted: usize,
+    prefix: usize,
+    read: usize,
     skip_special_tokens: bool,
 }
 
@@ -218,12 +226,14 @@ impl TokenStream<'_> {
     /// Adds one id; returns the newly completed text (possibly empty).
     pub fn push(&mut self, id: u32) -> Result<String> {
         self.ids.push(id);
-        let text = self.tokenizer.decode(&self.ids, self.skip_special_tokens)?;
-        if text.ends_with('\u{FFFD}') || text.len() < self.emitted || !text.is_char_boundary(self.emitted) {
+        let done = self.tokenizer.decode(&self.ids[self.prefix..self.read], self.skip_special_tokens)?;
+        let text = self.tokenizer.decode(&self.ids[self.prefix..], self.skip_special_tokens)?;
+        if text.len() <= done.len() || text.ends_with('\u{FFFD}') || !text.is_char_boundary(done.len()) {
             return Ok(String::new());
         }
-        let new = text[self.emitted..].to_string();
-        self.emitted = text.len();
+        let new = text[done.len()..].to_string();
+        self.prefix = self.read;
+        self.read = self.ids.len();
         Ok(new)
     }
 }

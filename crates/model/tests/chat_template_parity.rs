@@ -77,3 +77,25 @@ fn eos_and_pad_ids_come_from_tokenizer_config() {
     let tok = AhaTokenizer::from_dir(&dir).unwrap();
     assert_eq!(tok.bos_token_id(), tok.token_to_id("<|begin_of_text|>"));
 }
+
+/// The streaming decoder's pieces join into the whole decode, for the real Qwen3 and Llama 3
+/// tokenizers, across spaces, newlines, CJK and an emoji split over several byte tokens.
+#[test]
+fn streamed_text_joins_into_the_full_decode() {
+    let text = "Let me check: 12 + 7 = 19.\n  Wait — 思考一下 🤔 so the answer is <answer>19</answer> done";
+    for name in ["qwen3", "llama3"] {
+        let Some(dir) = common::fetched(&format!("tokenizers/{name}")) else {
+            return;
+        };
+        let tok = AhaTokenizer::from_dir(&dir).unwrap();
+        let ids = tok.encode(text, false).unwrap();
+        let mut stream = tok.stream(true);
+        let mut joined = String::new();
+        for &id in &ids {
+            let piece = stream.push(id).unwrap();
+            assert!(!piece.contains('\u{FFFD}'), "{name}: a partial character was emitted");
+            joined.push_str(&piece);
+        }
+        assert_eq!(joined, tok.decode(&ids, true).unwrap(), "{name}");
+    }
+}

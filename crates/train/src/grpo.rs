@@ -5,6 +5,11 @@
 //! ratios, k3 KL to a reference refreshed every N steps (β = 0 builds no reference), dynamic
 //! sampling, masking of truncated completions, grad accumulation, clipping, schedules. All
 //! randomness is derived from (seed, step), so a resumed run continues bit-identically.
+//!
+//! Rollouts run in process, or on external inference servers ([`crate::remote`]): then the
+//! engine's log-probabilities are the behaviour policy, and each token's clipped surrogate is
+//! weighted by the truncated importance weight min(π_old / π_engine, `rollout.is_cap`), with
+//! π_old the trainer's own no-grad log-probabilities of the sampled tokens.
 
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -17,11 +22,14 @@ use candle_core::Tensor;
 
 use crate::advantage::{group_advantages, is_zero_std};
 use crate::batch::{build_batch, no_grad_logprobs, policy_forward, PolicyForward, SeqBatch};
+use crate::collective::{all_reduce_grads, share, sum_scalars, Collective, ALONE};
 use crate::config::GrpoLossConfig;
 use crate::data::{CursorState, DataCursor, PromptRow};
 use crate::error::{Result, TrainError};
-use crate::loss::{grpo_loss, LossInputs, LossNorm};
+use crate::grpo_dp::gather_groups;
+use crate::loss::{grpo_loss_weighted, truncated_is_weights, IsStats, LossInputs, LossNorm, LossOutput};
 use crate::optim::{AdamW, Grads};
+use crate::remote::RemoteRollout;
 use crate::timing::{self, measure, Phase};
 
 /// Everything about a GRPO step that is not the model, the data or the rewards.
@@ -231,6 +239,12 @@ pub struct GrpoTrainer<'a> {
     pub total_skips: usize,
     /// Reward models (`[[rewards]] kind = "model"`), called only in their active steps.
     pub model_rewards: crate::rm::ModelRewards,
+    /// Rollouts on inference servers instead of in process (`[rollout] engine = "openai"`).
+    /// Default none.
+    pub remote: Option<RemoteRollout<'a>>,
+    /// The data-parallel ranks this trainer is one of (one process by default; see
+    /// [`GrpoTrainer::with_collective`]).
+    pub collective: &'a dyn Collective,
 }
 
 /// Metrics of one step, TRL's names.
@@ -276,7 +290,27 @@ impl<'a> GrpoTrainer<'a> {
             consecutive_skips: 0,
             total_skips: 0,
             model_rewards: Default::default(),
+            remote: None,
+            collective: &ALONE,
         })
+    }
+
+    /// Makes the trainer one rank of a data-parallel job: rank 0's weights are broadcast (and
+    /// the reference remade from them), each round's prompts are shared out over the ranks and
+    /// their samples gathered, and each minibatch's micro-batches are shared out with gradients
+    /// summed before the same AdamW step on every rank. Server rollouts are not data parallel.
+    pub fn with_collective(mut self, c: &'a dyn Collective) -> Result<Self> {
+        if c.size() > 1 && self.remote.is_some() {
+            return Err(TrainError::Config(
+                "[rollout] engine = \"openai\" runs in one trainer process: start aha grpo without mpirun".into(),
+            ));
+        }
+        crate::collective::broadcast_params(c, self.opt.params())?;
+        if c.size() > 1 && self.reference.is_some() {
+            self.reference = Some(self.policy.reference_copy()?);
+        }
+        self.collective = c;
+        Ok(self)
     }
 }
 
@@ -285,12 +319,17 @@ impl GrpoTrainer<'_> {
     pub fn step(&mut self) -> Result<StepOutput> {
         let t0 = Instant::now();
         timing::reset();
+        if let Some(remote) = self.remote.as_mut() {
+            measure(Phase::Rollout, || remote.begin_step(&self.policy, self.step))?;
+        }
         let (samples, refills) = self.generate_and_score()?;
+        self.launch_prefetch()?;
         let gen_s = t0.elapsed().as_secs_f64();
         let mut metrics = reward_metrics(&samples, self.settings.group_size, self.registry);
         metrics.extend(model_reward_metrics(&samples, &self.model_rewards, self.step + 1));
         let opt_metrics = self.optimize(&samples)?;
         metrics.extend(opt_metrics);
+        metrics.extend(self.remote.as_ref().map(RemoteRollout::metrics).unwrap_or_default());
         let tokens: usize = samples.iter().map(|s| s.completion.completion_ids.len()).sum();
         let step_time = t0.elapsed().as_secs_f64();
         metrics.insert("step_time".into(), step_time);
@@ -306,6 +345,22 @@ impl GrpoTrainer<'_> {
     /// The completion limit of the step being run (`length_schedule` applied).
     fn max_len(&self) -> usize {
         self.settings.completion_length_at(self.step + 1)
+    }
+
+    /// With `rollout.max_staleness` > 0, sends the next step's first round to the servers in
+    /// the background (prompts peeked from a copy of the cursor; see [`crate::remote`]).
+    fn launch_prefetch(&mut self) -> Result<()> {
+        let next = self.step + 1;
+        let Some(remote) = self.remote.as_mut() else { return Ok(()) };
+        if remote.settings().max_staleness == 0 || next >= self.settings.max_steps {
+            return Ok(());
+        }
+        let rows = self.cursor.clone().take(self.settings.prompts_per_step);
+        let prompts: Vec<Vec<u32>> = rows.iter().map(|&r| self.prompt_ids[r].clone()).collect();
+        let seed = rollout_seed(self.seed, next, 0);
+        let cfg =
+            self.settings.rollout_config(&self.codec.eos_ids(), seed, self.settings.completion_length_at(next + 1));
+        remote.launch(rows, prompts, &cfg)
     }
 
     fn maybe_sync_reference(&mut self) -> Result<()> {
@@ -351,24 +406,44 @@ impl GrpoTrainer<'_> {
     }
 
     /// Rollout + rewards for the given dataset rows; one `Vec<Scored>` per row.
-    fn sample_groups(&self, rows: &[usize], round: usize) -> Result<Vec<Vec<Scored>>> {
+    /// Data parallel: this rank rolls out and scores its contiguous share of `rows`, then the
+    /// shares of all ranks are gathered (see [`crate::grpo_dp`]).
+    fn sample_groups(&mut self, rows: &[usize], round: usize) -> Result<Vec<Vec<Scored>>> {
         self.check_prompt_lengths(rows)?;
-        let prompts: Vec<Vec<u32>> = rows.iter().map(|&r| self.prompt_ids[r].clone()).collect();
-        let seed = rollout_seed(self.seed, self.step, round);
-        let cfg = self.settings.rollout_config(&self.codec.eos_ids(), seed, self.max_len());
-        let decode = |ids: &[u32]| self.codec.decode(ids).unwrap_or_default();
-        let stop: Option<aha_model::rollout::StopDecoder> =
-            if self.settings.stop_strings.is_empty() { None } else { Some(&decode) };
-        let completions = measure(Phase::Rollout, || rollout(&self.policy, &prompts, &cfg, stop))?;
-        measure(Phase::Rewards, || {
-            let mut groups: Vec<Vec<Scored>> = rows
+        let c = self.collective;
+        let mine = share(rows.len(), c.rank(), c.size());
+        let local = &rows[mine.clone()];
+        let completions = self.complete(local, mine.start, round)?;
+        let groups = measure(Phase::Rewards, || -> Result<Vec<Vec<Scored>>> {
+            let mut groups: Vec<Vec<Scored>> = local
                 .iter()
                 .zip(completions)
                 .map(|(&row, group)| self.score_group(row, group))
                 .collect::<Result<_>>()?;
             self.apply_model_rewards(&mut groups)?;
             Ok(groups)
-        })
+        })?;
+        measure(Phase::Collective, || gather_groups(c, groups, &self.prompt_ids))
+    }
+
+    /// G completions of each of `rows`' prompts, which start at index `offset` of the round's
+    /// prompts (their random streams are the round's): in process, or from the servers.
+    fn complete(&mut self, rows: &[usize], offset: usize, round: usize) -> Result<Vec<Vec<Completion>>> {
+        let prompts: Vec<Vec<u32>> = rows.iter().map(|&r| self.prompt_ids[r].clone()).collect();
+        let seed = rollout_seed(self.seed, self.step, round);
+        let mut cfg = self.settings.rollout_config(&self.codec.eos_ids(), seed, self.max_len());
+        cfg.prompt_index_offset = offset as u64;
+        if let Some(remote) = self.remote.as_mut() {
+            return measure(Phase::Rollout, || remote.complete(rows, &prompts, &cfg));
+        }
+        let decode = |ids: &[u32]| self.codec.decode(ids).unwrap_or_default();
+        let stop: Option<aha_model::rollout::StopDecoder> =
+            if self.settings.stop_strings.is_empty() { None } else { Some(&decode) };
+        let mut groups = measure(Phase::Rollout, || rollout(&self.policy, &prompts, &cfg, stop))?;
+        for c in groups.iter_mut().flatten() {
+            c.prompt_index += offset;
+        }
+        Ok(groups)
     }
 
     /// Adds the reward models active at this step (1-based), one batched call each over every
@@ -431,7 +506,9 @@ impl GrpoTrainer<'_> {
     fn optimize(&mut self, samples: &[Scored]) -> Result<StepMetrics> {
         let s = self.settings.clone();
         let per_mb = samples.len() / s.minibatches;
-        let micro = if s.micro_batch_size == 0 { per_mb } else { s.micro_batch_size.min(per_mb) };
+        // Data parallel without a micro-batch size: one micro-batch per rank and minibatch.
+        let unset = per_mb.div_ceil(self.collective.size());
+        let micro = if s.micro_batch_size == 0 { unset } else { s.micro_batch_size.min(per_mb) };
         // π_old is the policy before this step's first update. With one minibatch, the first
         // pass's own forward is exactly that (kept when μ > 1); with several, every minibatch
         // after the first is seen after an update, so π_old is computed up front.
@@ -441,16 +518,20 @@ impl GrpoTrainer<'_> {
         for iteration in 0..s.num_iterations {
             let keep_old = iteration == 0 && s.num_iterations > 1;
             for mb in prepared.chunks_mut(per_mb.div_ceil(micro).max(1)) {
-                self.optimizer_step(mb, keep_old, &mut acc)?;
+                self.optimizer_step(mb, keep_old, iteration == 0, &mut acc)?;
             }
         }
+        measure(Phase::Collective, || acc.all_reduce(self.collective))?;
         Ok(acc.finish())
     }
 
-    /// Packs micro-batches once (with π_old and π_ref log-probs where needed).
+    /// Packs micro-batches once (with π_old and π_ref log-probs where needed). Data parallel:
+    /// micro-batch `j` is this rank's when `j % size == rank`; the others keep only their masks.
     fn prepare(&self, samples: &[Scored], micro: usize, old_up_front: bool) -> Result<Vec<Micro>> {
         let mut out = Vec::new();
-        for chunk in samples.chunks(micro.max(1)) {
+        let c = self.collective;
+        for (j, chunk) in samples.chunks(micro.max(1)).enumerate() {
+            let owned = j % c.size() == c.rank();
             let pairs: Vec<(&[u32], &[u32])> =
                 chunk.iter().map(|s| (s.prompt_ids.as_slice(), s.completion.completion_ids.as_slice())).collect();
             let batch = build_batch(&pairs, self.policy.device())?;
@@ -458,10 +539,17 @@ impl GrpoTrainer<'_> {
             let adv: Vec<f32> = chunk.iter().map(|s| s.advantage as f32).collect();
             let advantages = Tensor::from_vec(adv, chunk.len(), self.policy.device())?;
             let (old, reference) = measure(Phase::NoGradLogps, || -> Result<_> {
+                if !owned {
+                    return Ok((None, None));
+                }
                 let old = if old_up_front { Some(no_grad_logprobs(&self.policy, &batch)?) } else { None };
                 Ok((old, self.reference.as_ref().map(|r| no_grad_logprobs(r, &batch)).transpose()?))
             })?;
-            out.push(Micro { batch, mask, advantages, old, reference });
+            let engine = match self.remote {
+                Some(_) => Some(engine_logprobs(chunk, batch.completion_width, self.policy.device())?),
+                None => None,
+            };
+            out.push(Micro { batch, mask, advantages, old, reference, engine, owned });
         }
         Ok(out)
     }
@@ -478,8 +566,15 @@ impl GrpoTrainer<'_> {
     }
 
     /// One optimiser step over the micro-batches of one minibatch; `keep_old` stores each
-    /// micro-batch's log-probs as its π_old (the first pass of a step, before any update).
-    fn optimizer_step(&mut self, micros: &mut [Micro], keep_old: bool, acc: &mut MetricAcc) -> Result<()> {
+    /// micro-batch's log-probs as its π_old (the first pass of a step, before any update);
+    /// `first_pass` (the step's first iteration) records the importance-weight statistics.
+    fn optimizer_step(
+        &mut self,
+        micros: &mut [Micro],
+        keep_old: bool,
+        first_pass: bool,
+        acc: &mut MetricAcc,
+    ) -> Result<()> {
         let active: f64 = micros.iter().map(|m| sum_scalar(&m.mask)).sum::<Result<f64>>()?;
         let norm = LossNorm {
             max_completion_length: self.max_len(),
@@ -488,10 +583,14 @@ impl GrpoTrainer<'_> {
         };
         let mut grads = Grads::default();
         let mut finite = true;
-        for m in micros.iter_mut() {
-            let (fwd, out, loss_value, entropy) = measure(Phase::LossForward, || self.micro_loss(m, &norm))?;
+        for m in micros.iter_mut().filter(|m| m.owned) {
+            let MicroOut { fwd, out, loss_value, entropy, is_stats } =
+                measure(Phase::LossForward, || self.micro_loss(m, &norm))?;
             if keep_old && m.old.is_none() {
                 m.old = Some(fwd.logps().detach());
+            }
+            if let Some(st) = is_stats.filter(|_| first_pass) {
+                acc.is.get_or_insert_with(IsStats::default).add(&st);
             }
             if !loss_value.is_finite() {
                 finite = false;
@@ -500,6 +599,7 @@ impl GrpoTrainer<'_> {
             acc.add_micro(loss_value, &out.stats, entropy);
             measure(Phase::Backward, || grads.accumulate(fwd.gradients(&out.loss, &self.opt)?))?;
         }
+        let finite = self.all_finite(finite, &mut grads)?;
         let total = self.settings.total_optimizer_steps();
         let report = if finite { Some(measure(Phase::Optimizer, || self.opt.step(&grads, total))?) } else { None };
         let applied = report.map(|r| r.applied).unwrap_or(false);
@@ -509,11 +609,20 @@ impl GrpoTrainer<'_> {
     }
 
     /// The policy forward with grad and the loss of one micro-batch: the forward, the loss, its
-    /// value and the completions' mean entropy.
-    fn micro_loss(&self, m: &Micro, norm: &LossNorm) -> Result<(PolicyForward, crate::loss::LossOutput, f64, f64)> {
+    /// value, the completions' mean entropy and, for server rollouts, the importance-weight
+    /// statistics (the weights themselves scale the loss).
+    fn micro_loss(&self, m: &Micro, norm: &LossNorm) -> Result<MicroOut> {
         let fwd = policy_forward(&self.policy, &m.batch)?;
         let logps = fwd.logps();
         let old = m.old.clone().unwrap_or_else(|| logps.detach());
+        let (weights, is_stats) = match (&m.engine, &self.remote) {
+            (Some(engine), Some(r)) => {
+                let cap = r.settings().is_cap;
+                let (w, st) = truncated_is_weights(&old, engine, &m.batch.completion_mask, cap)?;
+                (w, Some(st))
+            }
+            _ => (None, None),
+        };
         let inputs = LossInputs {
             logps,
             old_logps: &old,
@@ -521,10 +630,24 @@ impl GrpoTrainer<'_> {
             advantages: &m.advantages,
             mask: &m.mask,
         };
-        let out = grpo_loss(&inputs, &self.settings.loss, norm)?;
+        let out = grpo_loss_weighted(&inputs, weights.as_ref(), &self.settings.loss, norm)?;
         let loss_value = out.loss.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
         let entropy = if loss_value.is_finite() { fwd.mean_entropy(&m.mask)? } else { f64::NAN };
-        Ok((fwd, out, loss_value, entropy))
+        Ok(MicroOut { fwd, out, loss_value, entropy, is_stats })
+    }
+
+    /// Data parallel: whether every rank's losses were finite, and (if so) the gradients summed
+    /// over ranks. One process: `finite` as is.
+    fn all_finite(&self, finite: bool, grads: &mut Grads) -> Result<bool> {
+        let c = self.collective;
+        measure(Phase::Collective, || {
+            let [bad] = sum_scalars(c, "non-finite check", [f64::from(u8::from(!finite))])?;
+            if bad > 0.0 {
+                return Ok(false);
+            }
+            all_reduce_grads(c, grads, self.opt.params())?;
+            Ok(true)
+        })
     }
 
     /// Counts skipped steps; aborts after too many in a row.
@@ -549,6 +672,30 @@ struct Micro {
     advantages: Tensor,
     old: Option<Tensor>,
     reference: Option<Tensor>,
+    /// The rollout engine's log-probs `[B, Lc]` (server rollouts only; 0 at padding).
+    engine: Option<Tensor>,
+    /// Whether this data-parallel rank computes this micro-batch (always, in one process).
+    owned: bool,
+}
+
+/// What one micro-batch's loss forward gives back.
+struct MicroOut {
+    fwd: PolicyForward,
+    out: LossOutput,
+    loss_value: f64,
+    entropy: f64,
+    is_stats: Option<IsStats>,
+}
+
+/// The engine's log-probs of `chunk`'s completions, right-padded with 0 to `width`.
+fn engine_logprobs(chunk: &[Scored], width: usize, device: &candle_core::Device) -> Result<Tensor> {
+    let mut v = vec![0f32; chunk.len() * width];
+    for (r, s) in chunk.iter().enumerate() {
+        for (j, &lp) in s.completion.logprobs.iter().take(width).enumerate() {
+            v[r * width + j] = lp;
+        }
+    }
+    Ok(Tensor::from_vec(v, (chunk.len(), width), device)?)
 }
 
 fn sum_scalar(t: &Tensor) -> Result<f64> {
@@ -578,6 +725,8 @@ struct MetricAcc {
     grad_norm: f64,
     lr: f64,
     skipped: usize,
+    /// Importance-weight sums of server rollouts (none in process).
+    is: Option<IsStats>,
 }
 
 impl MetricAcc {
@@ -602,10 +751,25 @@ impl MetricAcc {
         }
     }
 
+    /// Data parallel: sums the per-micro-batch figures over ranks (each rank added only its
+    /// own micro-batches; the per-step ones are the same everywhere).
+    fn all_reduce(&mut self, c: &dyn Collective) -> Result<()> {
+        if c.size() == 1 {
+            return Ok(());
+        }
+        let v = [self.micro as f64, self.loss, self.kl, self.entropy, self.clip_low, self.clip_high, self.clip_region];
+        let [micro, loss, kl, entropy, low, high, region] = sum_scalars(c, "loss metrics", v)?;
+        self.micro = micro as usize;
+        (self.loss, self.kl, self.entropy) = (loss, kl, entropy);
+        (self.clip_low, self.clip_high, self.clip_region) = (low, high, region);
+        Ok(())
+    }
+
     fn finish(self) -> StepMetrics {
         let m = self.micro.max(1) as f64;
         let s = self.steps.max(1) as f64;
-        BTreeMap::from([
+        let mut out = self.is.map(is_metrics).unwrap_or_default();
+        out.extend([
             ("loss".to_string(), self.loss / s),
             ("kl".to_string(), self.kl / m),
             ("entropy".to_string(), self.entropy / m),
@@ -615,8 +779,22 @@ impl MetricAcc {
             ("grad_norm".to_string(), self.grad_norm / s),
             ("lr".to_string(), self.lr),
             ("skipped_steps".to_string(), self.skipped as f64),
-        ])
+        ]);
+        out
     }
+}
+
+/// `rollout/logprob_diff` (mean |log π_trainer − log π_engine| per token) and the applied
+/// importance weights' `rollout/is_weight_mean`, `rollout/is_weight_max`,
+/// `rollout/is_clipped_frac`.
+fn is_metrics(st: IsStats) -> StepMetrics {
+    let n = st.tokens.max(1.0);
+    BTreeMap::from([
+        ("rollout/logprob_diff".to_string(), st.abs_logprob_diff / n),
+        ("rollout/is_weight_mean".to_string(), st.weight_sum / n),
+        ("rollout/is_weight_max".to_string(), st.weight_max),
+        ("rollout/is_clipped_frac".to_string(), st.clipped / n),
+    ])
 }
 
 /// `rewards/<name>/{mean,std}` of the model rewards scored this step, and

@@ -139,10 +139,26 @@ fn clip_stats(coef: &Tensor, adv: &Tensor, mask: &Tensor, cfg: &GrpoLossConfig) 
 
 /// Computes the GRPO loss of one micro-batch.
 pub fn grpo_loss(inp: &LossInputs, cfg: &GrpoLossConfig, norm: &LossNorm) -> Result<LossOutput> {
+    grpo_loss_weighted(inp, None, cfg, norm)
+}
+
+/// [`grpo_loss`] with each token's clipped surrogate multiplied by a detached weight `[B, L]`
+/// (the truncated importance weight of rollouts from another engine, [`truncated_is_weights`]),
+/// before the KL term is added — as TRL applies `importance_sampling_ratio`. `None` is exactly
+/// [`grpo_loss`].
+pub fn grpo_loss_weighted(
+    inp: &LossInputs,
+    is_weights: Option<&Tensor>,
+    cfg: &GrpoLossConfig,
+    norm: &LossNorm,
+) -> Result<LossOutput> {
     let coef1 = log_importance(inp, cfg.importance_sampling)?.exp()?;
     let coef2 = clamp_like_torch(&coef1, 1.0 - cfg.epsilon_low, 1.0 + cfg.epsilon_high)?;
     let adv = inp.advantages.unsqueeze(1)?.broadcast_as(coef1.shape())?;
-    let surrogate = minimum(&coef1.mul(&adv)?, &coef2.mul(&adv)?)?.neg()?;
+    let mut surrogate = minimum(&coef1.mul(&adv)?, &coef2.mul(&adv)?)?.neg()?;
+    if let Some(w) = is_weights {
+        surrogate = surrogate.mul(&w.detach())?;
+    }
     let (per_token, kl) = match (cfg.beta > 0.0, inp.ref_logps) {
         (true, Some(r)) => {
             let kl = k3_kl(inp.logps, r)?;
@@ -156,6 +172,61 @@ pub fn grpo_loss(inp: &LossInputs, cfg: &GrpoLossConfig, norm: &LossNorm) -> Res
     let loss = aggregate(&per_token, inp.mask, cfg.loss_type, norm)?;
     let (clip_low, clip_high, clip_region) = clip_stats(&coef1, &adv, inp.mask, cfg)?;
     Ok(LossOutput { loss, stats: LossStats { clip_low, clip_high, clip_region, kl } })
+}
+
+/// Sums over the counted tokens of a micro-batch comparing the trainer's π_old with the
+/// engine that sampled the rollout: the inputs of the `rollout/*` metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct IsStats {
+    /// Tokens counted.
+    pub tokens: f64,
+    /// Σ |log π_trainer − log π_engine|.
+    pub abs_logprob_diff: f64,
+    /// Σ of the applied weights (the truncated ratio; the raw ratio when the cap is off).
+    pub weight_sum: f64,
+    /// Largest applied weight (0 without tokens).
+    pub weight_max: f64,
+    /// Tokens whose ratio exceeded the cap.
+    pub clipped: f64,
+}
+
+impl IsStats {
+    /// Adds another micro-batch's sums.
+    pub fn add(&mut self, o: &IsStats) {
+        self.tokens += o.tokens;
+        self.abs_logprob_diff += o.abs_logprob_diff;
+        self.weight_sum += o.weight_sum;
+        self.weight_max = self.weight_max.max(o.weight_max);
+        self.clipped += o.clipped;
+    }
+}
+
+/// The truncated importance weight per token, `w = min(exp(log π_old − log π_engine), cap)`
+/// (TRL's token-level `vllm_importance_sampling_correction`), 1 where `mask` is 0, and its
+/// statistics over `mask`. `cap` 0 disables the correction: no weights (`None`), the raw ratio's
+/// statistics. All inputs `[B, L]`; `old` and `engine` are detached log-probabilities.
+pub fn truncated_is_weights(
+    old: &Tensor,
+    engine: &Tensor,
+    mask: &Tensor,
+    cap: f64,
+) -> Result<(Option<Tensor>, IsStats)> {
+    let mask = mask.to_dtype(DType::F32)?;
+    let diff = (old.to_dtype(DType::F32)? - engine.to_dtype(DType::F32)?)?;
+    let on = mask.gt(0.0)?;
+    let ones = mask.ones_like()?;
+    let raw = on.where_cond(&diff.exp()?, &ones)?;
+    let w = if cap > 0.0 { raw.minimum(cap)? } else { raw.clone() };
+    let clipped = if cap > 0.0 { raw.gt(cap)?.to_dtype(DType::F32)? } else { mask.zeros_like()? };
+    let sum = |t: &Tensor| -> Result<f64> { Ok((t * &mask)?.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?) };
+    let stats = IsStats {
+        tokens: mask.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?,
+        abs_logprob_diff: sum(&diff.abs()?)?,
+        weight_sum: sum(&w)?,
+        weight_max: (&w * &mask)?.max_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?.max(0.0),
+        clipped: sum(&clipped)?,
+    };
+    Ok(((cap > 0.0).then_some(w), stats))
 }
 
 /// Per-token log-probabilities of `targets` under `logits`, with the model's kernels `k`.
@@ -173,4 +244,53 @@ pub fn mean_entropy(logits: &Tensor, mask: &Tensor, k: Kernels) -> Result<f64> {
     let (b, l, v) = logits.dims3()?;
     let ent = aha_model::ops::row_entropy(&logits.reshape((b * l, v))?, k)?.reshape((b, l))?;
     masked_mean_scalar(&ent.to_dtype(DType::F32)?, &mask.to_dtype(DType::F32)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    fn t<const M: usize>(rows: &[[f32; 3]; M]) -> Tensor {
+        Tensor::new(rows, &Device::Cpu).unwrap()
+    }
+
+    #[test]
+    fn is_weights_are_truncated_ratios_with_masked_statistics() {
+        let old = t(&[[-1.0, -2.0, -0.5], [-3.0, -1.0, -9.0]]);
+        let engine = t(&[[-1.0, -2.5, -2.5], [-2.0, -1.0, 0.0]]);
+        let mask = t(&[[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]]);
+        let (w, st) = truncated_is_weights(&old, &engine, &mask, 3.0).unwrap();
+        let w = w.unwrap().to_vec2::<f32>().unwrap();
+        let want = [[1.0, 0.5f32.exp(), 3.0], [(-1.0f32).exp(), 1.0, 1.0]];
+        for (a, b) in w.iter().flatten().zip(want.iter().flatten()) {
+            assert!((a - b).abs() < 1e-6, "{w:?}");
+        }
+        assert_eq!((st.tokens, st.clipped), (5.0, 1.0));
+        assert!((st.abs_logprob_diff - 3.5).abs() < 1e-6, "{st:?}");
+        let sum = 1.0 + 0.5f64.exp() + 3.0 + (-1.0f64).exp() + 1.0;
+        assert!((st.weight_sum - sum).abs() < 1e-5 && (st.weight_max - 3.0).abs() < 1e-6, "{st:?}");
+        let (none, raw) = truncated_is_weights(&old, &engine, &mask, 0.0).unwrap();
+        assert!(none.is_none());
+        assert!((raw.weight_max - 2f64.exp()).abs() < 1e-4 && raw.clipped == 0.0, "{raw:?}");
+    }
+
+    #[test]
+    fn weights_scale_the_surrogate_and_none_is_the_plain_loss() {
+        let logps = t(&[[-1.0, -2.0, -0.5]]);
+        let mask = t(&[[1.0, 1.0, 1.0]]);
+        let adv = Tensor::new(&[1.0f32], &Device::Cpu).unwrap();
+        let inp = LossInputs { logps: &logps, old_logps: &logps, ref_logps: None, advantages: &adv, mask: &mask };
+        let cfg = GrpoLossConfig { loss_type: LossType::Bnpo, ..Default::default() };
+        let norm = LossNorm { max_completion_length: 3, grad_accum_steps: 1, dapo_active_tokens: 3.0 };
+        let plain = grpo_loss(&inp, &cfg, &norm).unwrap().loss.to_scalar::<f32>().unwrap();
+        let same = grpo_loss_weighted(&inp, None, &cfg, &norm).unwrap().loss.to_scalar::<f32>().unwrap();
+        assert_eq!(plain.to_bits(), same.to_bits());
+        let w = t(&[[2.0, 1.0, 0.0]]);
+        let weighted = grpo_loss_weighted(&inp, Some(&w), &cfg, &norm).unwrap().loss.to_scalar::<f32>().unwrap();
+        assert!((plain - -1.0).abs() < 1e-6 && (weighted - -1.0).abs() < 1e-6, "{plain} {weighted}");
+        let w = t(&[[3.0, 3.0, 3.0]]);
+        let tripled = grpo_loss_weighted(&inp, Some(&w), &cfg, &norm).unwrap().loss.to_scalar::<f32>().unwrap();
+        assert!((tripled - -3.0).abs() < 1e-6, "{tripled}");
+    }
 }

@@ -1,5 +1,6 @@
 //! The GRPO run loop around [`GrpoTrainer::step`]: metrics every step (JSONL + TensorBoard),
-//! a progress bar, sample logging, checkpoints, and resume from the latest checkpoint.
+//! a progress bar, sample logging, checkpoints, and resume from the latest checkpoint. In a
+//! data-parallel run every rank steps and rank 0 alone writes (metrics, samples, checkpoints).
 
 use std::path::{Path, PathBuf};
 
@@ -75,11 +76,11 @@ pub fn train(
     config_json: &serde_json::Value,
     mut on_step: impl FnMut(usize, &StepMetrics) -> Result<()>,
 ) -> Result<()> {
-    let mut writer = MetricsWriter::create(run_dir).map_err(|e| TrainError::Other(e.to_string()))?;
-    let header = run_header("grpo", &trainer.policy, trainer.step);
-    writer.log_run_header(&header).map_err(|e| TrainError::Other(e.to_string()))?;
+    let writes = trainer.collective.is_writer();
+    let mut writer = if writes { Some(open_metrics(trainer, run_dir)?) } else { None };
     let total = trainer.settings.max_steps;
-    let mut bar = if opts.progress { TrainProgress::new(total as u64) } else { TrainProgress::hidden(total as u64) };
+    let shown = opts.progress && writes;
+    let mut bar = if shown { TrainProgress::new(total as u64) } else { TrainProgress::hidden(total as u64) };
     bar.set_step(trainer.step as u64);
     while trainer.step < total {
         let out = trainer.step()?;
@@ -89,21 +90,32 @@ pub fn train(
             m.set(k.clone(), *v);
         }
         m.set("skipped_steps_total", trainer.total_skips as f64);
-        writer.log(step as u64, &m).map_err(|e| TrainError::Other(e.to_string()))?;
-        if opts.log_samples_every > 0 && step.is_multiple_of(opts.log_samples_every) {
-            let logs: Vec<SampleLog> = out.samples.iter().take(4).map(|s| sample_log(trainer, tokenizer, s)).collect();
-            writer.log_samples(step as u64, &logs).map_err(|e| TrainError::Other(e.to_string()))?;
+        if let Some(writer) = writer.as_mut() {
+            writer.log(step as u64, &m).map_err(|e| TrainError::Other(e.to_string()))?;
+            if opts.log_samples_every > 0 && step.is_multiple_of(opts.log_samples_every) {
+                let logs: Vec<SampleLog> =
+                    out.samples.iter().take(4).map(|s| sample_log(trainer, tokenizer, s)).collect();
+                writer.log_samples(step as u64, &logs).map_err(|e| TrainError::Other(e.to_string()))?;
+            }
         }
         bar.set_metrics(&m);
         bar.set_step(step as u64);
         on_step(step, &out.metrics)?;
         let due = (opts.save_steps > 0 && step.is_multiple_of(opts.save_steps)) || step == total;
-        if due {
+        if due && writes {
             save(trainer, tokenizer, run_dir, opts, config_json)?;
         }
     }
     bar.finish();
     Ok(())
+}
+
+/// The run's `metrics.jsonl` (and TensorBoard), opened with the run header.
+fn open_metrics(trainer: &GrpoTrainer, run_dir: &Path) -> Result<MetricsWriter> {
+    let mut writer = MetricsWriter::create(run_dir).map_err(|e| TrainError::Other(e.to_string()))?;
+    let header = run_header("grpo", &trainer.policy, trainer.step);
+    writer.log_run_header(&header).map_err(|e| TrainError::Other(e.to_string()))?;
+    Ok(writer)
 }
 
 fn sample_log(trainer: &GrpoTrainer, tokenizer: &AhaTokenizer, s: &crate::grpo::Scored) -> SampleLog {

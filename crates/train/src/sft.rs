@@ -8,6 +8,11 @@
 //! pipeline's SFT stages and `aha demo`'s cold start all run: steps over a [`DataCursor`],
 //! micro-batches, the non-finite guard, metrics (`metrics.jsonl` with its run header,
 //! TensorBoard, progress bar) and, when asked, checkpoints with exact resume.
+//!
+//! Data parallel ([`SftRun::with_collective`]): every rank draws the same batch, works on every
+//! `size`-th micro-batch of it, and the gradients are summed over ranks before the same AdamW
+//! step on every rank; the loss keeps its global token normaliser, so the update is the
+//! one-process update. Rank 0 alone writes metrics and checkpoints.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -19,6 +24,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::batch::{build_batch, policy_forward};
 use crate::checkpoint::{load_state, save_checkpoint, TrainerState};
+use crate::collective::{all_reduce_grads, broadcast_params, sum_scalars, Collective, SingleProcess, ALONE};
 use crate::config::OptimConfig;
 use crate::data::{CursorState, DataCursor};
 use crate::error::{Result, TrainError};
@@ -55,11 +61,29 @@ pub fn sft_step(
     micro: usize,
     total_steps: usize,
 ) -> Result<SftStep> {
+    sft_step_on(&SingleProcess, model, opt, examples, micro, total_steps)
+}
+
+/// [`sft_step`] as one rank of `c`: `examples` is the whole step's batch (the same on every
+/// rank); this rank runs micro-batches `rank, rank + size, …`, and gradients, the loss and the
+/// non-finite flag are summed over ranks before the step.
+pub fn sft_step_on(
+    c: &dyn Collective,
+    model: &Transformer,
+    opt: &mut AdamW,
+    examples: &[SftExample],
+    micro: usize,
+    total_steps: usize,
+) -> Result<SftStep> {
     let tokens: usize = examples.iter().map(|e| e.completion_ids.len()).sum();
     let denom = tokens.max(1) as f64;
     let mut grads = Grads::default();
     let mut loss_sum = 0.0;
-    for chunk in examples.chunks(micro.max(1)) {
+    let mut finite = true;
+    for (j, chunk) in examples.chunks(micro.max(1)).enumerate() {
+        if j % c.size() != c.rank() {
+            continue;
+        }
         let pairs: Vec<(&[u32], &[u32])> =
             chunk.iter().map(|e| (e.prompt_ids.as_slice(), e.completion_ids.as_slice())).collect();
         let batch = build_batch(&pairs, model.device())?;
@@ -67,11 +91,17 @@ pub fn sft_step(
         let loss = ((fwd.logps() * &batch.completion_mask)?.sum_all()?.neg()? / denom)?;
         let value = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
         if !value.is_finite() {
-            return Ok(SftStep { loss: f64::NAN, tokens, report: None });
+            finite = false;
+            break;
         }
         loss_sum += value;
         grads.accumulate(fwd.gradients(&loss, opt)?)?;
     }
+    let [loss_sum, non_finite] = sum_scalars(c, "SFT loss", [loss_sum, f64::from(u8::from(!finite))])?;
+    if non_finite > 0.0 {
+        return Ok(SftStep { loss: f64::NAN, tokens, report: None });
+    }
+    all_reduce_grads(c, &mut grads, opt.params())?;
     let report = opt.step(&grads, total_steps)?;
     Ok(SftStep { loss: loss_sum, tokens, report: Some(report) })
 }
@@ -175,6 +205,8 @@ pub struct SftRun<'a> {
     pub consecutive_skips: usize,
     /// Non-finite steps so far.
     pub total_skips: usize,
+    /// The data-parallel ranks this run is one of (one process by default).
+    collective: &'a dyn Collective,
 }
 
 impl<'a> SftRun<'a> {
@@ -198,7 +230,14 @@ impl<'a> SftRun<'a> {
             consecutive_skips: 0,
             total_skips: 0,
             opts,
+            collective: &ALONE,
         })
+    }
+
+    /// Makes the run one rank of a data-parallel job (see the module doc).
+    pub fn with_collective(mut self, c: &'a dyn Collective) -> Self {
+        self.collective = c;
+        self
     }
 
     /// The step the run ends at.
@@ -221,14 +260,22 @@ impl<'a> SftRun<'a> {
 
     /// Runs the steps left, writing metrics (after a run header) and the checkpoints due.
     pub fn run(&mut self) -> Result<()> {
-        let mut writer = MetricsWriter::create(&self.opts.run_dir).map_err(metrics_err)?;
-        writer.log_run_header(&run_header("sft", &self.lm.model, self.step)).map_err(metrics_err)?;
+        broadcast_params(self.collective, self.opt.params())?;
+        let writes = self.collective.is_writer();
+        let mut writer =
+            if writes { Some(MetricsWriter::create(&self.opts.run_dir).map_err(metrics_err)?) } else { None };
+        if let Some(w) = writer.as_mut() {
+            w.log_run_header(&run_header("sft", &self.lm.model, self.step)).map_err(metrics_err)?;
+        }
         let total = self.total as u64;
-        let mut bar = if self.opts.progress { TrainProgress::new(total) } else { TrainProgress::hidden(total) };
+        let shown = self.opts.progress && writes;
+        let mut bar = if shown { TrainProgress::new(total) } else { TrainProgress::hidden(total) };
         bar.set_step(self.step as u64);
         while self.step < self.total {
             let m = self.train_step()?;
-            writer.log(self.step as u64, &m).map_err(metrics_err)?;
+            if let Some(w) = writer.as_mut() {
+                w.log(self.step as u64, &m).map_err(metrics_err)?;
+            }
             bar.set_metrics(&m);
             bar.set_step(self.step as u64);
             if self.save_due() {
@@ -244,7 +291,9 @@ impl<'a> SftRun<'a> {
         let t0 = Instant::now();
         let batch: Vec<SftExample> =
             self.cursor.take(self.opts.sft.batch_size).into_iter().map(|i| self.examples[i].clone()).collect();
-        let out = sft_step(&self.lm.model, &mut self.opt, &batch, self.opts.sft.micro(batch.len()), self.total)?;
+        // Data parallel without a micro-batch size: one micro-batch per rank.
+        let micro = self.opts.sft.micro(batch.len().div_ceil(self.collective.size()));
+        let out = sft_step_on(self.collective, &self.lm.model, &mut self.opt, &batch, micro, self.total)?;
         self.step += 1;
         self.guard(&out)?;
         Ok(self.step_metrics(&out, t0.elapsed().as_secs_f64()))
@@ -287,9 +336,9 @@ impl<'a> SftRun<'a> {
     }
 
     /// Saves a checkpoint (refusing a model with non-finite weights); a no-op without
-    /// [`SftOptions::checkpoints`].
+    /// [`SftOptions::checkpoints`] and on every data-parallel rank but 0.
     pub fn save(&self) -> Result<()> {
-        let Some(c) = &self.opts.checkpoints else { return Ok(()) };
+        let Some(c) = &self.opts.checkpoints.as_ref().filter(|_| self.collective.is_writer()) else { return Ok(()) };
         ensure_finite(&self.lm.model)?;
         let state = TrainerState {
             step: self.step,

@@ -24,12 +24,22 @@ pub enum Phase {
     Backward,
     /// Gradient norm, clipping and the AdamW update.
     Optimizer,
+    /// Data parallel: the collectives (sample all-gather, gradient and scalar all-reduces),
+    /// including the wait for slower ranks. 0 in one process.
+    Collective,
 }
 
 impl Phase {
     /// Every phase, in step order.
-    pub const ALL: [Phase; 6] =
-        [Phase::Rollout, Phase::Rewards, Phase::NoGradLogps, Phase::LossForward, Phase::Backward, Phase::Optimizer];
+    pub const ALL: [Phase; 7] = [
+        Phase::Rollout,
+        Phase::Rewards,
+        Phase::NoGradLogps,
+        Phase::LossForward,
+        Phase::Backward,
+        Phase::Optimizer,
+        Phase::Collective,
+    ];
 
     /// The metric name, `time/<phase>_s`.
     pub fn metric(self) -> &'static str {
@@ -40,12 +50,13 @@ impl Phase {
             Phase::LossForward => "time/loss_forward_s",
             Phase::Backward => "time/backward_s",
             Phase::Optimizer => "time/optimizer_s",
+            Phase::Collective => "time/collective_s",
         }
     }
 }
 
 thread_local! {
-    static TOTALS: RefCell<[f64; 6]> = const { RefCell::new([0.0; 6]) };
+    static TOTALS: RefCell<[f64; 7]> = const { RefCell::new([0.0; 7]) };
 }
 
 /// Runs `f`, adding its wall time to `phase`.
@@ -59,7 +70,7 @@ pub fn measure<T>(phase: Phase, f: impl FnOnce() -> T) -> T {
 
 /// Zeroes every phase.
 pub fn reset() {
-    TOTALS.with(|t| *t.borrow_mut() = [0.0; 6]);
+    TOTALS.with(|t| *t.borrow_mut() = [0.0; 7]);
 }
 
 /// Every phase's accumulated seconds since the last [`reset`], then zeroes them.

@@ -2,7 +2,7 @@
 //! Qwen2-shaped models with random weights, reported as tokens/s, GFLOP/s and % of this CPU's
 //! fp32 peak. `bench/compare.sh` runs the same workloads in PyTorch for ratios.
 //! `aha bench grpo` (in `bench/grpo.rs`) mirrors TRL's GRPO benchmark; `bench/trl_grpo.sh`
-//! runs the two interleaved.
+//! runs the two interleaved. `aha bench serve` (in `bench/serve.rs`) load-tests `aha serve`.
 //!
 //! FLOP accounting (per token, counted the same way in `bench/reference.py`): a forward costs
 //! 2 × (every matmul weight, LM head included, embedding lookup excluded) + 4 × layers × heads ×
@@ -11,6 +11,7 @@
 
 mod cpu;
 mod grpo;
+mod serve;
 mod trl_rewards;
 
 use std::time::Instant;
@@ -45,6 +46,8 @@ enum Workload {
     Train(Opts),
     /// GRPO steps exactly as TRL's GRPOTrainer benchmark (`bench/trl_grpo.sh`), phase by phase.
     Grpo(grpo::GrpoOpts),
+    /// Load test of `aha serve`: concurrent vs one-at-a-time requests vs the in-process rollout.
+    Serve(serve::ServeOpts),
 }
 
 #[derive(clap::Args, Debug)]
@@ -123,6 +126,9 @@ pub fn run(args: Args) -> Result<()> {
     if let Workload::Grpo(o) = args.what {
         return grpo::run(o);
     }
+    if let Workload::Serve(o) = args.what {
+        return serve::run(o);
+    }
     let threads = candle_core::utils::get_num_threads();
     let cpu = CpuInfo::detect();
     println!("cpu: {} | {}", cpu.model, cpu.peak_description());
@@ -136,7 +142,7 @@ pub fn run(args: Args) -> Result<()> {
             let r = bench_train(&o)?;
             ("train", o, r)
         }
-        Workload::Grpo(_) => return Ok(()),
+        Workload::Grpo(_) | Workload::Serve(_) => return Ok(()),
     };
     report.print(name, opts.config, &cpu, opts.json);
     Ok(())

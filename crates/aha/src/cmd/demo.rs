@@ -26,6 +26,7 @@ use aha_train::data::PromptRow;
 use aha_train::eval::{evaluate_set, EvalSettings};
 use aha_train::grpo::{GrpoSettings, GrpoTrainer, TextCodec};
 use aha_train::optim::{named_vars, AdamW};
+use aha_train::remote::{Engine, RemoteRollout, RolloutSettings};
 use aha_train::run::{train, RunOptions};
 use aha_train::samples::GenSettings;
 use aha_train::samples::SampleRecord;
@@ -117,6 +118,15 @@ pub struct Args {
     /// Attention heads of the tiny model (2 KV heads).
     #[arg(long, default_value_t = 4)]
     pub heads: usize,
+    /// GRPO rollouts on these OpenAI-compatible servers (`aha serve` processes; repeat the flag
+    /// for several) instead of in process; the policy's weights are pushed to them before
+    /// every step.
+    #[arg(long = "rollout-url")]
+    pub rollout_urls: Vec<String>,
+    /// With `--rollout-url`: steps the rollouts may lag the policy (1 generates the next step's
+    /// rollouts while this step trains).
+    #[arg(long, default_value_t = 0, requires = "rollout_urls")]
+    pub max_staleness: usize,
     /// Device, dtype and backend (the published figures are CPU, f32, auto).
     #[command(flatten)]
     pub exec: ExecArgs,
@@ -142,6 +152,8 @@ struct Plan {
     grpo: GrpoSettings,
     grpo_optim: OptimConfig,
     eval: EvalSettings,
+    /// GRPO rollouts on servers (`--rollout-url`), or in process.
+    rollout: Option<RolloutSettings>,
 }
 
 impl Plan {
@@ -205,6 +217,12 @@ impl Plan {
                 },
                 ..EvalSettings::default()
             },
+            rollout: (!args.rollout_urls.is_empty()).then(|| RolloutSettings {
+                engine: Engine::Openai,
+                urls: args.rollout_urls.clone(),
+                max_staleness: args.max_staleness,
+                ..RolloutSettings::default()
+            }),
         }
     }
 }
@@ -224,6 +242,9 @@ pub fn run(args: Args) -> Result<()> {
     let start = Instant::now();
     let plan = Plan::new(&args);
     plan.teacher.validate().context("--slip-rate / --check-rate / --worked-rate")?;
+    if let Some(r) = &plan.rollout {
+        r.validate(false).context("--rollout-url / --max-staleness")?;
+    }
     anyhow::ensure!(
         (1..=9).contains(&args.max_value),
         "--max-value {}: must lie in 1..=9 (single-digit operands; the completion limit allows no more)",
@@ -400,6 +421,11 @@ fn reinforce(
         &lm.tokenizer,
         seed,
     )?;
+    if let Some(r) = plan.rollout.as_ref() {
+        eprintln!("      rollouts on {} (max staleness {})", r.urls.join(", "), r.max_staleness);
+        let base = lm.source.display().to_string();
+        trainer.remote = Some(RemoteRollout::new(r.clone(), &lm.tokenizer, &base, run_dir, lm.config.vocab_size));
+    }
     eprintln!(
         "[4/5] GRPO: {} steps × {} prompts × {} samples",
         plan.grpo.max_steps, plan.grpo.prompts_per_step, plan.grpo.group_size

@@ -2,25 +2,21 @@
 //! sampling token by token against a KV cache.
 
 use std::io::Write;
-use std::path::PathBuf;
 use std::time::Instant;
 
-use aha_model::{load_with_adapter, sample_rng, sample_token, ChatMessage, KvCache, ModelSpec, SamplingParams};
+use aha_model::{load_with_adapter, sample_rng, sample_token, ChatMessage, KvCache, SamplingParams};
 use anyhow::{bail, Context};
 use candle_core::{DType, Device, IndexOp, Tensor};
 
 use crate::exec_args::ExecArgs;
+use crate::model_args::ModelArgs;
 
 /// Generate an answer to one prompt.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Model: Hugging Face directory, `.gguf` file, or `org/name` (HF cache, downloaded when missing).
-    #[arg(long)]
-    pub model: String,
-    /// A PEFT LoRA adapter directory applied on top of `--model` (`adapter_config.json` +
-    /// `adapter_model.safetensors`, from an aha LoRA run or Python `peft`).
-    #[arg(long)]
-    pub adapter: Option<PathBuf>,
+    /// The model, its adapter and tokenizer.
+    #[command(flatten)]
+    pub model: ModelArgs,
     /// The user message.
     #[arg(long)]
     pub prompt: String,
@@ -39,9 +35,6 @@ pub struct Args {
     /// Seed of the sampling stream.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// For a GGUF model: a directory with `tokenizer.json` to use instead of the GGUF metadata.
-    #[arg(long)]
-    pub tokenizer: Option<PathBuf>,
     /// Device, dtype and backend.
     #[command(flatten)]
     pub exec: ExecArgs,
@@ -51,9 +44,8 @@ pub struct Args {
 pub fn run(args: Args) -> anyhow::Result<()> {
     let params = SamplingParams { temperature: args.temperature, top_p: args.top_p, ..SamplingParams::default() };
     params.validate()?;
-    let spec = super::convert::with_tokenizer(ModelSpec::parse(&args.model), args.tokenizer.clone());
-    let m = load_with_adapter(&spec, args.adapter.as_deref(), &args.exec.request())
-        .with_context(|| format!("loading {}", args.model))?;
+    let m = load_with_adapter(&args.model.spec(), args.model.adapter.as_deref(), &args.exec.request())
+        .with_context(|| format!("loading {}", args.model.model))?;
     let model = m.model.detached()?;
     let device = model.device().clone();
     eprintln!("{}", model.plan().describe());

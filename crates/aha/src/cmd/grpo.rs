@@ -3,16 +3,20 @@
 //! The story: config → model (or the latest checkpoint on `--resume`) → prompts templated and
 //! tokenised once (too-long prompts dropped and counted) → rewards → trainer (reference model
 //! when β > 0) → the run loop with metrics, checkpoints and held-out evaluation → plots.
+//! With `[rollout] engine = "openai"` the completions come from inference servers, which are
+//! sent the trainer's weights before the first step (`aha_train::remote`).
 
 use std::path::Path;
 
 use aha_metrics::write_eval;
 use aha_model::LoadedModel;
 use aha_reward::Registry;
+use aha_train::collective::Collective;
 use aha_train::data::{read_jsonl, DataConfig, PromptRow};
 use aha_train::eval::evaluate;
 use aha_train::grpo::GrpoTrainer;
 use aha_train::optim::{named_vars, AdamW};
+use aha_train::remote::RemoteRollout;
 use aha_train::rm::ModelRewards;
 use aha_train::run::{restore, train};
 use aha_train::tasks::Split;
@@ -35,10 +39,20 @@ pub fn run(args: Args) -> Result<()> {
 
 /// Runs the GRPO of a parsed, validated config (`aha grpo` and pipeline GRPO stages): the model
 /// or, with `resume`, the run directory's latest checkpoint; prompts; rewards; the trainer and
-/// its loop with held-out evaluation; the plots.
+/// its loop with held-out evaluation; the plots. Started by `mpirun -np N`, it is one rank of a
+/// data-parallel run (rank 0 writes).
 pub fn run_config(cfg: &GrpoConfig, resume: bool) -> Result<()> {
+    let world = crate::dp::world(&serde_json::to_value(cfg)?)?;
+    let result = run_config_on(cfg, resume, world.as_ref());
+    crate::dp::finish(world.as_ref(), result)
+}
+
+/// [`run_config`] as a rank of `world` (also a pipeline stage under `mpirun`). Every rank
+/// evaluates (so none waits for rank 0's evaluation in a collective); rank 0 writes.
+pub fn run_config_on(cfg: &GrpoConfig, resume: bool, world: &dyn Collective) -> Result<()> {
     let config_json = serde_json::to_value(cfg)?;
     let run_dir = cfg.output_dir.clone();
+    let writes = world.is_writer();
     let (lm, from) = load_start(&start(cfg), &run_dir, resume)?;
     let budget = prompt_budget(&lm, cfg.grpo.longest_completion()).context("[grpo].max_completion_length")?;
     let train_set = encode(train_rows(&cfg.data, cfg.seed)?, &lm, &cfg.data, budget)?;
@@ -47,23 +61,30 @@ pub fn run_config(cfg: &GrpoConfig, resume: bool) -> Result<()> {
         Some(e) => Some(encode(eval_rows(&cfg.data, e, cfg.seed)?, &lm, &cfg.data, eval_budget(&lm, e)?)?),
         None => None,
     };
-    write_resolved_config(&run_dir, &config_json)?;
-    let mut trainer = build_trainer(cfg, &lm, &train_set, &registry)?;
+    if writes {
+        write_resolved_config(&run_dir, &config_json)?;
+    }
+    let mut trainer = build_trainer(cfg, &lm, &train_set, &registry)?.with_collective(world)?;
     if from.is_some() {
         let dir = restore(&mut trainer, &run_dir)?;
         eprintln!("resumed from {} at step {}", dir.unwrap_or_default().display(), trainer.step);
     }
-    announce(cfg, &train_set);
+    if writes {
+        announce(cfg, &train_set);
+    }
     let mut on_step = |step: usize, _: &aha_train::grpo::StepMetrics| -> aha_train::Result<()> {
         match (&cfg.eval, &eval_set) {
             (Some(e), Some(set)) if eval_due(e, step, cfg.grpo.max_steps) => {
-                run_eval(&lm, set, &registry, e, &run_dir, step).map_err(|e| TrainError::Other(format!("{e:#}")))
+                let out = writes.then_some(run_dir.as_path());
+                run_eval(&lm, set, &registry, e, out, step).map_err(|e| TrainError::Other(format!("{e:#}")))
             }
             _ => Ok(()),
         }
     };
     train(&mut trainer, &lm.tokenizer, &run_dir, &cfg.run, &config_json, &mut on_step)?;
-    draw_plots(&run_dir);
+    if writes {
+        draw_plots(&run_dir);
+    }
     Ok(())
 }
 
@@ -140,6 +161,11 @@ fn build_trainer<'a>(
     )?;
     trainer.model_rewards =
         ModelRewards::load(&cfg.model_rewards(), cfg.grpo.max_steps, &cfg.exec).context("loading the reward models")?;
+    if cfg.rollout.is_remote() {
+        let vocab = lm.config.vocab_size;
+        trainer.remote =
+            Some(RemoteRollout::new(cfg.rollout.clone(), &lm.tokenizer, &cfg.model, &cfg.output_dir, vocab));
+    }
     Ok(trainer)
 }
 
@@ -153,6 +179,17 @@ fn announce(cfg: &GrpoConfig, set: &EncodedPrompts) {
         set.rows.len(),
         cfg.output_dir.display()
     );
+    if cfg.rollout.is_remote() {
+        let r = &cfg.rollout;
+        eprintln!(
+            "rollouts on {} server(s) ({:?} API): {}; weights synced every {} step(s), max staleness {}",
+            r.urls.len(),
+            r.api,
+            r.urls.join(", "),
+            r.sync_every,
+            r.max_staleness
+        );
+    }
     if g.num_iterations == 1 && g.minibatches == 1 {
         eprintln!("note: with one inner iteration π_old = π_θ, so the logged loss is ≈ 0 while its gradient is not");
     }
@@ -162,16 +199,18 @@ fn eval_due(e: &EvalConfig, step: usize, last: usize) -> bool {
     step == last || (e.every_steps > 0 && step.is_multiple_of(e.every_steps))
 }
 
-/// Evaluates the policy on the held-out prompts and writes `eval_<step>_heldout.json`.
+/// Evaluates the policy on the held-out prompts and writes `eval_<step>_heldout.json` into
+/// `run_dir` (none: a data-parallel rank other than 0, which only keeps in step).
 fn run_eval(
     lm: &LoadedModel,
     set: &EncodedPrompts,
     registry: &Registry,
     e: &EvalConfig,
-    run_dir: &Path,
+    run_dir: Option<&Path>,
     step: usize,
 ) -> Result<()> {
     let (mut rec, _) = evaluate(&lm.model, &set.rows, &set.ids, &lm.tokenizer, registry, &e.sampling)?;
+    let Some(run_dir) = run_dir else { return Ok(()) };
     rec.step = step as u64;
     rec.label = Some("heldout".into());
     write_eval(run_dir, &rec)?;

@@ -15,4 +15,5 @@ pub mod reward;
 pub mod rm;
 pub mod sample;
 pub mod sandbox;
+pub mod serve;
 pub mod sft;

@@ -7,6 +7,7 @@
 //! progress bar) — is `aha_train::sft::SftRun`, the one the pipeline and the demo run too.
 
 use aha_model::LoadedModel;
+use aha_train::collective::Collective;
 use aha_train::sft::{SftCheckpoints, SftExample, SftMetrics, SftOptions, SftRun};
 use aha_train::sft_data::{read_sft_jsonl, to_example};
 use anyhow::{bail, Context, Result};
@@ -26,16 +27,28 @@ pub fn run(args: Args) -> Result<()> {
 
 /// Runs the SFT of a parsed, validated config (`aha sft` and pipeline SFT stages): the model
 /// or, with `resume`, the run directory's latest checkpoint; the examples; the loop; the plots.
+/// Started by `mpirun -np N`, it is one rank of a data-parallel run (rank 0 writes).
 pub fn run_config(cfg: &SftConfig, resume: bool) -> Result<()> {
-    let config_json = serde_json::to_value(cfg)?;
+    let world = crate::dp::world(&serde_json::to_value(cfg)?)?;
+    let result = run_config_on(cfg, resume, world.as_ref());
+    crate::dp::finish(world.as_ref(), result)
+}
+
+/// [`run_config`] as a rank of `world` (a pipeline stage under `mpirun`).
+pub fn run_config_on(cfg: &SftConfig, resume: bool, world: &dyn Collective) -> Result<()> {
+    let config_json = &serde_json::to_value(cfg)?;
     let run_dir = &cfg.output_dir;
     let (lm, from) = load_start(&start(cfg), run_dir, resume)?;
     let examples = load_examples(cfg, &lm)?;
-    let mut sft = SftRun::new(&lm, &examples, cfg.optim.clone(), options(cfg, config_json.clone()))?;
+    let mut sft =
+        SftRun::new(&lm, &examples, cfg.optim.clone(), options(cfg, config_json.clone()))?.with_collective(world);
     if let Some(dir) = &from {
         sft.restore(dir).with_context(|| format!("resuming from {}", dir.display()))?;
     }
-    write_resolved_config(run_dir, &config_json)?;
+    if !world.is_writer() {
+        return Ok(sft.run()?);
+    }
+    write_resolved_config(run_dir, config_json)?;
     eprintln!(
         "SFT: {} steps × {} examples over {} examples → {}",
         sft.total_steps(),

@@ -4,6 +4,11 @@
 //! continues from its latest checkpoint (their own exact resume). An sft/grpo stage that
 //! continues an evaluated stage gets that evaluation as its step 0, so its plots show the
 //! starting point.
+//!
+//! Under `mpirun -np N` the sft and grpo stages are data parallel (every rank trains, rank 0
+//! writes); everything else — evaluations, rejection sampling, reward models, the report — runs
+//! on rank 0 while the other ranks wait without spinning, and they read each stage's outcome
+//! from its `stage.json`.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -13,6 +18,7 @@ use aha_model::{init_tiny, load_model, ExecRequest, LoadedModel, ModelSpec};
 use aha_reward::extract::thought;
 use aha_reward::language::consistency;
 use aha_train::checkpoint::{latest_checkpoint, write_atomic};
+use aha_train::collective::Collective;
 use aha_train::eval::{run_eval, EvalJob};
 use aha_train::rejection::run_rejection;
 use aha_train::rm::synth::write_jsonl;
@@ -60,6 +66,41 @@ pub struct Options {
 
 /// Runs the recipe; returns every stage's record.
 pub fn run(recipe: &Recipe, opts: &Options) -> Result<Vec<StageRecord>> {
+    let world = crate::dp::world(&serde_json::to_value(&recipe.table)?)?;
+    let result =
+        if world.is_writer() { run_all(recipe, opts, world.as_ref()) } else { follow(recipe, opts, world.as_ref()) };
+    crate::dp::finish(world.as_ref(), result)
+}
+
+/// A data-parallel rank other than 0: takes part in the sft/grpo stages rank 0 runs, in order.
+fn follow(recipe: &Recipe, opts: &Options, world: &dyn Collective) -> Result<Vec<StageRecord>> {
+    let upto = recipe.upto(opts.until.as_deref())?;
+    let base = recipe
+        .init
+        .as_ref()
+        .map_or_else(|| recipe.base_model(), |_| recipe.output_dir.join(BASE_DIR).display().to_string());
+    for stage in &recipe.stages[..upto] {
+        world.wait_idle("pipeline stage start")?;
+        if stage.dir.join(DONE_FILE).exists() || !matches!(stage.kind, StageKind::Sft | StageKind::Grpo) {
+            continue;
+        }
+        let model = match stage.from {
+            Some(i) => read_record(&recipe.stages[i].dir.join(DONE_FILE))?.model,
+            None => base.clone(),
+        };
+        world.wait_idle("pipeline stage data")?;
+        match recipe.materialize(stage, &model)? {
+            StageConfig::Sft(sft, _) => crate::cmd::sft::run_config_on(&sft, opts.resume, world)?,
+            StageConfig::Grpo(grpo, _) => crate::cmd::grpo::run_config_on(&grpo, opts.resume, world)?,
+            _ => {}
+        }
+    }
+    world.wait_idle("pipeline end")?;
+    Ok(Vec::new())
+}
+
+/// Rank 0 (or the only process): runs every stage and writes everything.
+fn run_all(recipe: &Recipe, opts: &Options, world: &dyn Collective) -> Result<Vec<StageRecord>> {
     let t0 = Instant::now();
     let upto = recipe.upto(opts.until.as_deref())?;
     check_fresh(recipe, opts.resume)?;
@@ -70,6 +111,7 @@ pub fn run(recipe: &Recipe, opts: &Options) -> Result<Vec<StageRecord>> {
     let base = ensure_base(recipe)?;
     let mut records: Vec<StageRecord> = Vec::new();
     for stage in &recipe.stages[..upto] {
+        world.wait_idle("pipeline stage start")?;
         let done = stage.dir.join(DONE_FILE);
         let record = if done.exists() {
             let rec = read_record(&done)?;
@@ -88,7 +130,7 @@ pub fn run(recipe: &Recipe, opts: &Options) -> Result<Vec<StageRecord>> {
                 stage.kind,
                 stage.dir.display()
             );
-            let rec = run_stage(recipe, stage, &model, &records, opts.resume)
+            let rec = run_stage(recipe, stage, &model, &records, opts.resume, world)
                 .with_context(|| format!("stage `{}` ({:?})", stage.name, stage.kind))?;
             write_atomic(&done, serde_json::to_string_pretty(&rec)?.as_bytes())?;
             rec
@@ -96,6 +138,7 @@ pub fn run(recipe: &Recipe, opts: &Options) -> Result<Vec<StageRecord>> {
         records.push(record);
         print_table(recipe, &records);
     }
+    world.wait_idle("pipeline end")?;
     let report = write_report(recipe, &records, t0.elapsed().as_secs_f64())?;
     eprintln!(
         "pipeline: {} stage(s) in {:.0} s; report {}",
@@ -146,6 +189,7 @@ fn run_stage(
     model: &str,
     records: &[StageRecord],
     resume: bool,
+    world: &dyn Collective,
 ) -> Result<StageRecord> {
     let t0 = Instant::now();
     std::fs::create_dir_all(&stage.dir).with_context(|| format!("creating {}", stage.dir.display()))?;
@@ -158,7 +202,8 @@ fn run_stage(
                 bail!("[data].path {} does not exist", sft.data.path.display());
             }
             write_stage_config(stage, &text)?;
-            crate::cmd::sft::run_config(&sft, resume)?;
+            world.wait_idle("pipeline stage data")?;
+            crate::cmd::sft::run_config_on(&sft, resume, world)?;
             (policy_of(stage)?, json!({}), None)
         }
         StageConfig::Grpo(grpo, text) => {
@@ -166,7 +211,8 @@ fn run_stage(
                 bail!("reward `{}`: the reward model {} does not exist", m.name, m.path.display());
             }
             write_stage_config(stage, &text)?;
-            crate::cmd::grpo::run_config(&grpo, resume)?;
+            world.wait_idle("pipeline stage data")?;
+            crate::cmd::grpo::run_config_on(&grpo, resume, world)?;
             (policy_of(stage)?, json!({}), None)
         }
         StageConfig::Sample(job) => {

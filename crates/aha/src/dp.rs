@@ -1,0 +1,53 @@
+//! The data-parallel world of an `aha` process: one process, or one rank of the processes
+//! `mpirun -np N` started (see `aha_train::collective`). Commands that train get their
+//! collective here, check that every rank runs the same binary and config before step 1, and
+//! end the whole job when one rank fails.
+
+use std::hash::{Hash, Hasher};
+use std::time::Duration;
+
+use aha_train::collective::{check_same_run, from_env, Collective};
+use anyhow::Result;
+
+/// Seconds a collective waits for the other ranks before the process gives up (a rank that
+/// hangs); `AHA_COLLECTIVE_TIMEOUT_S` overrides the default of 600.
+fn timeout() -> Duration {
+    let secs = std::env::var("AHA_COLLECTIVE_TIMEOUT_S").ok().and_then(|v| v.parse().ok()).unwrap_or(600);
+    Duration::from_secs(secs)
+}
+
+/// This process's collective, after checking that every rank runs the same binary with the same
+/// resolved config (`config`).
+pub fn world(config: &serde_json::Value) -> Result<Box<dyn Collective>> {
+    let c = from_env(timeout())?;
+    if c.size() > 1 {
+        check_same_run(c.as_ref(), &fingerprint(config))?;
+        if c.is_writer() {
+            eprintln!("data parallel: {} ranks (rank 0 writes)", c.size());
+        }
+    }
+    Ok(c)
+}
+
+/// What must agree across ranks: aha's version, a hash of the running executable and the
+/// resolved config.
+fn fingerprint(config: &serde_json::Value) -> String {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    match std::env::current_exe().and_then(std::fs::read) {
+        Ok(bytes) => bytes.hash(&mut h),
+        Err(e) => e.to_string().hash(&mut h),
+    }
+    format!("aha {} exe {:016x} config {config}", env!("CARGO_PKG_VERSION"), h.finish())
+}
+
+/// Passes `result` through; when a rank of a multi-process job failed, prints the error with
+/// its rank and ends every rank (so none waits for it in a collective).
+pub fn finish<T>(c: &dyn Collective, result: Result<T>) -> Result<T> {
+    if let Err(e) = &result {
+        if c.size() > 1 {
+            eprintln!("error: rank {} of {}: {e:#}", c.rank(), c.size());
+            c.abort(1);
+        }
+    }
+    result
+}

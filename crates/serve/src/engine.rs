@@ -1,0 +1,551 @@
+//! The continuously batched decode loop behind `aha serve`.
+//!
+//! One OS thread owns the model and a single running batch. Each turn of its loop it admits
+//! queued requests (prefilled together, then merged into the running KV cache with
+//! [`KvCache::merge`]), samples one token for every live row, streams each token to its
+//! request, drops finished rows, and decodes all live rows in one call. A request that arrives
+//! while others decode joins the batch at the next turn; rows leave as soon as they finish.
+//!
+//! Weight reloads ([`EngineHandle::swap`]) are ordered: requests submitted before the reload
+//! are still admitted and decoded on the old weights, later ones wait; once no row is decoding
+//! the new weights are installed and admission resumes. Every request therefore decodes on exactly one weight version, which its
+//! [`GenEvent::Done`] reports.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc};
+use std::thread::JoinHandle;
+
+use aha_model::rollout::{prefill, StopMatcher};
+use aha_model::{sample_rng, sample_token, AhaTokenizer, FinishReason, KvCache, SamplingParams, Transformer};
+use candle_core::{DType, Tensor};
+use rand_chacha::ChaCha8Rng;
+use tokio::sync::{mpsc as tmpsc, oneshot};
+
+/// Limits of the decode loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EngineOptions {
+    /// Most rows (prompts × n) decoded together; queued requests wait for room. Default 64.
+    pub max_batch_rows: usize,
+    /// Most requests waiting to be admitted; [`EngineHandle::submit`] refuses more. Default 256.
+    pub max_queued: usize,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        Self { max_batch_rows: 64, max_queued: 256 }
+    }
+}
+
+/// One generation request, already tokenized and validated by the HTTP layer.
+#[derive(Debug, Clone)]
+pub struct GenRequest {
+    /// Prompts (token ids, each non-empty); choice `p * n + s` is sample `s` of prompt `p`.
+    pub prompts: Vec<Vec<u32>>,
+    /// Samples per prompt.
+    pub n: usize,
+    /// Most new tokens per sample (≥ 1; prompt + max_tokens must fit the model's context).
+    pub max_tokens: usize,
+    /// How tokens are drawn.
+    pub sampling: SamplingParams,
+    /// Seed of the samples' random streams: sample `s` of prompt `p` draws from
+    /// `sample_rng(seed, prompt_index_offset + p, s)`, the in-process rollout's streams.
+    pub seed: u64,
+    /// Stream index of `prompts[0]` (see `seed`).
+    pub prompt_index_offset: u64,
+    /// Stop strings (matched on decoded text; the completing token is still emitted).
+    pub stop: Vec<String>,
+    /// Token ids that end a sample besides the tokenizer's EOS ids (kept as its last token).
+    pub stop_token_ids: Vec<u32>,
+    /// Do not stop at the tokenizer's EOS ids.
+    pub ignore_eos: bool,
+}
+
+/// What the engine sends back for a request, in order.
+#[derive(Debug, Clone, PartialEq)]
+pub enum GenEvent {
+    /// Choice `choice` generated `token`; `logprob` is under the unmodified model distribution
+    /// (temperature 1, no truncation), as the trainer's `log π_old` needs.
+    Token { choice: usize, token: u32, logprob: f32 },
+    /// Choice `choice` ended (its last token was already sent).
+    Finished { choice: usize, reason: FinishReason },
+    /// Every choice has finished; the weight version they were all decoded with.
+    Done { weight_version: u64 },
+    /// The request failed (nothing more follows).
+    Failed { message: String },
+}
+
+/// Why a request was not accepted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SubmitError {
+    /// `max_queued` requests are already waiting.
+    #[error("the server is at capacity: {0} requests are queued")]
+    QueueFull(usize),
+    /// The engine is draining for shutdown or has stopped.
+    #[error("the server is shutting down")]
+    ShuttingDown,
+}
+
+/// Counters for `/health` and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct EngineStats {
+    /// Rows decoding now.
+    pub running_rows: usize,
+    /// Requests waiting for admission.
+    pub queued: usize,
+    /// Weight version now serving (0 = the weights loaded at start).
+    pub weight_version: u64,
+}
+
+/// A cheap, cloneable handle to the engine thread.
+#[derive(Clone)]
+pub struct EngineHandle {
+    inner: Arc<Shared>,
+}
+
+/// State shared by the handles and the engine thread.
+struct Shared {
+    commands: mpsc::Sender<Command>,
+    queued: AtomicUsize,
+    running_rows: AtomicUsize,
+    version: AtomicU64,
+    shutting_down: AtomicBool,
+    tokenizer: Arc<AhaTokenizer>,
+    context_len: usize,
+    opts: EngineOptions,
+}
+
+enum Command {
+    Submit(Pending),
+    Swap(Transformer, oneshot::Sender<u64>),
+    Shutdown,
+}
+
+struct Pending {
+    req: GenRequest,
+    events: tmpsc::UnboundedSender<GenEvent>,
+}
+
+impl EngineHandle {
+    /// Starts the engine thread serving `model` (weight version 0).
+    pub fn start(
+        model: Transformer,
+        tokenizer: Arc<AhaTokenizer>,
+        opts: EngineOptions,
+    ) -> aha_model::Result<(Self, JoinHandle<()>)> {
+        let model = model.detached()?;
+        let (commands, rx) = mpsc::channel();
+        let shared = Arc::new(Shared {
+            commands,
+            queued: AtomicUsize::new(0),
+            running_rows: AtomicUsize::new(0),
+            version: AtomicU64::new(0),
+            shutting_down: AtomicBool::new(false),
+            context_len: model.config().max_position_embeddings,
+            tokenizer,
+            opts,
+        });
+        let engine = Engine::new(model, Arc::clone(&shared), rx);
+        let thread = std::thread::Builder::new()
+            .name("aha-engine".into())
+            .spawn(move || engine.run())
+            .map_err(|e| aha_model::ModelError::InvalidConfig(format!("cannot start the engine thread: {e}")))?;
+        Ok((Self { inner: shared }, thread))
+    }
+
+    /// Queues a request; events arrive on the receiver. Dropping the receiver cancels the
+    /// request's rows at the next decode turn.
+    pub fn submit(&self, req: GenRequest) -> Result<tmpsc::UnboundedReceiver<GenEvent>, SubmitError> {
+        let s = &self.inner;
+        if s.shutting_down.load(Ordering::SeqCst) {
+            return Err(SubmitError::ShuttingDown);
+        }
+        let queued = s.queued.fetch_add(1, Ordering::SeqCst);
+        if queued >= s.opts.max_queued {
+            s.queued.fetch_sub(1, Ordering::SeqCst);
+            return Err(SubmitError::QueueFull(queued));
+        }
+        let (events, rx) = tmpsc::unbounded_channel();
+        if s.commands.send(Command::Submit(Pending { req, events })).is_err() {
+            s.queued.fetch_sub(1, Ordering::SeqCst);
+            return Err(SubmitError::ShuttingDown);
+        }
+        Ok(rx)
+    }
+
+    /// Installs new weights once the rows in flight have finished; resolves to the new version.
+    pub async fn swap(&self, model: Transformer) -> Result<u64, SubmitError> {
+        let (tx, rx) = oneshot::channel();
+        self.inner.commands.send(Command::Swap(model, tx)).map_err(|_| SubmitError::ShuttingDown)?;
+        rx.await.map_err(|_| SubmitError::ShuttingDown)
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> EngineStats {
+        let s = &self.inner;
+        EngineStats {
+            running_rows: s.running_rows.load(Ordering::SeqCst),
+            queued: s.queued.load(Ordering::SeqCst),
+            weight_version: s.version.load(Ordering::SeqCst),
+        }
+    }
+
+    /// Stops admitting requests; queued and running ones finish, then the thread exits.
+    pub fn shutdown(&self) {
+        self.inner.shutting_down.store(true, Ordering::SeqCst);
+        // A send error means the thread has already stopped.
+        let _ = self.inner.commands.send(Command::Shutdown);
+    }
+
+    /// The tokenizer (chat template, decoding).
+    pub fn tokenizer(&self) -> &Arc<AhaTokenizer> {
+        &self.inner.tokenizer
+    }
+
+    /// The model's context length (prompt + max_tokens must fit).
+    pub fn context_len(&self) -> usize {
+        self.inner.context_len
+    }
+}
+
+/// A request being decoded.
+struct Active {
+    events: tmpsc::UnboundedSender<GenEvent>,
+    req: GenRequest,
+    eos: Vec<u32>,
+    unfinished: usize,
+    version: u64,
+}
+
+/// One sample being decoded: a row of the running batch.
+struct Row {
+    request: usize,
+    choice: usize,
+    prompt_len: usize,
+    rng: ChaCha8Rng,
+    ids: Vec<u32>,
+    done: bool,
+}
+
+/// The running batch: row `j` of the cache is `rows[j]`, whose next-token logits are `logits[j]`.
+struct Batch {
+    cache: KvCache,
+    rows: Vec<Row>,
+    logits: Vec<Vec<f32>>,
+}
+
+/// A reload waiting for the requests submitted before it to finish.
+struct PendingSwap {
+    model: Transformer,
+    done: oneshot::Sender<u64>,
+    /// Waiting requests that arrived before the reload (still decoded on the old weights).
+    ahead: usize,
+}
+
+struct Engine {
+    model: Transformer,
+    version: u64,
+    shared: Arc<Shared>,
+    commands: mpsc::Receiver<Command>,
+    waiting: VecDeque<Pending>,
+    swap: Option<PendingSwap>,
+    /// Requests by slot; a finished request's slot is `None` until reused.
+    requests: Vec<Option<Active>>,
+    batch: Option<Batch>,
+    stopping: bool,
+}
+
+impl Engine {
+    fn new(model: Transformer, shared: Arc<Shared>, commands: mpsc::Receiver<Command>) -> Self {
+        Self {
+            model,
+            version: 0,
+            shared,
+            commands,
+            waiting: VecDeque::new(),
+            swap: None,
+            requests: Vec::new(),
+            batch: None,
+            stopping: false,
+        }
+    }
+
+    /// The decode loop; returns when shut down and drained, or when every handle is gone.
+    fn run(mut self) {
+        loop {
+            if !self.receive() {
+                return;
+            }
+            self.install_swap();
+            self.admit();
+            if self.batch.is_some() {
+                if let Err(e) = self.turn() {
+                    self.fail_batch(&e.to_string());
+                }
+            }
+            self.publish();
+        }
+    }
+
+    /// Takes commands: blocks while there is nothing to do. `false` once the loop should end.
+    fn receive(&mut self) -> bool {
+        let idle = self.batch.is_none() && self.waiting.is_empty() && self.swap.is_none();
+        if idle && self.stopping {
+            return false;
+        }
+        if idle {
+            match self.commands.recv() {
+                Ok(c) => self.handle(c),
+                Err(_) => return false,
+            }
+        }
+        while let Ok(c) = self.commands.try_recv() {
+            self.handle(c);
+        }
+        true
+    }
+
+    fn handle(&mut self, c: Command) {
+        match c {
+            Command::Submit(p) => self.waiting.push_back(p),
+            Command::Swap(model, done) => {
+                // A newer reload replaces one still waiting (the older caller's channel closes:
+                // its reload was superseded before it served).
+                let ahead = self.waiting.len();
+                self.swap = Some(PendingSwap { model, done, ahead });
+            }
+            Command::Shutdown => self.stopping = true,
+        }
+    }
+
+    /// Installs waiting weights once no row is decoding.
+    fn install_swap(&mut self) {
+        if self.batch.is_some() {
+            return;
+        }
+        if self.swap.as_ref().is_some_and(|s| s.ahead > 0) {
+            return;
+        }
+        if let Some(swap) = self.swap.take() {
+            self.model = swap.model;
+            self.version += 1;
+            self.shared.version.store(self.version, Ordering::SeqCst);
+            let _ = swap.done.send(self.version);
+        }
+    }
+
+    fn live_rows(&self) -> usize {
+        self.batch.as_ref().map_or(0, |b| b.rows.iter().filter(|r| !r.done).count())
+    }
+
+    /// Moves waiting requests into the batch while they fit `max_batch_rows` (a request larger
+    /// than that is admitted alone); while a reload waits, only the requests ahead of it.
+    fn admit(&mut self) {
+        let mut taken = Vec::new();
+        let mut rows = self.live_rows();
+        while let Some(p) = self.waiting.front() {
+            if self.swap.as_ref().is_some_and(|s| s.ahead == 0) {
+                break;
+            }
+            let need = p.req.prompts.len() * p.req.n;
+            if rows > 0 && rows + need > self.shared.opts.max_batch_rows {
+                break;
+            }
+            rows += need;
+            if let Some(p) = self.waiting.pop_front() {
+                self.shared.queued.fetch_sub(1, Ordering::SeqCst);
+                taken.push(p);
+            }
+            if let Some(s) = self.swap.as_mut() {
+                s.ahead -= 1;
+            }
+        }
+        let taken: Vec<Pending> = taken.into_iter().filter(|p| !p.events.is_closed()).collect();
+        if taken.is_empty() {
+            return;
+        }
+        if let Err(e) = self.prefill_into_batch(taken) {
+            self.fail_batch(&e.to_string());
+        }
+    }
+
+    /// Prefills the new requests' prompts together, fans each prompt out to its `n` rows and
+    /// merges them into the running batch.
+    fn prefill_into_batch(&mut self, taken: Vec<Pending>) -> aha_model::Result<()> {
+        let prompts: Vec<Vec<u32>> = taken.iter().flat_map(|p| p.req.prompts.iter().cloned()).collect();
+        let (cache, logits) = prefill(&self.model, &prompts, 0)?;
+        let mut fan_out = Vec::new();
+        let mut rows = Vec::new();
+        let mut new_logits = Vec::new();
+        let mut prompt = 0usize;
+        for p in taken {
+            let slot = self.insert(p);
+            let Some(a) = self.requests[slot].as_ref() else { continue };
+            for (pi, ids) in a.req.prompts.iter().enumerate() {
+                for s in 0..a.req.n {
+                    fan_out.push(prompt as u32);
+                    new_logits.push(logits[prompt].clone());
+                    rows.push(Row {
+                        request: slot,
+                        choice: pi * a.req.n + s,
+                        prompt_len: ids.len(),
+                        rng: sample_rng(a.req.seed, a.req.prompt_index_offset + pi as u64, s as u64),
+                        ids: Vec::with_capacity(a.req.max_tokens),
+                        done: false,
+                    });
+                }
+                prompt += 1;
+            }
+        }
+        let cache = cache.select_rows(&fan_out)?;
+        let (parts, mut all_rows, mut all_logits) = match self.batch.take() {
+            None => (vec![cache], Vec::new(), Vec::new()),
+            Some(b) => (vec![b.cache, cache], b.rows, b.logits),
+        };
+        all_rows.extend(rows);
+        all_logits.extend(new_logits);
+        let room = self.room_needed(&all_rows);
+        let cache = KvCache::merge(&parts, room)?;
+        self.batch = Some(Batch { cache, rows: all_rows, logits: all_logits });
+        Ok(())
+    }
+
+    /// The free cache slots the batch can still need: the most tokens a live row may yet add.
+    fn room_needed(&self, rows: &[Row]) -> usize {
+        rows.iter()
+            .filter(|r| !r.done)
+            .map(|r| self.active(r.request).map_or(0, |a| a.req.max_tokens.saturating_sub(r.ids.len())))
+            .max()
+            .unwrap_or(0)
+    }
+
+    fn insert(&mut self, p: Pending) -> usize {
+        let eos = if p.req.ignore_eos { Vec::new() } else { self.shared.tokenizer.eos_token_ids().to_vec() };
+        let mut eos = eos;
+        eos.extend(&p.req.stop_token_ids);
+        let a = Active {
+            unfinished: p.req.prompts.len() * p.req.n,
+            events: p.events,
+            req: p.req,
+            eos,
+            version: self.version,
+        };
+        if let Some(i) = self.requests.iter().position(Option::is_none) {
+            self.requests[i] = Some(a);
+            i
+        } else {
+            self.requests.push(Some(a));
+            self.requests.len() - 1
+        }
+    }
+
+    fn active(&self, slot: usize) -> Option<&Active> {
+        self.requests.get(slot).and_then(Option::as_ref)
+    }
+
+    /// One turn of the batch: sample a token for every live row, retire finished rows,
+    /// decode the rest.
+    fn turn(&mut self) -> aha_model::Result<()> {
+        let Some(mut b) = self.batch.take() else { return Ok(()) };
+        for j in 0..b.rows.len() {
+            if !b.rows[j].done {
+                self.sample(&mut b.rows[j], &b.logits[j])?;
+            }
+        }
+        self.cancel_abandoned(&mut b.rows);
+        let finished = b.rows.iter().filter(|r| r.done).count();
+        if finished == b.rows.len() {
+            return Ok(());
+        }
+        if finished * 8 >= b.rows.len() {
+            let keep: Vec<u32> = (0..b.rows.len()).filter(|&j| !b.rows[j].done).map(|j| j as u32).collect();
+            b.cache = b.cache.select_rows(&keep)?;
+            let mut rows = std::mem::take(&mut b.rows);
+            let mut logits = std::mem::take(&mut b.logits);
+            let keep_set: Vec<bool> = rows.iter().map(|r| !r.done).collect();
+            let mut k = keep_set.iter();
+            rows.retain(|_| k.next().copied().unwrap_or(false));
+            let mut k = keep_set.iter();
+            logits.retain(|_| k.next().copied().unwrap_or(false));
+            b.rows = rows;
+            b.logits = logits;
+        }
+        b.logits = self.decode(&b.rows, &mut b.cache)?;
+        self.batch = Some(b);
+        Ok(())
+    }
+
+    /// Samples row `r`'s next token, streams it, and finishes the row when it should stop.
+    fn sample(&mut self, r: &mut Row, logits: &[f32]) -> aha_model::Result<()> {
+        let Some(a) = self.requests.get(r.request).and_then(Option::as_ref) else {
+            r.done = true;
+            return Ok(());
+        };
+        let s = sample_token(logits, &a.req.sampling, &mut r.rng)?;
+        r.ids.push(s.token);
+        let _ = a.events.send(GenEvent::Token { choice: r.choice, token: s.token, logprob: s.logprob });
+        let tok = &self.shared.tokenizer;
+        let decode = |ids: &[u32]| tok.decode(ids, false).unwrap_or_default();
+        let reason = if a.eos.contains(&s.token) {
+            Some(FinishReason::Eos)
+        } else if StopMatcher::new(&a.req.stop, Some(&decode)).matches(&r.ids) {
+            Some(FinishReason::Stop)
+        } else if r.ids.len() >= a.req.max_tokens {
+            Some(FinishReason::Length)
+        } else {
+            None
+        };
+        if let Some(reason) = reason {
+            r.done = true;
+            let _ = a.events.send(GenEvent::Finished { choice: r.choice, reason });
+            self.finish_row(r.request);
+        }
+        Ok(())
+    }
+
+    /// Counts a finished row against its request; the request's last row sends `Done`.
+    fn finish_row(&mut self, slot: usize) {
+        let Some(a) = self.requests.get_mut(slot).and_then(Option::as_mut) else { return };
+        a.unfinished -= 1;
+        if a.unfinished == 0 {
+            let _ = a.events.send(GenEvent::Done { weight_version: a.version });
+            self.requests[slot] = None;
+        }
+    }
+
+    /// Finishes the rows of requests whose receiver was dropped (the client went away).
+    fn cancel_abandoned(&mut self, rows: &mut [Row]) {
+        for r in rows.iter_mut().filter(|r| !r.done) {
+            if self.active(r.request).is_none_or(|a| a.events.is_closed()) {
+                r.done = true;
+                self.finish_row(r.request);
+            }
+        }
+    }
+
+    /// Feeds every row's last token (finished rows too, until they are compacted away) and
+    /// returns each row's next-token logits.
+    fn decode(&self, rows: &[Row], cache: &mut KvCache) -> aha_model::Result<Vec<Vec<f32>>> {
+        let b = rows.len();
+        let ids: Vec<u32> = rows.iter().map(|r| r.ids.last().copied().unwrap_or(0)).collect();
+        let pos: Vec<u32> = rows.iter().map(|r| (r.prompt_len + r.ids.len().max(1) - 1) as u32).collect();
+        let dev = self.model.device();
+        let ids = Tensor::from_vec(ids, (b, 1), dev)?;
+        let pos = Tensor::from_vec(pos, (b, 1), dev)?;
+        let mask = Tensor::ones((b, 1), DType::U8, dev)?;
+        let logits = self.model.decode(&ids, &mask, &pos, cache)?;
+        Ok(logits.squeeze(1)?.to_dtype(DType::F32)?.to_vec2()?)
+    }
+
+    /// Fails every request in the batch (an engine error must not leave clients waiting).
+    fn fail_batch(&mut self, message: &str) {
+        self.batch = None;
+        for a in self.requests.drain(..).flatten() {
+            let _ = a.events.send(GenEvent::Failed { message: message.to_string() });
+        }
+    }
+
+    fn publish(&self) {
+        self.shared.running_rows.store(self.live_rows(), Ordering::SeqCst);
+    }
+}
