@@ -10,16 +10,20 @@ use aha_train::collective::{check_same_run, from_env, Collective};
 use anyhow::Result;
 
 /// Seconds a collective waits for the other ranks before the process gives up (a rank that
-/// hangs); `AHA_COLLECTIVE_TIMEOUT_S` overrides the default of 600.
-fn timeout() -> Duration {
-    let secs = std::env::var("AHA_COLLECTIVE_TIMEOUT_S").ok().and_then(|v| v.parse().ok()).unwrap_or(600);
-    Duration::from_secs(secs)
+/// hangs); `AHA_COLLECTIVE_TIMEOUT_S` (a whole number ≥ 1) overrides the default of 600.
+fn timeout() -> Result<Duration> {
+    const VAR: &str = "AHA_COLLECTIVE_TIMEOUT_S";
+    let Ok(v) = std::env::var(VAR) else { return Ok(Duration::from_secs(600)) };
+    match v.trim().parse::<u64>() {
+        Ok(secs) if secs >= 1 => Ok(Duration::from_secs(secs)),
+        _ => anyhow::bail!("{VAR}={v:?}: must be a whole number of seconds, at least 1"),
+    }
 }
 
 /// This process's collective, after checking that every rank runs the same binary with the same
 /// resolved config (`config`).
 pub fn world(config: &serde_json::Value) -> Result<Box<dyn Collective>> {
-    let c = from_env(timeout())?;
+    let c = from_env(timeout()?)?;
     if c.size() > 1 {
         check_same_run(c.as_ref(), &fingerprint(config))?;
         if c.is_writer() {

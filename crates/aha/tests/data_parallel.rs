@@ -263,3 +263,32 @@ fn a_pipeline_on_two_ranks_trains_what_one_process_trains() {
         assert!(d.join("03-check/stage.json").is_file() && d.join("report.md").is_file(), "{}", d.display());
     }
 }
+
+/// Without a micro-batch size, each rank takes ⌈per-minibatch samples / ranks⌉ of every
+/// minibatch, never crossing into the next: 3 prompts × 2 samples in 2 minibatches of 3 split into
+/// micro-batches of 2 and 1, the step of one process with `micro_batch_size = 2`.
+#[test]
+fn grpo_without_a_micro_batch_size_shares_each_minibatch_over_the_ranks() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = init_model(tmp.path());
+    let (one, two) = (tmp.path().join("one"), tmp.path().join("two"));
+    let (c1, c2) = (tmp.path().join("one.toml"), tmp.path().join("two.toml"));
+    let uneven = |out: &Path, micro: &str| {
+        grpo_config(&model, out, "bnpo", 4)
+            .replace("prompts_per_step = 4", "prompts_per_step = 3")
+            .replace("micro_batch_size = 2", micro)
+    };
+    std::fs::write(&c1, uneven(&one, "micro_batch_size = 2")).unwrap();
+    std::fs::write(&c2, uneven(&two, "")).unwrap();
+    ok(one_process().args(["grpo", "--config", c1.to_str().unwrap()]).output().unwrap(), "aha grpo");
+    ok(mpirun(2).args([AHA, "grpo", "--config", c2.to_str().unwrap()]).output().unwrap(), "mpirun -np 2 aha grpo");
+    assert_eq!(samples(&one), samples(&two));
+    let (l1, l2) = (step_lines(&one), step_lines(&two));
+    for (a, b) in l1.iter().zip(&l2) {
+        assert_eq!(a["reward"], b["reward"]);
+        let (x, y) = (a["loss"].as_f64().unwrap(), b["loss"].as_f64().unwrap());
+        assert!((x - y).abs() <= 1e-5 * x.abs().max(1e-3), "loss {x} vs {y}");
+    }
+    let diff = max_rel_diff(&latest_weights(&one), &latest_weights(&two));
+    assert!(diff < 1e-5, "parameters differ by {diff} (relative)");
+}

@@ -120,6 +120,83 @@ pub fn rollout(
     if prompts.is_empty() || cfg.group_size == 0 {
         return Ok(vec![Vec::new(); prompts.len()]);
     }
+    let groups = row_groups(model, prompts.len(), stop_decoder.is_some());
+    if groups > 1 {
+        return rollout_split(model, prompts, cfg, groups);
+    }
+    rollout_batch(model, prompts, cfg, stop_decoder)
+}
+
+/// Largest model (parameter bytes) whose rollout is split into per-thread batches: its weights
+/// stay in the caches, so each thread reading all of them costs less than the per-operation
+/// hand-offs of threads sharing every matrix product.
+const SPLIT_MAX_PARAM_BYTES: usize = 32 << 20;
+
+/// How many independent batches to decode at once: one per thread of the pool for a small model
+/// on the CPU with at least two prompts per batch, else 1. (A stop decoder is not `Sync`, so
+/// rollouts with stop strings stay one batch.)
+fn row_groups(model: &Transformer, prompts: usize, has_decoder: bool) -> usize {
+    let threads = rayon::current_num_threads();
+    let bytes: usize = model.named_parameters().iter().map(|(_, t)| t.elem_count() * t.dtype().size_in_bytes()).sum();
+    if has_decoder || !model.device().is_cpu() || threads < 2 || bytes > SPLIT_MAX_PARAM_BYTES {
+        return 1;
+    }
+    threads.min(prompts / 2).max(1)
+}
+
+/// Decodes contiguous shares of the prompts concurrently, each on its own thread with
+/// single-threaded kernels. Every row's arithmetic is the same as in one batch (each output of a
+/// product, norm or attention reads only its own row), and each sample keeps its random stream,
+/// so the samples are those of [`rollout_batch`] over all prompts.
+fn rollout_split(
+    model: &Transformer,
+    prompts: &[Vec<u32>],
+    cfg: &RolloutConfig,
+    groups: usize,
+) -> Result<Vec<Vec<Sample>>> {
+    let n = prompts.len();
+    let bounds: Vec<(usize, usize)> = (0..groups).map(|g| (g * n / groups, (g + 1) * n / groups)).collect();
+    let parts: Vec<Result<Vec<Vec<Sample>>>> = std::thread::scope(|s| {
+        let handles: Vec<_> = bounds
+            .iter()
+            .map(|&(lo, hi)| {
+                s.spawn(move || {
+                    let sub = RolloutConfig { prompt_index_offset: cfg.prompt_index_offset + lo as u64, ..cfg.clone() };
+                    let pool = rayon::ThreadPoolBuilder::new()
+                        .num_threads(1)
+                        .build()
+                        .map_err(|e| ModelError::InvalidConfig(format!("rollout: no thread pool: {e}")))?;
+                    pool.install(|| rollout_batch(model, &prompts[lo..hi], &sub, None))
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(ModelError::InvalidConfig("rollout: a decoding thread panicked".into())))
+            })
+            .collect()
+    });
+    let mut out = Vec::with_capacity(n);
+    for (part, &(lo, _)) in parts.into_iter().zip(&bounds) {
+        for mut group in part? {
+            for sample in &mut group {
+                sample.prompt_index += lo;
+            }
+            out.push(group);
+        }
+    }
+    Ok(out)
+}
+
+/// [`rollout`] of all prompts in one batch on the calling thread's pool.
+fn rollout_batch(
+    model: &Transformer,
+    prompts: &[Vec<u32>],
+    cfg: &RolloutConfig,
+    stop_decoder: Option<StopDecoder<'_>>,
+) -> Result<Vec<Vec<Sample>>> {
     let stops = StopMatcher::new(&cfg.stop_strings, stop_decoder);
     let model = model.detached()?;
     let start = Instant::now();

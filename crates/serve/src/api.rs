@@ -187,6 +187,8 @@ pub struct Limits {
     pub context_len: usize,
     /// `--max-tokens-limit`.
     pub max_tokens_limit: usize,
+    /// `--max-request-rows`: most prompts × `n` in one request.
+    pub max_request_rows: usize,
 }
 
 /// A prompt before tokenization.
@@ -327,6 +329,15 @@ pub fn build_gen(
     check_prompts(&prompts, limits)?;
     check_unsupported(f)?;
     let n = check_n(f.n)?;
+    if prompts.len() * n > limits.max_request_rows {
+        let m = format!(
+            "{} prompt(s) × n {n} = {} rows exceeds this server's limit of {} rows per request (--max-request-rows)",
+            prompts.len(),
+            prompts.len() * n,
+            limits.max_request_rows
+        );
+        return Err(ApiError::invalid("prompt", m));
+    }
     let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
     let max_tokens = check_max_tokens(max_tokens, default, longest, limits)?;
     Ok(GenRequest {
@@ -755,7 +766,7 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    const LIMITS: Limits = Limits { vocab_size: 100, context_len: 64, max_tokens_limit: 32 };
+    const LIMITS: Limits = Limits { vocab_size: 100, context_len: 64, max_tokens_limit: 32, max_request_rows: 128 };
 
     fn completion(body: Value) -> CompletionRequest {
         CompletionRequest::from_json(body.to_string().as_bytes()).unwrap()
@@ -812,6 +823,9 @@ mod tests {
         assert_eq!(gen(json!({"prompt": [1], "top_k": -1})).unwrap().sampling.top_k, None);
         // More rows than a batch holds is fine: the engine admits such a request alone.
         assert_eq!(gen(json!({"prompt": [[1], [2]], "n": 64})).unwrap().n, 64);
+        // More rows than `--max-request-rows` (128 here) is refused, naming the prompt.
+        let e = gen(json!({"prompt": [[1], [2], [3]], "n": 64})).unwrap_err();
+        assert_eq!((e.status.as_u16(), e.param.as_deref()), (400, Some("prompt")), "{}", e.message);
         assert_eq!(gen(json!({"prompt": [1], "stop": ["a", "b"]})).unwrap().stop.len(), 2);
     }
 

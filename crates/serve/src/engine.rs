@@ -84,6 +84,9 @@ pub enum SubmitError {
     /// The engine is draining for shutdown or has stopped.
     #[error("the server is shutting down")]
     ShuttingDown,
+    /// A later reload replaced this one before it was installed.
+    #[error("a later weight reload replaced this one before it was installed")]
+    Superseded,
 }
 
 /// Counters for `/health` and metrics.
@@ -117,7 +120,7 @@ struct Shared {
 
 enum Command {
     Submit(Pending),
-    Swap(Transformer, oneshot::Sender<u64>),
+    Swap(Transformer, oneshot::Sender<Result<u64, SubmitError>>),
     Shutdown,
 }
 
@@ -177,7 +180,7 @@ impl EngineHandle {
     pub async fn swap(&self, model: Transformer) -> Result<u64, SubmitError> {
         let (tx, rx) = oneshot::channel();
         self.inner.commands.send(Command::Swap(model, tx)).map_err(|_| SubmitError::ShuttingDown)?;
-        rx.await.map_err(|_| SubmitError::ShuttingDown)
+        rx.await.map_err(|_| SubmitError::ShuttingDown)?
     }
 
     /// Counters.
@@ -237,7 +240,7 @@ struct Batch {
 /// A reload waiting for the requests submitted before it to finish.
 struct PendingSwap {
     model: Transformer,
-    done: oneshot::Sender<u64>,
+    done: oneshot::Sender<Result<u64, SubmitError>>,
     /// Waiting requests that arrived before the reload (still decoded on the old weights).
     ahead: usize,
 }
@@ -309,10 +312,11 @@ impl Engine {
         match c {
             Command::Submit(p) => self.waiting.push_back(p),
             Command::Swap(model, done) => {
-                // A newer reload replaces one still waiting (the older caller's channel closes:
-                // its reload was superseded before it served).
+                // A newer reload replaces one still waiting; its caller learns it was superseded.
                 let ahead = self.waiting.len();
-                self.swap = Some(PendingSwap { model, done, ahead });
+                if let Some(old) = self.swap.replace(PendingSwap { model, done, ahead }) {
+                    let _ = old.done.send(Err(SubmitError::Superseded));
+                }
             }
             Command::Shutdown => self.stopping = true,
         }
@@ -330,7 +334,7 @@ impl Engine {
             self.model = swap.model;
             self.version += 1;
             self.shared.version.store(self.version, Ordering::SeqCst);
-            let _ = swap.done.send(self.version);
+            let _ = swap.done.send(Ok(self.version));
         }
     }
 
@@ -370,21 +374,31 @@ impl Engine {
     }
 
     /// Prefills the new requests' prompts together, fans each prompt out to its `n` rows and
-    /// merges them into the running batch.
+    /// merges them into the running batch. A failed prefill fails the new requests only; the
+    /// running batch is untouched until the merge (whose failure is an engine error).
     fn prefill_into_batch(&mut self, taken: Vec<Pending>) -> aha_model::Result<()> {
         let prompts: Vec<Vec<u32>> = taken.iter().flat_map(|p| p.req.prompts.iter().cloned()).collect();
-        let (cache, logits) = prefill(&self.model, &prompts, 0)?;
         let mut fan_out = Vec::new();
-        let mut rows = Vec::new();
-        let mut new_logits = Vec::new();
+        for (prompt, p) in taken.iter().flat_map(|p| std::iter::repeat_n(p, p.req.prompts.len())).enumerate() {
+            fan_out.extend(std::iter::repeat_n(prompt as u32, p.req.n));
+        }
+        let prefilled = prefill(&self.model, &prompts, 0).and_then(|(c, l)| Ok((c.select_rows(&fan_out)?, l)));
+        let (cache, logits) = match prefilled {
+            Ok(x) => x,
+            Err(e) => {
+                for p in taken {
+                    let _ = p.events.send(GenEvent::Failed { message: format!("prefill failed: {e}") });
+                }
+                return Ok(());
+            }
+        };
+        let mut rows = Vec::with_capacity(fan_out.len());
         let mut prompt = 0usize;
         for p in taken {
             let slot = self.insert(p);
             let Some(a) = self.requests[slot].as_ref() else { continue };
             for (pi, ids) in a.req.prompts.iter().enumerate() {
                 for s in 0..a.req.n {
-                    fan_out.push(prompt as u32);
-                    new_logits.push(logits[prompt].clone());
                     rows.push(Row {
                         request: slot,
                         choice: pi * a.req.n + s,
@@ -397,7 +411,8 @@ impl Engine {
                 prompt += 1;
             }
         }
-        let cache = cache.select_rows(&fan_out)?;
+        let new_logits: Vec<Vec<f32>> = fan_out.iter().map(|&p| logits[p as usize].clone()).collect();
+        debug_assert_eq!(prompt, logits.len());
         let (parts, mut all_rows, mut all_logits) = match self.batch.take() {
             None => (vec![cache], Vec::new(), Vec::new()),
             Some(b) => (vec![b.cache, cache], b.rows, b.logits),

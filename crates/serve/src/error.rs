@@ -116,6 +116,7 @@ impl From<SubmitError> for ApiError {
         let (status, kind, code) = match e {
             SubmitError::QueueFull(_) => (StatusCode::TOO_MANY_REQUESTS, "rate_limit_error", "queue_full"),
             SubmitError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "service_unavailable", "shutting_down"),
+            SubmitError::Superseded => (StatusCode::CONFLICT, "conflict_error", "reload_superseded"),
         };
         Self { status, message: e.to_string(), kind, param: None, code: Some(code) }
     }

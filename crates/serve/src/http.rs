@@ -576,7 +576,7 @@ async fn update_weights(
             let message = format!("loaded {} as weight version {version}", req.model_path);
             reload_answer(StatusCode::OK, message, Some(version))
         }
-        Err(e) => reload_answer(StatusCode::SERVICE_UNAVAILABLE, e.to_string(), None),
+        Err(e) => reload_answer(ApiError::from(e.clone()).status, e.to_string(), None),
     }
 }
 

@@ -32,6 +32,8 @@ pub struct ServeConfig {
     pub engine: EngineOptions,
     /// Most `max_tokens` a request may ask for.
     pub max_tokens_limit: usize,
+    /// Most rows (prompts × `n`) in one request (a larger one would be prefilled as one batch).
+    pub max_request_rows: usize,
     /// Largest request body, in bytes (413 past it).
     pub max_body_bytes: usize,
 }
@@ -76,6 +78,7 @@ where
             vocab_size: shape.vocab_size,
             context_len: engine.context_len(),
             max_tokens_limit: cfg.max_tokens_limit,
+            max_request_rows: cfg.max_request_rows,
         },
         engine: engine.clone(),
         served_model_name: cfg.served_model_name.clone(),

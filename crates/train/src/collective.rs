@@ -118,16 +118,32 @@ fn multi_process(n: usize, _timeout: Duration) -> Result<Box<dyn Collective>> {
 /// Checks that every rank runs the same thing: `fingerprint` (the resolved config, the binary's
 /// version) is gathered and compared with rank 0's, before any step runs.
 pub fn check_same_run(c: &dyn Collective, fingerprint: &str) -> Result<()> {
-    let all = c.all_gather("config check", fingerprint.as_bytes())?;
+    check_agree(
+        c,
+        "the config or binary",
+        fingerprint,
+        "every rank must run the same aha binary with the same config and flags",
+    )
+}
+
+/// Gathers every rank's `value` and errors, naming the ranks, unless all equal rank 0's.
+/// `what` names the value and `hint` says how to fix a mismatch.
+pub fn check_agree(c: &dyn Collective, what: &str, value: &str, hint: &str) -> Result<()> {
+    if c.size() == 1 {
+        return Ok(());
+    }
+    let all = c.all_gather(what, value.as_bytes())?;
     let differing: Vec<usize> = (1..all.len()).filter(|&r| all[r] != all[0]).collect();
     if differing.is_empty() {
         return Ok(());
     }
     Err(TrainError::Config(format!(
-        "data-parallel ranks disagree with rank 0 on the config or binary: rank(s) {differing:?} (every rank must \
-         run the same aha binary with the same config and flags)"
+        "data-parallel ranks disagree with rank 0 on {what}: rank(s) {differing:?} ({hint})"
     )))
 }
+
+/// The hint of a resume mismatch.
+pub const RESUME_HINT: &str = "every rank must see the same run directory: use a shared filesystem across hosts";
 
 /// Splits `n` items into `size` contiguous shares; rank `rank` gets `lo..hi`. The first `n %
 /// size` ranks get one item more.

@@ -295,22 +295,34 @@ impl<'a> GrpoTrainer<'a> {
         })
     }
 
-    /// Makes the trainer one rank of a data-parallel job: rank 0's weights are broadcast (and
-    /// the reference remade from them), each round's prompts are shared out over the ranks and
-    /// their samples gathered, and each minibatch's micro-batches are shared out with gradients
-    /// summed before the same AdamW step on every rank. Server rollouts are not data parallel.
+    /// Makes the trainer one rank of a data-parallel job: each round's prompts are shared out
+    /// over the ranks and their samples gathered, and each minibatch's micro-batches are shared
+    /// out with gradients summed before the same AdamW step on every rank. Server rollouts are
+    /// not data parallel. Call [`GrpoTrainer::join_ranks`] once restored, before the first step.
     pub fn with_collective(mut self, c: &'a dyn Collective) -> Result<Self> {
         if c.size() > 1 && self.remote.is_some() {
             return Err(TrainError::Config(
                 "[rollout] engine = \"openai\" runs in one trainer process: start aha grpo without mpirun".into(),
             ));
         }
-        crate::collective::broadcast_params(c, self.opt.params())?;
-        if c.size() > 1 && self.reference.is_some() {
-            self.reference = Some(self.policy.reference_copy()?);
-        }
         self.collective = c;
         Ok(self)
+    }
+
+    /// Data parallel, after any resume: checks that every rank starts from the same step, then
+    /// gives every rank rank 0's weights (and, at step 0, a reference made from them).
+    pub fn join_ranks(&mut self) -> Result<()> {
+        let c = self.collective;
+        if c.size() == 1 {
+            return Ok(());
+        }
+        let state = format!("step {} (optimizer step {})", self.step, self.opt.steps_done());
+        crate::collective::check_agree(c, "the step to start from", &state, crate::collective::RESUME_HINT)?;
+        crate::collective::broadcast_params(c, self.opt.params())?;
+        if self.step == 0 && self.reference.is_some() {
+            self.reference = Some(self.policy.reference_copy()?);
+        }
+        Ok(())
     }
 }
 
@@ -513,11 +525,14 @@ impl GrpoTrainer<'_> {
         // pass's own forward is exactly that (kept when μ > 1); with several, every minibatch
         // after the first is seen after an update, so π_old is computed up front.
         let old_up_front = s.minibatches > 1;
-        let mut prepared = self.prepare(samples, micro, old_up_front)?;
+        // Micro-batches never cross a minibatch's boundary (the last one of a minibatch may be
+        // smaller), so there are exactly `minibatches` optimiser steps per pass.
+        let mut prepared: Vec<Vec<Micro>> =
+            samples.chunks(per_mb.max(1)).map(|mb| self.prepare(mb, micro, old_up_front)).collect::<Result<_>>()?;
         let mut acc = MetricAcc::default();
         for iteration in 0..s.num_iterations {
             let keep_old = iteration == 0 && s.num_iterations > 1;
-            for mb in prepared.chunks_mut(per_mb.div_ceil(micro).max(1)) {
+            for mb in prepared.iter_mut() {
                 self.optimizer_step(mb, keep_old, iteration == 0, &mut acc)?;
             }
         }
@@ -525,8 +540,9 @@ impl GrpoTrainer<'_> {
         Ok(acc.finish())
     }
 
-    /// Packs micro-batches once (with π_old and π_ref log-probs where needed). Data parallel:
-    /// micro-batch `j` is this rank's when `j % size == rank`; the others keep only their masks.
+    /// Packs one minibatch's micro-batches once (with π_old and π_ref log-probs where needed).
+    /// Data parallel: micro-batch `j` of the minibatch is this rank's when `j % size == rank`;
+    /// the others keep only their masks.
     fn prepare(&self, samples: &[Scored], micro: usize, old_up_front: bool) -> Result<Vec<Micro>> {
         let mut out = Vec::new();
         let c = self.collective;
@@ -618,7 +634,7 @@ impl GrpoTrainer<'_> {
         let (weights, is_stats) = match (&m.engine, &self.remote) {
             (Some(engine), Some(r)) => {
                 let cap = r.settings().is_cap;
-                let (w, st) = truncated_is_weights(&old, engine, &m.batch.completion_mask, cap)?;
+                let (w, st) = truncated_is_weights(&old, engine, &m.mask, cap)?;
                 (w, Some(st))
             }
             _ => (None, None),

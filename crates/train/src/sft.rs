@@ -24,7 +24,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::batch::{build_batch, policy_forward};
 use crate::checkpoint::{load_state, save_checkpoint, TrainerState};
-use crate::collective::{all_reduce_grads, broadcast_params, sum_scalars, Collective, SingleProcess, ALONE};
+use crate::collective::{
+    all_reduce_grads, broadcast_params, check_agree, sum_scalars, Collective, SingleProcess, ALONE, RESUME_HINT,
+};
 use crate::config::OptimConfig;
 use crate::data::{CursorState, DataCursor};
 use crate::error::{Result, TrainError};
@@ -260,6 +262,8 @@ impl<'a> SftRun<'a> {
 
     /// Runs the steps left, writing metrics (after a run header) and the checkpoints due.
     pub fn run(&mut self) -> Result<()> {
+        let state = format!("step {} (optimizer step {})", self.step, self.opt.steps_done());
+        check_agree(self.collective, "the step to start from", &state, RESUME_HINT)?;
         broadcast_params(self.collective, self.opt.params())?;
         let writes = self.collective.is_writer();
         let mut writer =

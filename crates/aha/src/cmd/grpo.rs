@@ -69,6 +69,7 @@ pub fn run_config_on(cfg: &GrpoConfig, resume: bool, world: &dyn Collective) -> 
         let dir = restore(&mut trainer, &run_dir)?;
         eprintln!("resumed from {} at step {}", dir.unwrap_or_default().display(), trainer.step);
     }
+    trainer.join_ranks()?;
     if writes {
         announce(cfg, &train_set);
     }

@@ -35,6 +35,10 @@ pub struct Args {
     /// Most `max_tokens` a request may ask for.
     #[arg(long, default_value_t = 4096)]
     pub max_tokens_limit: usize,
+    /// Most rows (prompts × `n`) in one request; larger requests get 400. A request larger than
+    /// `--max-batch-rows` (and within this) decodes alone.
+    #[arg(long, default_value_t = 1024)]
+    pub max_request_rows: usize,
     /// Largest request body in bytes; larger ones get 413.
     #[arg(long, default_value_t = 1_048_576)]
     pub max_body_bytes: usize,
@@ -100,14 +104,19 @@ fn drain_on_signal(mut signals: ShutdownSignals) -> impl std::future::Future<Out
 
 /// The server's configuration from the flags.
 fn config(args: &Args) -> anyhow::Result<ServeConfig> {
-    if args.max_batch_rows == 0 || args.max_queued == 0 || args.max_tokens_limit == 0 || args.max_body_bytes == 0 {
-        bail!("--max-batch-rows, --max-queued, --max-tokens-limit and --max-body-bytes must be >= 1");
+    let limits =
+        [args.max_batch_rows, args.max_queued, args.max_tokens_limit, args.max_request_rows, args.max_body_bytes];
+    if limits.contains(&0) {
+        bail!(
+            "--max-batch-rows, --max-queued, --max-tokens-limit, --max-request-rows and --max-body-bytes must be >= 1"
+        );
     }
     Ok(ServeConfig {
         source: ModelSource { spec: args.model.spec(), adapter: args.model.adapter.clone(), exec: args.exec.request() },
         served_model_name: args.served_model_name.clone().unwrap_or_else(|| args.model.model.clone()),
         engine: EngineOptions { max_batch_rows: args.max_batch_rows, max_queued: args.max_queued },
         max_tokens_limit: args.max_tokens_limit,
+        max_request_rows: args.max_request_rows,
         max_body_bytes: args.max_body_bytes,
     })
 }

@@ -280,7 +280,8 @@ fn request_all(servers: &[Server], spec: &RequestSpec, prompts: &[Vec<u32>]) -> 
 }
 
 fn request_one(server: &Server, spec: &RequestSpec, prompts: &[Vec<u32>], offset: usize) -> Result<Completions> {
-    let body = completion_body(spec, prompts, offset as u64);
+    // The streams continue the caller's numbering (`prompt_index_offset`), as in process.
+    let body = completion_body(spec, prompts, spec.cfg.prompt_index_offset + offset as u64);
     let answer = server.post("/v1/completions", &body)?;
     parse_completions(&answer, prompts.len(), spec.cfg.group_size, offset, &spec.cfg.eos_ids)
         .map_err(|e| TrainError::Other(format!("rollout server {}: /v1/completions: {e}", server.url)))

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# The demo with its GRPO rollouts in process, then on two `aha serve` engines with max_staleness 0
+# and 1 (servers started here on 127.0.0.1, one thread each, from the in-process run's initial
+# model: the trainer pushes its weights before the first rollout). Prints each run's before/after
+# table; compare the held-out pass@1 after RL and the `held-out at step` lines.
+#
+# Usage: bench/demo_remote.sh [SEED]   (default 0). Environment: OUT (default runs/demo-remote).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+seed="${1:-0}"
+out="${OUT:-runs/demo-remote}"
+cargo build --release -p aha
+aha=target/release/aha
+grep -m1 'model name' /proc/cpuinfo
+mkdir -p "$out"
+table() { grep -A8 'held-out (' "$1" | head -9; grep 'wall time' "$1"; }
+"$aha" demo --seed "$seed" --out "$out/local" > "$out/local.txt" 2> "$out/local.log"
+echo "== in process"; table "$out/local.txt"; grep 'held-out at step' "$out/local.log"
+serve() {
+    RAYON_NUM_THREADS=1 "$aha" serve --model "$out/local/model-init" --port 0 >/dev/null 2>"$1" &
+    echo $!
+}
+port() {
+    for _ in $(seq 1 300); do
+        p=$(grep -o 'listening on http://127.0.0.1:[0-9]*' "$1" | grep -o '[0-9]*$' || true)
+        [ -n "$p" ] && { echo "$p"; return; }
+        sleep 0.2
+    done
+    echo "no server came up: $1" >&2
+    exit 1
+}
+for s in 0 1; do
+    a=$(serve "$out/server-a.log")
+    b=$(serve "$out/server-b.log")
+    pa=$(port "$out/server-a.log")
+    pb=$(port "$out/server-b.log")
+    "$aha" demo --seed "$seed" --out "$out/s$s" --rollout-url "http://127.0.0.1:$pa" \
+        --rollout-url "http://127.0.0.1:$pb" --max-staleness "$s" > "$out/s$s.txt" 2> "$out/s$s.log"
+    kill -TERM "$a" "$b"
+    echo "== two aha serve engines, max_staleness $s"; table "$out/s$s.txt"; grep 'held-out at step' "$out/s$s.log"
+done
