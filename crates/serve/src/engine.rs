@@ -120,7 +120,7 @@ struct Shared {
 
 enum Command {
     Submit(Pending),
-    Swap(Transformer, oneshot::Sender<Result<u64, SubmitError>>),
+    Swap(Box<Transformer>, oneshot::Sender<Result<u64, SubmitError>>),
     Shutdown,
 }
 
@@ -179,7 +179,7 @@ impl EngineHandle {
     /// Installs new weights once the rows in flight have finished; resolves to the new version.
     pub async fn swap(&self, model: Transformer) -> Result<u64, SubmitError> {
         let (tx, rx) = oneshot::channel();
-        self.inner.commands.send(Command::Swap(model, tx)).map_err(|_| SubmitError::ShuttingDown)?;
+        self.inner.commands.send(Command::Swap(Box::new(model), tx)).map_err(|_| SubmitError::ShuttingDown)?;
         rx.await.map_err(|_| SubmitError::ShuttingDown)?
     }
 
@@ -239,7 +239,7 @@ struct Batch {
 
 /// A reload waiting for the requests submitted before it to finish.
 struct PendingSwap {
-    model: Transformer,
+    model: Box<Transformer>,
     done: oneshot::Sender<Result<u64, SubmitError>>,
     /// Waiting requests that arrived before the reload (still decoded on the old weights).
     ahead: usize,
@@ -331,7 +331,7 @@ impl Engine {
             return;
         }
         if let Some(swap) = self.swap.take() {
-            self.model = swap.model;
+            self.model = *swap.model;
             self.version += 1;
             self.shared.version.store(self.version, Ordering::SeqCst);
             let _ = swap.done.send(Ok(self.version));
