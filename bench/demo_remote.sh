@@ -16,24 +16,13 @@ mkdir -p "$out"
 table() { grep -A8 'held-out (' "$1" | head -9; grep 'wall time' "$1"; }
 "$aha" demo --seed "$seed" --out "$out/local" > "$out/local.txt" 2> "$out/local.log"
 echo "== in process"; table "$out/local.txt"; grep 'held-out at step' "$out/local.log"
-serve() {
-    RAYON_NUM_THREADS=1 "$aha" serve --model "$out/local/model-init" --port 0 >/dev/null 2>"$1" &
-    echo $!
-}
-port() {
-    for _ in $(seq 1 300); do
-        p=$(grep -o 'listening on http://127.0.0.1:[0-9]*' "$1" | grep -o '[0-9]*$' || true)
-        [ -n "$p" ] && { echo "$p"; return; }
-        sleep 0.2
-    done
-    echo "no server came up: $1" >&2
-    exit 1
-}
+# shellcheck source=bench/serve_helpers.sh
+source bench/serve_helpers.sh
 for s in 0 1; do
-    a=$(serve "$out/server-a.log")
-    b=$(serve "$out/server-b.log")
-    pa=$(port "$out/server-a.log")
-    pb=$(port "$out/server-b.log")
+    a=$(serve "$aha" "$out/local/model-init" "$out/server-a-s$s.log")
+    b=$(serve "$aha" "$out/local/model-init" "$out/server-b-s$s.log")
+    pa=$(port "$out/server-a-s$s.log")
+    pb=$(port "$out/server-b-s$s.log")
     "$aha" demo --seed "$seed" --out "$out/s$s" --rollout-url "http://127.0.0.1:$pa" \
         --rollout-url "http://127.0.0.1:$pb" --max-staleness "$s" > "$out/s$s.txt" 2> "$out/s$s.log"
     kill -TERM "$a" "$b"

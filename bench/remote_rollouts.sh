@@ -15,29 +15,18 @@ grep -m1 'model name' /proc/cpuinfo
 echo "flags: $(grep -m1 '^flags' /proc/cpuinfo | grep -o -w 'avx512f\|avx2\|fma' | sort -u | tr '\n' ' ')"
 mkdir -p "$out"
 config() { sed -e "s|MODEL|$model|" -e "s|OUT|$out/$1|" bench/grpo_demo_shapes.toml; }
-serve() { # log file; the server's pid is printed
-    RAYON_NUM_THREADS=1 "$aha" serve --model "$model" --port 0 >/dev/null 2>"$1" &
-    echo $!
-}
-port() {
-    for _ in $(seq 1 300); do
-        p=$(grep -o 'listening on http://127.0.0.1:[0-9]*' "$1" | grep -o '[0-9]*$' || true)
-        [ -n "$p" ] && { echo "$p"; return; }
-        sleep 0.2
-    done
-    echo "no server came up: $1" >&2
-    exit 1
-}
+# shellcheck source=bench/serve_helpers.sh
+source bench/serve_helpers.sh
 rm -rf "$out/local"
 config local > "$out/local.toml"
 "$aha" grpo --config "$out/local.toml" 2>/dev/null
 python3 bench/step_summary.py "$out/local"
 for s in 0 1; do
     rm -rf "$out/s$s"
-    a=$(serve "$out/server-a.log")
-    b=$(serve "$out/server-b.log")
-    pa=$(port "$out/server-a.log")
-    pb=$(port "$out/server-b.log")
+    a=$(serve "$aha" "$model" "$out/server-a-s$s.log")
+    b=$(serve "$aha" "$model" "$out/server-b-s$s.log")
+    pa=$(port "$out/server-a-s$s.log")
+    pb=$(port "$out/server-b-s$s.log")
     { config "s$s"; printf '\n[rollout]\nengine = "openai"\nurls = ["http://127.0.0.1:%s", "http://127.0.0.1:%s"]\nmax_staleness = %s\n' "$pa" "$pb" "$s"; } > "$out/s$s.toml"
     "$aha" grpo --config "$out/s$s.toml" 2>/dev/null
     python3 bench/step_summary.py "$out/s$s"
