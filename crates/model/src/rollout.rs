@@ -65,7 +65,7 @@ impl Default for RolloutConfig {
 }
 
 /// Why a completion ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum FinishReason {
     /// An EOS id was sampled (it is the completion's last token).
     Eos,
@@ -76,7 +76,7 @@ pub enum FinishReason {
 }
 
 /// Wall-clock timing of one sample.
-#[derive(Debug, Clone, Copy, PartialEq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Default, serde::Serialize, serde::Deserialize)]
 pub struct SampleTiming {
     /// Time of the shared prompt prefill (the same for every sample of a rollout).
     pub prefill: Duration,

@@ -374,15 +374,19 @@ impl Engine {
     }
 
     /// Prefills the new requests' prompts together, fans each prompt out to its `n` rows and
-    /// merges them into the running batch. A failed prefill fails the new requests only; the
-    /// running batch is untouched until the merge (whose failure is an engine error).
+    /// merges them into the running batch (an idle engine takes the prefilled cache as its batch,
+    /// sized for every row's remaining tokens, without a copy). A failed prefill fails the new
+    /// requests only; the running batch is untouched until the merge (whose failure is an engine
+    /// error).
     fn prefill_into_batch(&mut self, taken: Vec<Pending>) -> aha_model::Result<()> {
         let prompts: Vec<Vec<u32>> = taken.iter().flat_map(|p| p.req.prompts.iter().cloned()).collect();
+        let new_room = taken.iter().map(|p| p.req.max_tokens).max().unwrap_or(0);
+        let room = new_room.max(self.batch.as_ref().map_or(0, |b| self.room_needed(&b.rows)));
         let mut fan_out = Vec::new();
         for (prompt, p) in taken.iter().flat_map(|p| std::iter::repeat_n(p, p.req.prompts.len())).enumerate() {
             fan_out.extend(std::iter::repeat_n(prompt as u32, p.req.n));
         }
-        let prefilled = prefill(&self.model, &prompts, 0).and_then(|(c, l)| Ok((c.select_rows(&fan_out)?, l)));
+        let prefilled = prefill(&self.model, &prompts, room).and_then(|(c, l)| Ok((c.select_rows(&fan_out)?, l)));
         let (cache, logits) = match prefilled {
             Ok(x) => x,
             Err(e) => {
@@ -413,14 +417,12 @@ impl Engine {
         }
         let new_logits: Vec<Vec<f32>> = fan_out.iter().map(|&p| logits[p as usize].clone()).collect();
         debug_assert_eq!(prompt, logits.len());
-        let (parts, mut all_rows, mut all_logits) = match self.batch.take() {
-            None => (vec![cache], Vec::new(), Vec::new()),
-            Some(b) => (vec![b.cache, cache], b.rows, b.logits),
+        let (cache, mut all_rows, mut all_logits) = match self.batch.take() {
+            None => (cache, Vec::new(), Vec::new()),
+            Some(b) => (KvCache::merge(&[b.cache, cache], room)?, b.rows, b.logits),
         };
         all_rows.extend(rows);
         all_logits.extend(new_logits);
-        let room = self.room_needed(&all_rows);
-        let cache = KvCache::merge(&parts, room)?;
         self.batch = Some(Batch { cache, rows: all_rows, logits: all_logits });
         Ok(())
     }

@@ -157,7 +157,8 @@ pub fn load_state(dir: &Path, device: &Device) -> Result<(TrainerState, HashMap<
     Ok((state, optim))
 }
 
-fn prune(root: &Path, keep_last: usize) -> Result<()> {
+/// Removes all but the `keep_last` newest `step-*` directories of `root` (0 keeps all).
+pub(crate) fn prune(root: &Path, keep_last: usize) -> Result<()> {
     if keep_last == 0 {
         return Ok(());
     }

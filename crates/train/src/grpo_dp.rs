@@ -4,8 +4,6 @@
 //! their bit patterns and rewards as exactly round-tripped JSON numbers, so every rank holds the
 //! same values bit for bit.
 
-use std::time::Duration;
-
 use aha_model::rollout::{FinishReason, Sample as Completion, SampleTiming};
 use aha_reward::ScoredSample;
 use serde::{Deserialize, Serialize};
@@ -22,27 +20,10 @@ struct WireSample {
     sample_index: usize,
     ids: Vec<u32>,
     logprob_bits: Vec<u32>,
-    finish: u8,
+    finish: FinishReason,
     text: String,
     scored: ScoredSample,
-    prefill_ns: u64,
-    total_ns: u64,
-}
-
-fn finish_code(f: FinishReason) -> u8 {
-    match f {
-        FinishReason::Eos => 0,
-        FinishReason::Stop => 1,
-        FinishReason::Length => 2,
-    }
-}
-
-fn finish_of(code: u8) -> FinishReason {
-    match code {
-        0 => FinishReason::Eos,
-        1 => FinishReason::Stop,
-        _ => FinishReason::Length,
-    }
+    timing: SampleTiming,
 }
 
 fn to_wire(s: &Scored) -> WireSample {
@@ -53,11 +34,10 @@ fn to_wire(s: &Scored) -> WireSample {
         sample_index: c.sample_index,
         ids: c.completion_ids.clone(),
         logprob_bits: c.logprobs.iter().map(|x| x.to_bits()).collect(),
-        finish: finish_code(c.finish_reason),
+        finish: c.finish_reason,
         text: s.text.clone(),
         scored: s.scored.clone(),
-        prefill_ns: c.timing.prefill.as_nanos() as u64,
-        total_ns: c.timing.total.as_nanos() as u64,
+        timing: c.timing,
     }
 }
 
@@ -73,11 +53,8 @@ fn from_wire(w: WireSample, prompt_ids: &[Vec<u32>]) -> Result<Scored> {
             sample_index: w.sample_index,
             completion_ids: w.ids,
             logprobs: w.logprob_bits.into_iter().map(f32::from_bits).collect(),
-            finish_reason: finish_of(w.finish),
-            timing: SampleTiming {
-                prefill: Duration::from_nanos(w.prefill_ns),
-                total: Duration::from_nanos(w.total_ns),
-            },
+            finish_reason: w.finish,
+            timing: w.timing,
         },
         text: w.text,
         scored: w.scored,

@@ -179,7 +179,13 @@ impl Report {
 
 /// Peak resident set size of this process (`VmHWM`), in MB.
 fn peak_rss_mb() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    vm_hwm_mib("self")
+}
+
+/// Peak resident set size (`VmHWM`) of process `pid` (`"self"`: this one), in MiB; 0 when
+/// unreadable.
+fn vm_hwm_mib(pid: &str) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
         .lines()
         .find_map(|l| l.strip_prefix("VmHWM:"))

@@ -75,10 +75,8 @@ pub fn run(recipe: &Recipe, opts: &Options) -> Result<Vec<StageRecord>> {
 /// A data-parallel rank other than 0: takes part in the sft/grpo stages rank 0 runs, in order.
 fn follow(recipe: &Recipe, opts: &Options, world: &dyn Collective) -> Result<Vec<StageRecord>> {
     let upto = recipe.upto(opts.until.as_deref())?;
-    let base = recipe
-        .init
-        .as_ref()
-        .map_or_else(|| recipe.base_model(), |_| recipe.output_dir.join(BASE_DIR).display().to_string());
+    // The path `ensure_base` gives rank 0 (which alone creates an `[init]` model).
+    let base = recipe.base_model();
     for stage in &recipe.stages[..upto] {
         world.wait_idle("pipeline stage start")?;
         if stage.dir.join(DONE_FILE).exists() || !matches!(stage.kind, StageKind::Sft | StageKind::Grpo) {

@@ -58,6 +58,7 @@ pub use client::Server;
 pub use settings::{Api, Engine, RolloutSettings};
 use wire::{completion_body, parse_completions, plan_requests, Completions, RequestSpec};
 
+use crate::checkpoint::prune;
 use crate::error::{io_err, Result, TrainError};
 
 /// The directory under the run directory that sync weights are written to.
@@ -328,21 +329,6 @@ fn save_weights(dir: &Path, policy: &Transformer, tok: &AhaTokenizer, base: &str
             save_pretrained(dir, merged.config(), &merged, tok)?
         }
         (true, _) => save_adapter(dir, policy, tok, policy.adapter_base().unwrap_or(base))?,
-    }
-    Ok(())
-}
-
-/// Removes all but the `keep` newest `step-*` directories of `root`.
-fn prune(root: &Path, keep: usize) -> Result<()> {
-    let mut dirs: Vec<PathBuf> = std::fs::read_dir(root)
-        .map_err(io_err(root))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("step-")))
-        .collect();
-    dirs.sort();
-    let excess = dirs.len().saturating_sub(keep);
-    for old in &dirs[..excess] {
-        std::fs::remove_dir_all(old).map_err(io_err(old))?;
     }
     Ok(())
 }

@@ -341,12 +341,7 @@ impl Server {
 
     /// Peak resident set size (`VmHWM`) of the server process, in MiB.
     fn peak_rss_mib(&self) -> f64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-            .map_or(0.0, |kb| kb / 1024.0)
+        super::vm_hwm_mib(&self.child.id().to_string())
     }
 
     /// Sends SIGTERM and waits (up to 60 s) for the exit code.
