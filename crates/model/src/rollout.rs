@@ -132,16 +132,34 @@ pub fn rollout(
 /// hand-offs of threads sharing every matrix product.
 const SPLIT_MAX_PARAM_BYTES: usize = 32 << 20;
 
-/// How many independent batches to decode at once: one per thread of the pool for a small model
-/// on the CPU with at least two prompts per batch, else 1. (A stop decoder is not `Sync`, so
-/// rollouts with stop strings stay one batch.)
-fn row_groups(model: &Transformer, prompts: usize, has_decoder: bool) -> usize {
+/// How many independent batches `model` decodes best at once: one per thread of the calling
+/// thread's pool for a small model on the CPU (each batch on its own thread with
+/// single-threaded kernels), else 1 (one batch whose products share the threads). The one
+/// place this is decided, for [`rollout`] and for `aha serve`'s engine.
+pub fn decode_shards(model: &Transformer) -> usize {
     let threads = rayon::current_num_threads();
     let bytes: usize = model.named_parameters().iter().map(|(_, t)| t.elem_count() * t.dtype().size_in_bytes()).sum();
-    if has_decoder || !model.device().is_cpu() || threads < 2 || bytes > SPLIT_MAX_PARAM_BYTES {
+    if !model.device().is_cpu() || threads < 2 || bytes > SPLIT_MAX_PARAM_BYTES {
         return 1;
     }
-    threads.min(prompts / 2).max(1)
+    threads
+}
+
+/// A pool of one thread: kernels run inside it are single-threaded (a decode shard's pool).
+pub fn single_thread_pool() -> Result<rayon::ThreadPool> {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .map_err(|e| ModelError::InvalidConfig(format!("no decoding thread pool: {e}")))
+}
+
+/// How many independent batches to decode at once: [`decode_shards`] with at least two prompts
+/// per batch. (A stop decoder is not `Sync`, so rollouts with stop strings stay one batch.)
+fn row_groups(model: &Transformer, prompts: usize, has_decoder: bool) -> usize {
+    if has_decoder {
+        return 1;
+    }
+    decode_shards(model).min(prompts / 2).max(1)
 }
 
 /// Decodes contiguous shares of the prompts concurrently, each on its own thread with
@@ -162,11 +180,7 @@ fn rollout_split(
             .map(|&(lo, hi)| {
                 s.spawn(move || {
                     let sub = RolloutConfig { prompt_index_offset: cfg.prompt_index_offset + lo as u64, ..cfg.clone() };
-                    let pool = rayon::ThreadPoolBuilder::new()
-                        .num_threads(1)
-                        .build()
-                        .map_err(|e| ModelError::InvalidConfig(format!("rollout: no thread pool: {e}")))?;
-                    pool.install(|| rollout_batch(model, &prompts[lo..hi], &sub, None))
+                    single_thread_pool()?.install(|| rollout_batch(model, &prompts[lo..hi], &sub, None))
                 })
             })
             .collect();

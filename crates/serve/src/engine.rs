@@ -1,10 +1,15 @@
 //! The continuously batched decode loop behind `aha serve`.
 //!
-//! One OS thread owns the model and a single running batch. Each turn of its loop it admits
-//! queued requests (prefilled together, then merged into the running KV cache with
+//! One OS thread owns the model and the running batch. Each turn of its loop it admits queued
+//! requests (prefilled together, then merged into the running KV cache with
 //! [`KvCache::merge`]), samples one token for every live row, streams each token to its
-//! request, drops finished rows, and decodes all live rows in one call. A request that arrives
-//! while others decode joins the batch at the next turn; rows leave as soon as they finish.
+//! request, drops finished rows, and decodes all live rows. A request that arrives while others
+//! decode joins the batch at the next turn; rows leave as soon as they finish.
+//!
+//! The batch is split into as many shards as [`decode_shards`] says (one per thread for a small
+//! model on the CPU, else one): new rows join the shard with the fewest rows, and the shards
+//! decode and draw their next tokens concurrently (`shard.rs`), as the in-process rollout splits
+//! its batch. A row's arithmetic reads only that row, so its tokens do not depend on its shard.
 //!
 //! Weight reloads ([`EngineHandle::swap`]) are ordered: requests submitted before the reload
 //! are still admitted and decoded on the old weights, later ones wait; once no row is decoding
@@ -16,11 +21,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 
-use aha_model::rollout::{prefill, StopMatcher};
-use aha_model::{sample_rng, sample_token, AhaTokenizer, FinishReason, KvCache, SamplingParams, Transformer};
-use candle_core::{DType, Tensor};
-use rand_chacha::ChaCha8Rng;
+use aha_model::rollout::{decode_shards, prefill, StopMatcher};
+use aha_model::{sample_rng, AhaTokenizer, FinishReason, KvCache, SamplingParams, Transformer};
 use tokio::sync::{mpsc as tmpsc, oneshot};
+
+use crate::shard::{deal, Row, Shard, Stepper};
 
 /// Limits of the decode loop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -148,7 +153,7 @@ impl EngineHandle {
             tokenizer,
             opts,
         });
-        let engine = Engine::new(model, Arc::clone(&shared), rx);
+        let engine = Engine::new(model, Arc::clone(&shared), rx)?;
         let thread = std::thread::Builder::new()
             .name("aha-engine".into())
             .spawn(move || engine.run())
@@ -220,23 +225,6 @@ struct Active {
     version: u64,
 }
 
-/// One sample being decoded: a row of the running batch.
-struct Row {
-    request: usize,
-    choice: usize,
-    prompt_len: usize,
-    rng: ChaCha8Rng,
-    ids: Vec<u32>,
-    done: bool,
-}
-
-/// The running batch: row `j` of the cache is `rows[j]`, whose next-token logits are `logits[j]`.
-struct Batch {
-    cache: KvCache,
-    rows: Vec<Row>,
-    logits: Vec<Vec<f32>>,
-}
-
 /// A reload waiting for the requests submitted before it to finish.
 struct PendingSwap {
     model: Box<Transformer>,
@@ -246,7 +234,7 @@ struct PendingSwap {
 }
 
 struct Engine {
-    model: Transformer,
+    model: Arc<Transformer>,
     version: u64,
     shared: Arc<Shared>,
     commands: mpsc::Receiver<Command>,
@@ -254,34 +242,49 @@ struct Engine {
     swap: Option<PendingSwap>,
     /// Requests by slot; a finished request's slot is `None` until reused.
     requests: Vec<Option<Active>>,
-    batch: Option<Batch>,
+    /// The running batch's non-empty shards (at most `shard_count`).
+    shards: Vec<Shard>,
+    /// How many shards the batch may have.
+    shard_count: usize,
+    stepper: Stepper,
     stopping: bool,
 }
 
 impl Engine {
-    fn new(model: Transformer, shared: Arc<Shared>, commands: mpsc::Receiver<Command>) -> Self {
-        Self {
-            model,
+    fn new(model: Transformer, shared: Arc<Shared>, commands: mpsc::Receiver<Command>) -> aha_model::Result<Self> {
+        let shard_count = decode_shards(&model);
+        Ok(Self {
+            model: Arc::new(model),
             version: 0,
             shared,
             commands,
             waiting: VecDeque::new(),
             swap: None,
             requests: Vec::new(),
-            batch: None,
+            shards: Vec::new(),
+            shard_count,
+            stepper: Stepper::new(shard_count)?,
             stopping: false,
+        })
+    }
+
+    /// Runs the decode loop, inside the engine's own single-threaded pool when sharded.
+    fn run(mut self) {
+        match self.stepper.take_home() {
+            Some(pool) => pool.install(move || self.run_loop()),
+            None => self.run_loop(),
         }
     }
 
     /// The decode loop; returns when shut down and drained, or when every handle is gone.
-    fn run(mut self) {
+    fn run_loop(mut self) {
         loop {
             if !self.receive() {
                 return;
             }
             self.install_swap();
             self.admit();
-            if self.batch.is_some() {
+            if !self.shards.is_empty() {
                 if let Err(e) = self.turn() {
                     self.fail_batch(&e.to_string());
                 }
@@ -292,7 +295,7 @@ impl Engine {
 
     /// Takes commands: blocks while there is nothing to do. `false` once the loop should end.
     fn receive(&mut self) -> bool {
-        let idle = self.batch.is_none() && self.waiting.is_empty() && self.swap.is_none();
+        let idle = self.shards.is_empty() && self.waiting.is_empty() && self.swap.is_none();
         if idle && self.stopping {
             return false;
         }
@@ -324,14 +327,14 @@ impl Engine {
 
     /// Installs waiting weights once no row is decoding.
     fn install_swap(&mut self) {
-        if self.batch.is_some() {
+        if !self.shards.is_empty() {
             return;
         }
         if self.swap.as_ref().is_some_and(|s| s.ahead > 0) {
             return;
         }
         if let Some(swap) = self.swap.take() {
-            self.model = *swap.model;
+            self.model = Arc::new(*swap.model);
             self.version += 1;
             self.shared.version.store(self.version, Ordering::SeqCst);
             let _ = swap.done.send(Ok(self.version));
@@ -339,7 +342,7 @@ impl Engine {
     }
 
     fn live_rows(&self) -> usize {
-        self.batch.as_ref().map_or(0, |b| b.rows.iter().filter(|r| !r.done).count())
+        self.shards.iter().map(Shard::live).sum()
     }
 
     /// Moves waiting requests into the batch while they fit `max_batch_rows` (a request larger
@@ -374,20 +377,18 @@ impl Engine {
     }
 
     /// Prefills the new requests' prompts together, fans each prompt out to its `n` rows and
-    /// merges them into the running batch (an idle engine takes the prefilled cache as its batch,
-    /// sized for every row's remaining tokens, without a copy). A failed prefill fails the new
-    /// requests only; the running batch is untouched until the merge (whose failure is an engine
-    /// error).
+    /// deals the rows to the shards with the fewest rows, merging them into each shard's cache
+    /// (an empty shard takes its rows' prefilled cache, sized for their remaining tokens). A
+    /// failed prefill fails the new requests only; the running batch is untouched until the
+    /// merge (whose failure is an engine error).
     fn prefill_into_batch(&mut self, taken: Vec<Pending>) -> aha_model::Result<()> {
         let prompts: Vec<Vec<u32>> = taken.iter().flat_map(|p| p.req.prompts.iter().cloned()).collect();
         let new_room = taken.iter().map(|p| p.req.max_tokens).max().unwrap_or(0);
-        let room = new_room.max(self.batch.as_ref().map_or(0, |b| self.room_needed(&b.rows)));
         let mut fan_out = Vec::new();
         for (prompt, p) in taken.iter().flat_map(|p| std::iter::repeat_n(p, p.req.prompts.len())).enumerate() {
             fan_out.extend(std::iter::repeat_n(prompt as u32, p.req.n));
         }
-        let prefilled = prefill(&self.model, &prompts, room).and_then(|(c, l)| Ok((c.select_rows(&fan_out)?, l)));
-        let (cache, logits) = match prefilled {
+        let (cache, logits) = match prefill(&self.model, &prompts, new_room) {
             Ok(x) => x,
             Err(e) => {
                 for p in taken {
@@ -397,7 +398,6 @@ impl Engine {
             }
         };
         let mut rows = Vec::with_capacity(fan_out.len());
-        let mut prompt = 0usize;
         for p in taken {
             let slot = self.insert(p);
             let Some(a) = self.requests[slot].as_ref() else { continue };
@@ -407,33 +407,38 @@ impl Engine {
                         request: slot,
                         choice: pi * a.req.n + s,
                         prompt_len: ids.len(),
+                        sampling: a.req.sampling,
                         rng: sample_rng(a.req.seed, a.req.prompt_index_offset + pi as u64, s as u64),
                         ids: Vec::with_capacity(a.req.max_tokens),
+                        next: None,
                         done: false,
                     });
                 }
-                prompt += 1;
             }
         }
-        let new_logits: Vec<Vec<f32>> = fan_out.iter().map(|&p| logits[p as usize].clone()).collect();
-        debug_assert_eq!(prompt, logits.len());
-        let (cache, mut all_rows, mut all_logits) = match self.batch.take() {
-            None => (cache, Vec::new(), Vec::new()),
-            Some(b) => (KvCache::merge(&[b.cache, cache], room)?, b.rows, b.logits),
-        };
-        all_rows.extend(rows);
-        all_logits.extend(new_logits);
-        self.batch = Some(Batch { cache, rows: all_rows, logits: all_logits });
+        debug_assert_eq!(rows.len(), fan_out.len());
+        for (row, &p) in rows.iter_mut().zip(&fan_out) {
+            row.draw(&logits[p as usize])?;
+        }
+        let live: Vec<usize> = self.shards.iter().map(Shard::live).collect();
+        let mut rows: Vec<Option<Row>> = rows.into_iter().map(Some).collect();
+        for (shard, picked) in deal(&live, self.shard_count, rows.len()).into_iter().enumerate() {
+            if picked.is_empty() {
+                continue;
+            }
+            let cache_rows: Vec<u32> = picked.iter().map(|&k| fan_out[k]).collect();
+            let part = cache.select_rows(&cache_rows)?;
+            let new_rows = picked.iter().filter_map(|&k| rows[k].take());
+            if shard < self.shards.len() {
+                let b = &mut self.shards[shard];
+                let room = new_room.max(room_needed(&self.requests, &b.rows));
+                b.cache = KvCache::merge(&[b.cache.clone(), part], room)?;
+                b.rows.extend(new_rows);
+            } else {
+                self.shards.push(Shard { cache: part, rows: new_rows.collect() });
+            }
+        }
         Ok(())
-    }
-
-    /// The free cache slots the batch can still need: the most tokens a live row may yet add.
-    fn room_needed(&self, rows: &[Row]) -> usize {
-        rows.iter()
-            .filter(|r| !r.done)
-            .map(|r| self.active(r.request).map_or(0, |a| a.req.max_tokens.saturating_sub(r.ids.len())))
-            .max()
-            .unwrap_or(0)
     }
 
     fn insert(&mut self, p: Pending) -> usize {
@@ -460,45 +465,30 @@ impl Engine {
         self.requests.get(slot).and_then(Option::as_ref)
     }
 
-    /// One turn of the batch: sample a token for every live row, retire finished rows,
-    /// decode the rest.
+    /// One turn of the batch: emit every live row's drawn token, retire finished rows, then
+    /// step the shards (decode one position, draw the next tokens).
     fn turn(&mut self) -> aha_model::Result<()> {
-        let Some(mut b) = self.batch.take() else { return Ok(()) };
-        for j in 0..b.rows.len() {
-            if !b.rows[j].done {
-                self.sample(&mut b.rows[j], &b.logits[j])?;
+        let mut shards = std::mem::take(&mut self.shards);
+        for b in &mut shards {
+            for r in b.rows.iter_mut().filter(|r| !r.done) {
+                self.emit(r);
             }
+            self.cancel_abandoned(&mut b.rows);
         }
-        self.cancel_abandoned(&mut b.rows);
-        let finished = b.rows.iter().filter(|r| r.done).count();
-        if finished == b.rows.len() {
-            return Ok(());
+        shards.retain(|b| b.live() > 0);
+        for b in &mut shards {
+            b.compact()?;
         }
-        if finished * 8 >= b.rows.len() {
-            let keep: Vec<u32> = (0..b.rows.len()).filter(|&j| !b.rows[j].done).map(|j| j as u32).collect();
-            b.cache = b.cache.select_rows(&keep)?;
-            let mut rows = std::mem::take(&mut b.rows);
-            let mut logits = std::mem::take(&mut b.logits);
-            let keep_set: Vec<bool> = rows.iter().map(|r| !r.done).collect();
-            let mut k = keep_set.iter();
-            rows.retain(|_| k.next().copied().unwrap_or(false));
-            let mut k = keep_set.iter();
-            logits.retain(|_| k.next().copied().unwrap_or(false));
-            b.rows = rows;
-            b.logits = logits;
-        }
-        b.logits = self.decode(&b.rows, &mut b.cache)?;
-        self.batch = Some(b);
+        self.shards = self.stepper.step(&self.model, shards)?;
         Ok(())
     }
 
-    /// Samples row `r`'s next token, streams it, and finishes the row when it should stop.
-    fn sample(&mut self, r: &mut Row, logits: &[f32]) -> aha_model::Result<()> {
-        let Some(a) = self.requests.get(r.request).and_then(Option::as_ref) else {
+    /// Streams row `r`'s drawn token and finishes the row when it should stop.
+    fn emit(&mut self, r: &mut Row) {
+        let (Some(a), Some(s)) = (self.requests.get(r.request).and_then(Option::as_ref), r.next.take()) else {
             r.done = true;
-            return Ok(());
+            return;
         };
-        let s = sample_token(logits, &a.req.sampling, &mut r.rng)?;
         r.ids.push(s.token);
         let _ = a.events.send(GenEvent::Token { choice: r.choice, token: s.token, logprob: s.logprob });
         let tok = &self.shared.tokenizer;
@@ -517,7 +507,6 @@ impl Engine {
             let _ = a.events.send(GenEvent::Finished { choice: r.choice, reason });
             self.finish_row(r.request);
         }
-        Ok(())
     }
 
     /// Counts a finished row against its request; the request's last row sends `Done`.
@@ -540,23 +529,9 @@ impl Engine {
         }
     }
 
-    /// Feeds every row's last token (finished rows too, until they are compacted away) and
-    /// returns each row's next-token logits.
-    fn decode(&self, rows: &[Row], cache: &mut KvCache) -> aha_model::Result<Vec<Vec<f32>>> {
-        let b = rows.len();
-        let ids: Vec<u32> = rows.iter().map(|r| r.ids.last().copied().unwrap_or(0)).collect();
-        let pos: Vec<u32> = rows.iter().map(|r| (r.prompt_len + r.ids.len().max(1) - 1) as u32).collect();
-        let dev = self.model.device();
-        let ids = Tensor::from_vec(ids, (b, 1), dev)?;
-        let pos = Tensor::from_vec(pos, (b, 1), dev)?;
-        let mask = Tensor::ones((b, 1), DType::U8, dev)?;
-        let logits = self.model.decode(&ids, &mask, &pos, cache)?;
-        Ok(logits.squeeze(1)?.to_dtype(DType::F32)?.to_vec2()?)
-    }
-
     /// Fails every request in the batch (an engine error must not leave clients waiting).
     fn fail_batch(&mut self, message: &str) {
-        self.batch = None;
+        self.shards.clear();
         for a in self.requests.drain(..).flatten() {
             let _ = a.events.send(GenEvent::Failed { message: message.to_string() });
         }
@@ -565,4 +540,15 @@ impl Engine {
     fn publish(&self) {
         self.shared.running_rows.store(self.live_rows(), Ordering::SeqCst);
     }
+}
+
+/// The free cache slots a shard can still need: the most tokens a live row may yet add.
+fn room_needed(requests: &[Option<Active>], rows: &[Row]) -> usize {
+    rows.iter()
+        .filter(|r| !r.done)
+        .map(|r| {
+            requests.get(r.request).and_then(Option::as_ref).map_or(0, |a| a.req.max_tokens.saturating_sub(r.ids.len()))
+        })
+        .max()
+        .unwrap_or(0)
 }

@@ -9,6 +9,7 @@ pub mod engine;
 pub mod error;
 pub mod http;
 pub mod load;
+mod shard;
 
 use std::future::Future;
 use std::sync::Arc;

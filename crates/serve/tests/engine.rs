@@ -143,6 +143,43 @@ fn a_request_joins_a_running_batch_and_matches_its_solo_tokens() {
 }
 
 #[test]
+fn rows_dealt_to_several_shards_decode_their_solo_tokens() {
+    let (_d, m) = tiny(4);
+    // Started inside a 3-thread pool, the engine splits its batch into 3 shards on any machine.
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(3).build().expect("pool");
+    let (engine, thread) = pool.install(|| start(&m));
+    let eos = engine.tokenizer().eos_token_ids().to_vec();
+    // A long request (6 rows over the 3 shards) is decoding when the others arrive and join.
+    let long_prompts = vec![vec![3, 4, 5], vec![6]];
+    let mut long = request(long_prompts.clone(), 3, 150, 11, 0);
+    long.ignore_eos = true;
+    let mut long_rx = engine.submit(long).expect("submit long");
+    let first = long_rx.blocking_recv().expect("a first event");
+    let GenEvent::Token { choice, token, logprob } = first else { panic!("not a token: {first:?}") };
+    let shapes: Vec<(Vec<Vec<u32>>, usize, usize)> = vec![
+        (vec![vec![7, 8, 9, 10, 11, 12]], 2, 9),
+        (vec![vec![13, 14]], 1, 25),
+        (vec![vec![15, 16, 17], vec![18, 19], vec![20]], 2, 17),
+    ];
+    let pending: Vec<_> = shapes
+        .iter()
+        .enumerate()
+        .map(|(k, (prompts, n, max))| engine.submit(request(prompts.clone(), *n, *max, 11, 10 + 5 * k as u64)))
+        .collect();
+    for (k, rx) in pending.into_iter().enumerate() {
+        let (prompts, n, max) = &shapes[k];
+        let got = collect(rx.expect("submit"), prompts.len() * n);
+        assert_same(&got, &in_process(&m.model, prompts, *n, *max, 11, 10 + 5 * k as u64, &eos));
+    }
+    let mut rest = collect(long_rx, 6);
+    rest.ids[choice].insert(0, token);
+    rest.logprobs[choice].insert(0, logprob);
+    assert_same(&rest, &in_process(&m.model, &long_prompts, 3, 150, 11, 0, &[]));
+    engine.shutdown();
+    thread.join().expect("engine thread");
+}
+
+#[test]
 fn a_swap_waits_for_rows_in_flight_and_later_requests_use_the_new_weights() {
     let (_d, m) = tiny(3);
     let (_d2, m2) = tiny(4);
