@@ -131,7 +131,7 @@ pub fn run(args: Args) -> Result<()> {
     }
     let threads = candle_core::utils::get_num_threads();
     let cpu = CpuInfo::detect();
-    println!("cpu: {} | {}", cpu.model, cpu.peak_description());
+    println!("{}", cpu.header());
     println!("threads: {threads} ({}) | allocator: {}", crate::threads::describe(), crate::alloc::describe());
     let (name, opts, report) = match args.what {
         Workload::Rollout(o) => {

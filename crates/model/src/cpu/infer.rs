@@ -106,15 +106,83 @@ fn add_bias(out: &mut [f32], bias: Option<&[f32]>, n: usize) {
     }
 }
 
+/// The vector instructions the `x · Wᵀ` kernel uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Simd {
+    /// AVX-512F: two rows' 8-lane sums per 16-lane register (the AVX2 kernel's arithmetic,
+    /// lane for lane, so the results are bit-identical to it).
+    Avx512,
+    /// AVX2 + FMA: 8-lane sums.
+    Avx2,
+    /// Portable code (the same 8-lane sums, which the compiler may or may not vectorise).
+    Scalar,
+}
+
+impl Simd {
+    /// Lower-case name, as `AHA_SIMD` takes it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Simd::Avx512 => "avx512",
+            Simd::Avx2 => "avx2",
+            Simd::Scalar => "scalar",
+        }
+    }
+}
+
+/// The best [`Simd`] this CPU has, capped by the environment variable `AHA_SIMD` (`avx2` or
+/// `scalar`: what a CPU without AVX-512, or without AVX2, would run). Decided once per process.
+pub fn simd() -> Simd {
+    static LEVEL: std::sync::OnceLock<Simd> = std::sync::OnceLock::new();
+    *LEVEL.get_or_init(|| {
+        let cap = match std::env::var("AHA_SIMD").ok().as_deref() {
+            Some("scalar") => Simd::Scalar,
+            Some("avx2") => Simd::Avx2,
+            _ => Simd::Avx512,
+        };
+        let best = detect_simd();
+        let rank = |s: Simd| match s {
+            Simd::Scalar => 0,
+            Simd::Avx2 => 1,
+            Simd::Avx512 => 2,
+        };
+        if rank(cap) < rank(best) {
+            cap
+        } else {
+            best
+        }
+    })
+}
+
+fn detect_simd() -> Simd {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let avx2 = std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma");
+        if avx2 && std::arch::is_x86_feature_detected!("avx512f") {
+            return Simd::Avx512;
+        }
+        if avx2 {
+            return Simd::Avx2;
+        }
+    }
+    Simd::Scalar
+}
+
 /// Columns `j0..j1` of `x · wᵀ` into `out` (`[m, j1 - j0]`).
 fn stripe(x: &[f32], w: &[f32], m: usize, k: usize, j0: usize, j1: usize, out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-        // SAFETY: the CPU supports AVX2 and FMA (checked above); `avx::stripe` reads only
-        // within `x[..m*k]`, `w[j0*k..j1*k]` and writes within `out[..m*(j1-j0)]`, whose
-        // lengths it asserts.
-        unsafe { avx::stripe(x, w, m, k, j0, j1, out) };
-        return;
+    match simd() {
+        // SAFETY (both): `simd()` reports only instructions this CPU has; the kernels read only
+        // within `x[..m*k]`, `w[j0*k..j1*k]` and write within `out[..m*(j1-j0)]`, whose lengths
+        // they assert.
+        Simd::Avx512 => {
+            unsafe { avx512::stripe(x, w, m, k, j0, j1, out) };
+            return;
+        }
+        Simd::Avx2 => {
+            unsafe { avx::stripe(x, w, m, k, j0, j1, out) };
+            return;
+        }
+        Simd::Scalar => {}
     }
     scalar_stripe(x, w, m, k, j0, j1, out);
 }
@@ -147,7 +215,7 @@ pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
 /// The fastest dot product this CPU has.
 fn dot_fn() -> fn(&[f32], &[f32]) -> f32 {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+    if simd() != Simd::Scalar {
         return avx::dot;
     }
     dot
@@ -199,7 +267,13 @@ mod avx {
         unsafe { block::<1, 1>(a.as_ptr(), b.as_ptr(), k)[0][0] }
     }
 
-    fn store<const R: usize, const C: usize>(out: &mut [f32], wd: usize, i: usize, j: usize, r: &[[f32; C]; R]) {
+    pub(super) fn store<const R: usize, const C: usize>(
+        out: &mut [f32],
+        wd: usize,
+        i: usize,
+        j: usize,
+        r: &[[f32; C]; R],
+    ) {
         for (di, row) in r.iter().enumerate() {
             out[(i + di) * wd + j..(i + di) * wd + j + C].copy_from_slice(row);
         }
@@ -217,6 +291,10 @@ mod avx {
         let mut p = 0;
         while p < k8 {
             let mut wv = [_mm256_setzero_ps(); C];
+            // The next block's weight rows towards the L1 cache (see `avx512::block`).
+            for c in 0..C {
+                _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add((C + c) * k + p) as *const i8);
+            }
             for (c, v) in wv.iter_mut().enumerate() {
                 *v = _mm256_loadu_ps(w.add(c * k + p));
             }
@@ -243,11 +321,161 @@ mod avx {
 
     #[target_feature(enable = "avx2,fma")]
     #[inline]
-    fn hsum(v: __m256) -> f32 {
+    pub(super) fn hsum(v: __m256) -> f32 {
         let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
         let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
         let s = _mm_add_ss(s, _mm_movehdup_ps(s));
         _mm_cvtss_f32(s)
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    //! The AVX2 kernel's arithmetic on 16-lane registers: each register holds the 8-lane sums
+    //! of two rows of `x` against one row of `w`, so every lane sees the same fused
+    //! multiply-adds in the same order as in `avx::block` and the results are bit-identical.
+    //! `x`'s rows are first interleaved in pairs, 8 floats at a time, so one load feeds both
+    //! halves; each `w` row's 8 floats are broadcast to both halves.
+
+    use std::arch::x86_64::*;
+
+    use super::avx::{hsum, store};
+
+    /// Row pairs per block.
+    const P: usize = 4;
+    /// Weight rows per block.
+    const C: usize = 4;
+
+    /// Columns `j0..j1` of `x · wᵀ` into `out` (`[m, j1 - j0]`).
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512F, AVX2 and FMA.
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    pub(super) unsafe fn stripe(x: &[f32], w: &[f32], m: usize, k: usize, j0: usize, j1: usize, out: &mut [f32]) {
+        let wd = j1 - j0;
+        assert!(x.len() >= m * k && w.len() >= j1 * k && out.len() >= m * wd);
+        let k8 = k & !7;
+        let pairs = m.div_ceil(2);
+        let packed = pack_pairs(x, m, k, k8);
+        let (xp, wp) = (packed.as_ptr(), w.as_ptr());
+        let mut j = j0;
+        while j < j1 {
+            let cols = if j + C <= j1 { C } else { 1 };
+            let mut pr = 0;
+            while pr < pairs {
+                let np = if pr + P <= pairs { P } else { 1 };
+                let (xb, wb) = (xp.add(pr * 2 * k8), wp.add(j * k));
+                match (np, cols) {
+                    (P, C) => finish::<P, C>(block::<P, C>(xb, wb, k, k8), x, w, m, k, k8, pr, j, j0, wd, out),
+                    (P, _) => finish::<P, 1>(block::<P, 1>(xb, wb, k, k8), x, w, m, k, k8, pr, j, j0, wd, out),
+                    (_, C) => finish::<1, C>(block::<1, C>(xb, wb, k, k8), x, w, m, k, k8, pr, j, j0, wd, out),
+                    _ => finish::<1, 1>(block::<1, 1>(xb, wb, k, k8), x, w, m, k, k8, pr, j, j0, wd, out),
+                }
+                pr += np;
+            }
+            j += cols;
+        }
+    }
+
+    /// `x`'s first `k8` columns, rows interleaved in pairs 8 floats at a time: pair `p`'s
+    /// chunk `q` is `x[2p][8q..8q+8]` then `x[2p+1][8q..8q+8]` (zeros for a missing odd row).
+    fn pack_pairs(x: &[f32], m: usize, k: usize, k8: usize) -> Vec<f32> {
+        let pairs = m.div_ceil(2);
+        let mut packed = vec![0f32; pairs * 2 * k8];
+        for p in 0..pairs {
+            for q in 0..k8 / 8 {
+                let dst = &mut packed[p * 2 * k8 + q * 16..p * 2 * k8 + q * 16 + 16];
+                for h in 0..2 {
+                    let r = 2 * p + h;
+                    if r < m {
+                        dst[h * 8..h * 8 + 8].copy_from_slice(&x[r * k + q * 8..r * k + q * 8 + 8]);
+                    }
+                }
+            }
+        }
+        packed
+    }
+
+    /// The 16-lane sums of `NP` row pairs (packed, from `x`) against `NC` rows of `w`.
+    ///
+    /// # Safety
+    /// AVX-512F; `x` must hold `NP·2·k8` and `w` `NC·k` readable floats (rows `k` apart).
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    #[inline]
+    unsafe fn block<const NP: usize, const NC: usize>(
+        x: *const f32,
+        w: *const f32,
+        k: usize,
+        k8: usize,
+    ) -> [[__m512; NC]; NP] {
+        let mut acc = [[_mm512_setzero_ps(); NC]; NP];
+        let mut p = 0;
+        while p < k8 {
+            let mut wv = [_mm512_setzero_ps(); NC];
+            // The next block's weight rows (the `NC` rows after these), towards the L1 cache
+            // while this block computes: the weights stream from memory once per decode step.
+            // A prefetch never faults, so one past the matrix's end is harmless.
+            for c in 0..NC {
+                _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add((NC + c) * k + p) as *const i8);
+            }
+            for (c, v) in wv.iter_mut().enumerate() {
+                // 256 bits to both halves (AVX-512F's 64-bit-lane broadcast; the bits are the floats').
+                *v = _mm512_castpd_ps(_mm512_broadcast_f64x4(_mm256_castps_pd(_mm256_loadu_ps(w.add(c * k + p)))));
+            }
+            for (r, acc_r) in acc.iter_mut().enumerate() {
+                let xv = _mm512_loadu_ps(x.add(r * 2 * k8 + 2 * p));
+                for (a, wc) in acc_r.iter_mut().zip(&wv) {
+                    *a = _mm512_fmadd_ps(xv, *wc, *a);
+                }
+            }
+            p += 8;
+        }
+        acc
+    }
+
+    /// Reduces each half-register as the AVX2 kernel does, adds the `k8..k` tail in the same
+    /// order, and stores the real rows.
+    ///
+    /// # Safety
+    /// AVX-512F; the indices are within the shapes `stripe` asserted.
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    #[inline]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn finish<const NP: usize, const NC: usize>(
+        acc: [[__m512; NC]; NP],
+        x: &[f32],
+        w: &[f32],
+        m: usize,
+        k: usize,
+        k8: usize,
+        pair: usize,
+        j: usize,
+        j0: usize,
+        wd: usize,
+        out: &mut [f32],
+    ) {
+        for (p, acc_p) in acc.iter().enumerate() {
+            for h in 0..2 {
+                let r = 2 * (pair + p) + h;
+                if r >= m {
+                    continue;
+                }
+                let mut row = [[0f32; NC]; 1];
+                for (c, a) in acc_p.iter().enumerate() {
+                    let half = if h == 0 {
+                        _mm512_castps512_ps256(*a)
+                    } else {
+                        _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(*a)))
+                    };
+                    let mut s = hsum(half);
+                    for q in k8..k {
+                        s += x[r * k + q] * w[(j + c) * k + q];
+                    }
+                    row[0][c] = s;
+                }
+                store(out, wd, r, j - j0, &row);
+            }
+        }
     }
 }
 
@@ -387,6 +615,37 @@ mod tests {
             let want = naive(&x, &w, Some(&b), m, k, n);
             let err = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
             assert!(err < 1e-4, "({m},{k},{n}): max err {err}");
+        }
+    }
+
+    /// The AVX-512 kernel is the AVX2 kernel's arithmetic, bit for bit, on every shape path
+    /// (4-pair and single-pair blocks, 4-column and single-column blocks, an odd row, a `k`
+    /// tail); the portable code agrees to rounding.
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn avx512_stripe_is_bit_identical_to_avx2() {
+        let avx2 = std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma");
+        if !avx2 || !std::arch::is_x86_feature_detected!("avx512f") {
+            eprintln!("skipped: this CPU lacks AVX-512F (the AVX-512 kernel never runs here)");
+            return;
+        }
+        let shapes = [(1, 8, 4), (2, 16, 5), (3, 13, 9), (9, 100, 37), (16, 768, 64), (17, 256, 131), (33, 64, 8)];
+        for &(m, k, n) in &shapes {
+            let (x, w) = (ramp(m * k, 6), ramp(n * k, 7));
+            let (j0, j1) = (n / 3, n);
+            let wd = j1 - j0;
+            let (mut a, mut b, mut c) = (vec![0f32; m * wd], vec![0f32; m * wd], vec![0f32; m * wd]);
+            // SAFETY: AVX-512F, AVX2 and FMA are present (checked above); the buffers have the
+            // asserted lengths.
+            unsafe {
+                avx512::stripe(&x, &w, m, k, j0, j1, &mut a);
+                avx::stripe(&x, &w, m, k, j0, j1, &mut b);
+            }
+            scalar_stripe(&x, &w, m, k, j0, j1, &mut c);
+            let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&a), bits(&b), "({m},{k},{n}): AVX-512 and AVX2 differ");
+            let err = a.iter().zip(&c).map(|(p, q)| (p - q).abs()).fold(0f32, f32::max);
+            assert!(err < 1e-4, "({m},{k},{n}): portable code is {err} away");
         }
     }
 

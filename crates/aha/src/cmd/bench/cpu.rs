@@ -59,6 +59,17 @@ impl CpuInfo {
         self.cores as f64 * self.ghz * self.flops_per_cycle
     }
 
+    /// The line every benchmark prints first: the CPU, its peak, and the decode kernel's
+    /// instructions (`AHA_SIMD=avx2` runs what a CPU without AVX-512 would).
+    pub fn header(&self) -> String {
+        format!(
+            "cpu: {} | {} | decode kernel: {} (AHA_SIMD)",
+            self.model,
+            self.peak_description(),
+            aha_model::cpu::simd().name()
+        )
+    }
+
     /// One line saying how the peak was derived.
     pub fn peak_description(&self) -> String {
         format!(

@@ -84,7 +84,7 @@ pub fn run(o: ServeOpts) -> Result<()> {
         bail!("--requests, --concurrency, --max-tokens, --prompt-len and --rollout-batch must be ≥ 1");
     }
     let cpu = CpuInfo::detect();
-    println!("cpu: {} | {}", cpu.model, cpu.peak_description());
+    println!("{}", cpu.header());
     println!(
         "threads: {} ({}) | allocator: {}",
         candle_core::utils::get_num_threads(),
@@ -212,7 +212,7 @@ pub fn run(o: ServeOpts) -> Result<()> {
     let errors = c.errors + s.errors;
     let result = json!({
         "benchmark": "serve",
-        "cpu": cpu.model, "cpu_isa": cpu.isa, "cpu_peak": cpu.peak_description(),
+        "cpu": cpu.model, "cpu_isa": cpu.isa, "cpu_peak": cpu.peak_description(), "decode_kernel": aha_model::cpu::simd().name(),
         "threads": candle_core::utils::get_num_threads(), "debug_build": cfg!(debug_assertions),
         "model": dir.display().to_string(), "default_model": o.model.is_none(), "arch": format!("{:?}", lm.config.arch),
         "parameters": params, "vocab": vocab,
