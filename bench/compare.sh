@@ -5,6 +5,8 @@
 # Usage: bench/compare.sh [CONFIGS...]      (default: A B)
 # Environment: AHA_BENCH_VENV (default bench/.venv), AHA_BENCH_TORCH / AHA_BENCH_TRANSFORMERS
 # (pip requirement strings, default "torch" / "transformers"), CARGO_FEATURES (default: none),
+# CARGO_FLAGS (more `cargo build` flags; the baseline kernel build, no AVX-512 kernels at all:
+# CARGO_FLAGS="--no-default-features --features hub-download"),
 # ITERS (measured repetitions for every run; default: each side's own, 5 for A and 2 for B).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,6 +20,8 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 features=()
 [ -n "${CARGO_FEATURES:-}" ] && features=(--features "$CARGO_FEATURES")
+# shellcheck disable=SC2206
+[ -n "${CARGO_FLAGS:-}" ] && features+=(${CARGO_FLAGS})
 cargo build --release -p aha "${features[@]}"
 aha=target/release/aha
 iters=()

@@ -21,7 +21,9 @@
 #
 # Environment: REPEATS (3), STEPS (12), BETAS (0,0.001), GENERATE (1; 0 skips generate_only),
 # WAIT_S (1800), MAX_BUSY (0.15), THREADS (2: torch threads / aha's RAYON_NUM_THREADS), OUT (runs/trl_grpo_compare.json), TRL_DIR (see above),
-# TRL_VENV (bench/.venv-trl), BASE_VENV (bench/.venv), WORKDIR (/tmp/trl_bench_work).
+# TRL_VENV (bench/.venv-trl), BASE_VENV (bench/.venv), WORKDIR (/tmp/trl_bench_work), CARGO_FLAGS
+# (more `cargo build` flags, e.g. "--no-default-features --features hub-download": the baseline
+# kernel build: no AVX-512 kernels, what a CPU without AVX-512 runs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -62,7 +64,8 @@ cmp -s "$workdir/dataset.jsonl" "$trl_dir/artifacts/dataset.jsonl" \
 cmp -s "$workdir/model/tokenizer.json" "$trl_dir/artifacts/tokenizer.json" \
     || { echo "$workdir/model/tokenizer.json differs from the spec's artifacts" >&2; exit 1; }
 
-cargo build --release -p aha >&2
+# shellcheck disable=SC2086
+cargo build --release -p aha ${CARGO_FLAGS:-} >&2
 mkdir -p "$(dirname "$out")"
 gen=()
 [ "${GENERATE:-1}" = 0 ] && gen=(--no-generate)

@@ -350,6 +350,7 @@ pub fn build_gen(
         stop: check_stop(f.stop.clone())?,
         stop_token_ids: check_stop_token_ids(f.stop_token_ids.as_deref(), limits)?,
         ignore_eos: f.ignore_eos.unwrap_or(false),
+        stream: f.stream.unwrap_or(false),
     })
 }
 

@@ -64,6 +64,10 @@ pub struct GenRequest {
     pub stop_token_ids: Vec<u32>,
     /// Do not stop at the tokenizer's EOS ids.
     pub ignore_eos: bool,
+    /// Send each token as it is drawn; otherwise a choice's tokens are sent together when it
+    /// finishes (the same events in the same order per choice, one wake-up of the receiving
+    /// task instead of one per token).
+    pub stream: bool,
 }
 
 /// What the engine sends back for a request, in order.
@@ -410,6 +414,7 @@ impl Engine {
                         sampling: a.req.sampling,
                         rng: sample_rng(a.req.seed, a.req.prompt_index_offset + pi as u64, s as u64),
                         ids: Vec::with_capacity(a.req.max_tokens),
+                        logprobs: Vec::with_capacity(a.req.max_tokens),
                         next: None,
                         done: false,
                     });
@@ -490,7 +495,10 @@ impl Engine {
             return;
         };
         r.ids.push(s.token);
-        let _ = a.events.send(GenEvent::Token { choice: r.choice, token: s.token, logprob: s.logprob });
+        r.logprobs.push(s.logprob);
+        if a.req.stream {
+            let _ = a.events.send(GenEvent::Token { choice: r.choice, token: s.token, logprob: s.logprob });
+        }
         let tok = &self.shared.tokenizer;
         let decode = |ids: &[u32]| tok.decode(ids, false).unwrap_or_default();
         let reason = if a.eos.contains(&s.token) {
@@ -504,6 +512,11 @@ impl Engine {
         };
         if let Some(reason) = reason {
             r.done = true;
+            if !a.req.stream {
+                for (&token, &logprob) in r.ids.iter().zip(&r.logprobs) {
+                    let _ = a.events.send(GenEvent::Token { choice: r.choice, token, logprob });
+                }
+            }
             let _ = a.events.send(GenEvent::Finished { choice: r.choice, reason });
             self.finish_row(r.request);
         }

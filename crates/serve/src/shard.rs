@@ -26,6 +26,8 @@ pub(crate) struct Row {
     pub rng: ChaCha8Rng,
     /// Tokens emitted so far.
     pub ids: Vec<u32>,
+    /// Their log-probabilities (sent with the tokens when the request is not streamed).
+    pub logprobs: Vec<f32>,
     /// The token drawn for the row but not yet emitted.
     pub next: Option<Sampled>,
     pub done: bool,

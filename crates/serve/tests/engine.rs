@@ -25,6 +25,7 @@ fn request(prompts: Vec<Vec<u32>>, n: usize, max_tokens: usize, seed: u64, offse
         stop: Vec::new(),
         stop_token_ids: Vec::new(),
         ignore_eos: false,
+        stream: true,
     }
 }
 
@@ -111,6 +112,16 @@ fn a_request_decodes_the_in_process_rollout_tokens() {
     let want = in_process(&m.model, &prompts, 2, 12, 7, 5, &eos);
     assert_same(&got, &want);
     assert_eq!(got.version, Some(0));
+    // Not streamed: each choice's tokens arrive together when it finishes, the same tokens.
+    let whole = request(prompts.clone(), 2, 12, 7, 5);
+    let mut rx = engine.submit(GenRequest { stream: false, ..whole }).expect("submit");
+    let first = rx.blocking_recv().expect("an event");
+    let rest = collect(rx, 6);
+    let GenEvent::Token { choice, token, logprob } = first else { panic!("not a token: {first:?}") };
+    let mut whole = rest;
+    whole.ids[choice].insert(0, token);
+    whole.logprobs[choice].insert(0, logprob);
+    assert_same(&whole, &want);
     engine.shutdown();
     thread.join().expect("engine thread");
 }

@@ -130,7 +130,8 @@ impl Simd {
 }
 
 /// The best [`Simd`] this CPU has, capped by the environment variable `AHA_SIMD` (`avx2` or
-/// `scalar`: what a CPU without AVX-512, or without AVX2, would run). Decided once per process.
+/// `scalar`: what a CPU without AVX-512, or without AVX2, would run) and by the build (AVX-512
+/// needs the `avx512` feature, on by default in `aha`). Decided once per process.
 pub fn simd() -> Simd {
     static LEVEL: std::sync::OnceLock<Simd> = std::sync::OnceLock::new();
     *LEVEL.get_or_init(|| {
@@ -157,7 +158,7 @@ fn detect_simd() -> Simd {
     #[cfg(target_arch = "x86_64")]
     {
         let avx2 = std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma");
-        if avx2 && std::arch::is_x86_feature_detected!("avx512f") {
+        if avx2 && cfg!(feature = "avx512") && std::arch::is_x86_feature_detected!("avx512f") {
             return Simd::Avx512;
         }
         if avx2 {
@@ -169,20 +170,18 @@ fn detect_simd() -> Simd {
 
 /// Columns `j0..j1` of `x · wᵀ` into `out` (`[m, j1 - j0]`).
 fn stripe(x: &[f32], w: &[f32], m: usize, k: usize, j0: usize, j1: usize, out: &mut [f32]) {
+    // SAFETY (both): `simd()` reports only instructions this CPU has; the kernels read only
+    // within `x[..m*k]`, `w[j0*k..j1*k]` and write within `out[..m*(j1-j0)]`, whose lengths
+    // they assert.
+    #[cfg(all(target_arch = "x86_64", feature = "avx512"))]
+    if simd() == Simd::Avx512 {
+        unsafe { avx512::stripe(x, w, m, k, j0, j1, out) };
+        return;
+    }
     #[cfg(target_arch = "x86_64")]
-    match simd() {
-        // SAFETY (both): `simd()` reports only instructions this CPU has; the kernels read only
-        // within `x[..m*k]`, `w[j0*k..j1*k]` and write within `out[..m*(j1-j0)]`, whose lengths
-        // they assert.
-        Simd::Avx512 => {
-            unsafe { avx512::stripe(x, w, m, k, j0, j1, out) };
-            return;
-        }
-        Simd::Avx2 => {
-            unsafe { avx::stripe(x, w, m, k, j0, j1, out) };
-            return;
-        }
-        Simd::Scalar => {}
+    if simd() != Simd::Scalar {
+        unsafe { avx::stripe(x, w, m, k, j0, j1, out) };
+        return;
     }
     scalar_stripe(x, w, m, k, j0, j1, out);
 }
@@ -329,7 +328,7 @@ mod avx {
     }
 }
 
-#[cfg(target_arch = "x86_64")]
+#[cfg(all(target_arch = "x86_64", feature = "avx512"))]
 mod avx512 {
     //! The AVX2 kernel's arithmetic on 16-lane registers: each register holds the 8-lane sums
     //! of two rows of `x` against one row of `w`, so every lane sees the same fused
@@ -622,7 +621,7 @@ mod tests {
     /// (4-pair and single-pair blocks, 4-column and single-column blocks, an odd row, a `k`
     /// tail); the portable code agrees to rounding.
     #[test]
-    #[cfg(target_arch = "x86_64")]
+    #[cfg(all(target_arch = "x86_64", feature = "avx512"))]
     fn avx512_stripe_is_bit_identical_to_avx2() {
         let avx2 = std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma");
         if !avx2 || !std::arch::is_x86_feature_detected!("avx512f") {
