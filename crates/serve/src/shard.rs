@@ -141,21 +141,31 @@ impl Stepper {
 
     /// Steps every shard, concurrently when there are workers; the shards come back in order.
     pub fn step(&self, model: &Arc<Transformer>, shards: Vec<Shard>) -> Result<Vec<Shard>> {
+        let count = shards.len();
         let mut it = shards.into_iter();
         let Some(mut first) = it.next() else { return Ok(Vec::new()) };
+        // Every shard handed out is waited for, even after an error, so no answer is left in
+        // the channel for a later turn.
+        let mut result = Ok(());
         let mut sent = 0;
         for (k, shard) in it.enumerate() {
-            let tx = self.jobs.get(k).ok_or_else(|| ModelError::InvalidConfig("more shards than workers".into()))?;
-            tx.send((k + 1, Arc::clone(model), shard))
-                .map_err(|_| ModelError::InvalidConfig("a decoding worker stopped".into()))?;
-            sent += 1;
+            let handed = match self.jobs.get(k) {
+                Some(tx) => tx.send((k + 1, Arc::clone(model), shard)).is_ok(),
+                None => false,
+            };
+            if handed {
+                sent += 1;
+            } else {
+                result = Err(ModelError::InvalidConfig("a decoding worker is missing or stopped".into()));
+            }
         }
-        let mut result = first.step(model);
-        let mut out: Vec<Option<Shard>> = (0..=sent).map(|_| None).collect();
+        result = result.and(first.step(model));
+        let mut out: Vec<Option<Shard>> = (0..count).map(|_| None).collect();
         out[0] = Some(first);
         for _ in 0..sent {
-            let (k, shard, r) =
-                self.answers.recv().map_err(|_| ModelError::InvalidConfig("a decoding worker stopped".into()))?;
+            let Ok((k, shard, r)) = self.answers.recv() else {
+                return Err(ModelError::InvalidConfig("a decoding worker stopped".into()));
+            };
             out[k] = Some(shard);
             result = result.and(r);
         }
