@@ -1,15 +1,19 @@
 //! The continuously batched decode loop behind `aha serve`.
 //!
-//! One OS thread owns the model and the running batch. Each turn of its loop it admits queued
-//! requests (prefilled together, then merged into the running KV cache with
-//! [`KvCache::merge`]), samples one token for every live row, streams each token to its
-//! request, drops finished rows, and decodes all live rows. A request that arrives while others
-//! decode joins the batch at the next turn; rows leave as soon as they finish.
+//! One OS thread runs the loop and owns the running batch (the decode workers of `shard.rs`
+//! share the model with it). Each turn it admits queued requests (prefilled together, their
+//! first tokens drawn, then merged into the running KV cache with [`KvCache::merge`]), sends
+//! every live row's drawn token to its request (a non-streamed request gets a choice's tokens
+//! when the choice finishes), drops finished rows, and steps the batch: decode every live row
+//! one position and draw its next token. A request that arrives while others decode joins the
+//! batch at the next turn; rows leave as soon as they finish.
 //!
 //! The batch is split into as many shards as [`decode_shards`] says (one per thread for a small
 //! model on the CPU, else one): new rows join the shard with the fewest rows, and the shards
-//! decode and draw their next tokens concurrently (`shard.rs`), as the in-process rollout splits
-//! its batch. A row's arithmetic reads only that row, so its tokens do not depend on its shard.
+//! step concurrently (`shard.rs`), as the in-process rollout splits its batch. A row's decode
+//! arithmetic reads only that row (up to 256 rows per shard, the small-batch kernels' limit), so
+//! its tokens do not depend on its shard or on the rows beside it; its first token comes from a
+//! prefill shared with the prompts admitted in the same turn, padded to the longest.
 //!
 //! Weight reloads ([`EngineHandle::swap`]) are ordered: requests submitted before the reload
 //! are still admitted and decoded on the old weights, later ones wait; once no row is decoding
@@ -490,8 +494,16 @@ impl Engine {
 
     /// Streams row `r`'s drawn token and finishes the row when it should stop.
     fn emit(&mut self, r: &mut Row) {
-        let (Some(a), Some(s)) = (self.requests.get(r.request).and_then(Option::as_ref), r.next.take()) else {
+        let Some(a) = self.requests.get(r.request).and_then(Option::as_ref) else {
             r.done = true;
+            return;
+        };
+        let Some(s) = r.next.take() else {
+            // Every live row has a drawn token after admission and after each step; should one
+            // not, its request fails (nothing follows `Failed`; its other rows end unsent).
+            let _ = a.events.send(GenEvent::Failed { message: "internal error: a row had no drawn token".into() });
+            r.done = true;
+            self.requests[r.request] = None;
             return;
         };
         r.ids.push(s.token);

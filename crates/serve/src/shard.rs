@@ -159,7 +159,9 @@ impl Stepper {
                 result = Err(ModelError::InvalidConfig("a decoding worker is missing or stopped".into()));
             }
         }
-        result = result.and(first.step(model));
+        if result.is_ok() {
+            result = step_caught(&mut first, model);
+        }
         let mut out: Vec<Option<Shard>> = (0..count).map(|_| None).collect();
         out[0] = Some(first);
         for _ in 0..sent {
@@ -174,11 +176,16 @@ impl Stepper {
     }
 }
 
+/// Steps `shard`, turning a panic into an error (which fails the batch, not the engine).
+fn step_caught(shard: &mut Shard, model: &Transformer) -> Result<()> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| shard.step(model)))
+        .unwrap_or_else(|_| Err(ModelError::InvalidConfig("a decoding step panicked".into())))
+}
+
 /// A worker's loop: step each shard it is handed until the stepper is dropped.
 fn work(jobs: mpsc::Receiver<Job>, answers: mpsc::Sender<Answer>) {
     while let Ok((k, model, mut shard)) = jobs.recv() {
-        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| shard.step(&model)))
-            .unwrap_or_else(|_| Err(ModelError::InvalidConfig("a decoding worker panicked".into())));
+        let r = step_caught(&mut shard, &model);
         if answers.send((k, shard, r)).is_err() {
             return;
         }

@@ -114,7 +114,8 @@ pub enum Simd {
     Avx512,
     /// AVX2 + FMA: 8-lane sums.
     Avx2,
-    /// Portable code (the same 8-lane sums, which the compiler may or may not vectorise).
+    /// Portable code: 8 partial sums too, but added in another order and without fused
+    /// multiply-adds, so it agrees with the others to rounding, not bit for bit.
     Scalar,
 }
 

@@ -60,7 +60,7 @@ impl CpuInfo {
     }
 
     /// The line every benchmark prints first: the CPU, its peak, and the decode kernel's
-    /// instructions (`AHA_SIMD=avx2` runs what a CPU without AVX-512 would).
+    /// instructions (`AHA_SIMD=avx2` makes it run its AVX2 code; gemm's kernels are chosen by gemm).
     pub fn header(&self) -> String {
         format!(
             "cpu: {} | {} | decode kernel: {} (AHA_SIMD)",
