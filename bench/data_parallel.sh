@@ -11,13 +11,14 @@ model="${1:-runs/demo/grpo/checkpoints/step-000150}"
 out="${OUT:-runs/bench-dp}"
 cargo build --release -p aha --features mpi
 aha=target/release/aha
-grep -m1 'model name' /proc/cpuinfo
-echo "flags: $(grep -m1 '^flags' /proc/cpuinfo | grep -o -w 'avx512f\|avx2\|fma' | sort -u | tr '\n' ' ')"
+# shellcheck source=bench/helpers.sh
+source bench/helpers.sh
+cpu_line
 for i in $(seq 1 "${REPEATS:-2}"); do
     for mode in one two; do
         rm -rf "$out/$mode"
         mkdir -p "$out"
-        sed -e "s|MODEL|$model|" -e "s|OUT|$out/$mode|" bench/grpo_demo_shapes.toml > "$out/$mode.toml"
+        demo_shapes "$model" "$out/$mode" > "$out/$mode.toml"
         if [ "$mode" = one ]; then
             RAYON_NUM_THREADS=2 "$aha" grpo --config "$out/$mode.toml"
         else

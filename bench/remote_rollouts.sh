@@ -11,22 +11,19 @@ model="${1:-runs/demo/grpo/checkpoints/step-000150}"
 out="${OUT:-runs/bench-remote}"
 cargo build --release -p aha ${CARGO_FEATURES:+--features "$CARGO_FEATURES"}
 aha=target/release/aha
-grep -m1 'model name' /proc/cpuinfo
-echo "flags: $(grep -m1 '^flags' /proc/cpuinfo | grep -o -w 'avx512f\|avx2\|fma' | sort -u | tr '\n' ' ')"
+# shellcheck source=bench/helpers.sh
+source bench/helpers.sh
+cpu_line
 mkdir -p "$out"
-config() { sed -e "s|MODEL|$model|" -e "s|OUT|$out/$1|" bench/grpo_demo_shapes.toml; }
-# shellcheck source=bench/serve_helpers.sh
-source bench/serve_helpers.sh
+config() { demo_shapes "$model" "$out/$1"; }
 rm -rf "$out/local"
 config local > "$out/local.toml"
 "$aha" grpo --config "$out/local.toml" 2>/dev/null
 python3 bench/step_summary.py "$out/local"
 for s in 0 1; do
     rm -rf "$out/s$s"
-    a=$(serve "$aha" "$model" "$out/server-a-s$s.log")
-    b=$(serve "$aha" "$model" "$out/server-b-s$s.log")
-    pa=$(port "$out/server-a-s$s.log")
-    pb=$(port "$out/server-b-s$s.log")
+    servers=$(serve_pair "$aha" "$model" "$out/server-s$s")
+    read -r a b pa pb <<< "$servers"
     { config "s$s"; printf '\n[rollout]\nengine = "openai"\nurls = ["http://127.0.0.1:%s", "http://127.0.0.1:%s"]\nmax_staleness = %s\n' "$pa" "$pb" "$s"; } > "$out/s$s.toml"
     "$aha" grpo --config "$out/s$s.toml" 2>/dev/null
     python3 bench/step_summary.py "$out/s$s"

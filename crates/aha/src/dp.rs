@@ -22,7 +22,7 @@ fn timeout() -> Result<Duration> {
 
 /// This process's collective, after checking that every rank runs the same binary with the same
 /// resolved config (`config`).
-pub fn world(config: &serde_json::Value) -> Result<Box<dyn Collective>> {
+fn world(config: &serde_json::Value) -> Result<Box<dyn Collective>> {
     let c = from_env(timeout()?)?;
     if c.size() > 1 {
         check_same_run(c.as_ref(), &fingerprint(config))?;
@@ -44,9 +44,17 @@ fn fingerprint(config: &serde_json::Value) -> String {
     format!("aha {} exe {:016x} config {config}", env!("CARGO_PKG_VERSION"), h.finish())
 }
 
+/// Runs `f` as this process's rank of the job ([`world`] for `config`), ending every rank when
+/// one fails ([`finish`]).
+pub fn as_rank<T>(config: &serde_json::Value, f: impl FnOnce(&dyn Collective) -> Result<T>) -> Result<T> {
+    let world = world(config)?;
+    let result = f(world.as_ref());
+    finish(world.as_ref(), result)
+}
+
 /// Passes `result` through; when a rank of a multi-process job failed, prints the error with
 /// its rank and ends every rank (so none waits for it in a collective).
-pub fn finish<T>(c: &dyn Collective, result: Result<T>) -> Result<T> {
+fn finish<T>(c: &dyn Collective, result: Result<T>) -> Result<T> {
     if let Err(e) = &result {
         if c.size() > 1 {
             eprintln!("error: rank {} of {}: {e:#}", c.rank(), c.size());

@@ -10,12 +10,25 @@
 mod common;
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use candle_core::{Device, Tensor};
-use common::{cold_stage, init_model, recipe_head, rl_stage, AHA, TASK};
-use serde_json::Value;
+use common::{cold_stage, init_model, recipe_head, rl_stage, step_lines, AHA, TASK};
+
+/// Writes `DIR/one.toml` and `DIR/two.toml` (`config(run dir, ranks)` for the runs `DIR/one`
+/// and `DIR/two`), then runs `aha COMMAND… one.toml` in one process and `mpirun -np 2 aha
+/// COMMAND… two.toml`; both must succeed. The two run directories.
+fn one_and_two(dir: &Path, command: &[&str], config: impl Fn(&Path, usize) -> String) -> (PathBuf, PathBuf) {
+    let (one, two) = (dir.join("one"), dir.join("two"));
+    let (c1, c2) = (dir.join("one.toml"), dir.join("two.toml"));
+    std::fs::write(&c1, config(&one, 1)).unwrap();
+    std::fs::write(&c2, config(&two, 2)).unwrap();
+    let what = command[0];
+    ok(one_process().args(command).arg(&c1).output().unwrap(), &format!("aha {what}"));
+    ok(mpirun(2).arg(AHA).args(command).arg(&c2).output().unwrap(), &format!("mpirun -np 2 aha {what}"));
+    (one, two)
+}
 
 fn ok(out: Output, what: &str) -> Output {
     assert!(
@@ -39,11 +52,6 @@ fn one_process() -> Command {
     let mut c = Command::new(AHA);
     c.env("RAYON_NUM_THREADS", "1");
     c
-}
-
-fn step_lines(run: &Path) -> Vec<Value> {
-    let text = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
-    text.lines().map(|l| serde_json::from_str::<Value>(l).unwrap()).filter(|v| v.get("step").is_some()).collect()
 }
 
 fn latest_weights(run: &Path) -> HashMap<String, Tensor> {
@@ -85,12 +93,7 @@ fn sft_config(model: &Path, out: &Path, lr: f64) -> String {
 fn sft_on_two_ranks_is_sft_on_one_process() {
     let tmp = tempfile::tempdir().unwrap();
     let model = init_model(tmp.path());
-    let (one, two) = (tmp.path().join("one"), tmp.path().join("two"));
-    let (c1, c2) = (tmp.path().join("one.toml"), tmp.path().join("two.toml"));
-    std::fs::write(&c1, sft_config(&model, &one, 1e-3)).unwrap();
-    std::fs::write(&c2, sft_config(&model, &two, 1e-3)).unwrap();
-    ok(one_process().args(["sft", "--config", c1.to_str().unwrap()]).output().unwrap(), "aha sft");
-    ok(mpirun(2).args([AHA, "sft", "--config", c2.to_str().unwrap()]).output().unwrap(), "mpirun -np 2 aha sft");
+    let (one, two) = one_and_two(tmp.path(), &["sft", "--config"], |out, _| sft_config(&model, out, 1e-3));
     let (l1, l2) = (step_lines(&one), step_lines(&two));
     assert_eq!(l1.len(), 5);
     assert_eq!(l2.len(), 5, "rank 0 alone wrote one line per step");
@@ -145,13 +148,8 @@ fn grpo_on_two_ranks_is_grpo_on_one_process() {
     for loss_type in ["dapo", "grpo"] {
         let tmp = tempfile::tempdir().unwrap();
         let model = init_model(tmp.path());
-        let (one, two) = (tmp.path().join("one"), tmp.path().join("two"));
-        let (c1, c2) = (tmp.path().join("one.toml"), tmp.path().join("two.toml"));
-        std::fs::write(&c1, grpo_config(&model, &one, loss_type, 5)).unwrap();
-        std::fs::write(&c2, grpo_config(&model, &two, loss_type, 5)).unwrap();
-        ok(one_process().args(["grpo", "--config", c1.to_str().unwrap()]).output().unwrap(), "aha grpo");
-        let out = mpirun(2).args([AHA, "grpo", "--config", c2.to_str().unwrap()]).output().unwrap();
-        ok(out, "mpirun -np 2 aha grpo");
+        let config = |out: &Path, _| grpo_config(&model, out, loss_type, 5);
+        let (one, two) = one_and_two(tmp.path(), &["grpo", "--config"], config);
         assert_eq!(samples(&one), samples(&two), "{loss_type}: the logged completions differ");
         let (l1, l2) = (step_lines(&one), step_lines(&two));
         assert_eq!(l1.len(), 5);
@@ -247,12 +245,7 @@ sampling = {{ k = 2, max_new_tokens = 8 }}
 #[test]
 fn a_pipeline_on_two_ranks_trains_what_one_process_trains() {
     let tmp = tempfile::tempdir().unwrap();
-    let (one, two) = (tmp.path().join("one"), tmp.path().join("two"));
-    let (r1, r2) = (tmp.path().join("one.toml"), tmp.path().join("two.toml"));
-    std::fs::write(&r1, pipeline_recipe(&one)).unwrap();
-    std::fs::write(&r2, pipeline_recipe(&two)).unwrap();
-    ok(one_process().args(["pipeline", r1.to_str().unwrap()]).output().unwrap(), "aha pipeline");
-    ok(mpirun(2).args([AHA, "pipeline", r2.to_str().unwrap()]).output().unwrap(), "mpirun -np 2 aha pipeline");
+    let (one, two) = one_and_two(tmp.path(), &["pipeline"], |out, _| pipeline_recipe(out));
     for stage in ["01-cold", "02-rl"] {
         let diff = max_rel_diff(&latest_weights(&one.join(stage)), &latest_weights(&two.join(stage)));
         assert!(diff < 1e-5, "{stage}: parameters differ by {diff} (relative)");
@@ -271,17 +264,14 @@ fn a_pipeline_on_two_ranks_trains_what_one_process_trains() {
 fn grpo_without_a_micro_batch_size_shares_each_minibatch_over_the_ranks() {
     let tmp = tempfile::tempdir().unwrap();
     let model = init_model(tmp.path());
-    let (one, two) = (tmp.path().join("one"), tmp.path().join("two"));
-    let (c1, c2) = (tmp.path().join("one.toml"), tmp.path().join("two.toml"));
-    let uneven = |out: &Path, micro: &str| {
+    // One process with micro-batches of 2; the two ranks without a micro-batch size.
+    let uneven = |out: &Path, ranks: usize| {
+        let micro = if ranks == 1 { "micro_batch_size = 2" } else { "" };
         grpo_config(&model, out, "bnpo", 4)
             .replace("prompts_per_step = 4", "prompts_per_step = 3")
             .replace("micro_batch_size = 2", micro)
     };
-    std::fs::write(&c1, uneven(&one, "micro_batch_size = 2")).unwrap();
-    std::fs::write(&c2, uneven(&two, "")).unwrap();
-    ok(one_process().args(["grpo", "--config", c1.to_str().unwrap()]).output().unwrap(), "aha grpo");
-    ok(mpirun(2).args([AHA, "grpo", "--config", c2.to_str().unwrap()]).output().unwrap(), "mpirun -np 2 aha grpo");
+    let (one, two) = one_and_two(tmp.path(), &["grpo", "--config"], uneven);
     assert_eq!(samples(&one), samples(&two));
     let (l1, l2) = (step_lines(&one), step_lines(&two));
     for (a, b) in l1.iter().zip(&l2) {

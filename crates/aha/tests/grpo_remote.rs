@@ -12,21 +12,16 @@ mod common;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::Output;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use aha_model::{
     load_model, rollout, ExecRequest, FinishReason, LoadedModel, ModelSpec, RolloutConfig, SamplingParams,
 };
-use common::{aha, init_model, AHA};
+use common::{aha, init_model, serve, step_lines, Served};
 use serde_json::{json, Value};
-
-fn steps(run: &Path) -> Vec<Value> {
-    let text = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap_or_default();
-    text.lines().map(|l| serde_json::from_str::<Value>(l).unwrap()).filter(|v| v.get("step").is_some()).collect()
-}
 
 fn samples(run: &Path, step: u64) -> Vec<Value> {
     let text = std::fs::read_to_string(run.join("samples.jsonl")).unwrap();
@@ -59,6 +54,12 @@ fn run_grpo(dir: &Path, name: &str, text: &str, extra: &[&str]) -> Output {
     let mut args = vec!["grpo", "--config", toml.to_str().unwrap()];
     args.extend_from_slice(extra);
     aha(&args)
+}
+
+/// [`run_grpo`], which must succeed.
+fn run_grpo_ok(dir: &Path, name: &str, text: &str, extra: &[&str]) {
+    let out = run_grpo(dir, name, text, extra);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
 /// A reference server: the `aha serve` protocol over the in-process rollout.
@@ -182,20 +183,18 @@ fn remote_rollouts_match_in_process_and_weights_are_pushed_every_step() {
     let dir = tmp.path();
     let model = init_model(dir);
     let local = dir.join("local");
-    let out = run_grpo(dir, "local", &config(&model, &local, 2, ""), &[]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    run_grpo_ok(dir, "local", &config(&model, &local, 2, ""), &[]);
 
     let (a, sa) = spawn_server(None);
     let (b, sb) = spawn_server(None);
     let remote = dir.join("remote");
-    let out = run_grpo(dir, "remote", &config(&model, &remote, 2, &remote_table(&[a, b], 0)), &[]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    run_grpo_ok(dir, "remote", &config(&model, &remote, 2, &remote_table(&[a, b], 0)), &[]);
 
     // Same weights, same streams: the first step's completions are the in-process ones.
     let texts = |run: &Path| samples(run, 1).iter().map(|s| s["completion"].clone()).collect::<Vec<_>>();
     assert_eq!(texts(&local), texts(&remote));
     assert!(texts(&local).iter().any(|t| t.as_str().is_some_and(|t| !t.is_empty())), "{:?}", texts(&local));
-    let (l1, r) = (&steps(&local)[0], steps(&remote));
+    let (l1, r) = (&step_lines(&local)[0], step_lines(&remote));
     for name in ["reward", "completions/mean_length", "completions/max_length"] {
         assert_eq!(metric(l1, name), metric(&r[0], name), "{name}");
     }
@@ -225,9 +224,8 @@ fn bounded_staleness_prefetches_the_next_round_and_logs_it() {
     let (a, sa) = spawn_server(None);
     let run = dir.join("stale");
     let table = format!("{}max_prompts_per_request = 1\n", remote_table(&[a], 1));
-    let out = run_grpo(dir, "stale", &config(&model, &run, 3, &table), &[]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let lines = steps(&run);
+    run_grpo_ok(dir, "stale", &config(&model, &run, 3, &table), &[]);
+    let lines = step_lines(&run);
     let stale: Vec<f64> = lines.iter().map(|l| metric(l, "rollout/staleness")).collect();
     let version: Vec<f64> = lines.iter().map(|l| metric(l, "rollout/weight_version")).collect();
     assert_eq!(stale, vec![0.0, 1.0, 1.0]);
@@ -251,59 +249,22 @@ fn a_dead_server_fails_the_step_naming_it_and_resume_recovers() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains(&b) && err.contains("cannot connect"), "{err}");
-    let done: Vec<u64> = steps(&run).iter().map(|l| l["step"].as_u64().unwrap()).collect();
+    let done: Vec<u64> = step_lines(&run).iter().map(|l| l["step"].as_u64().unwrap()).collect();
     assert_eq!(done, vec![1], "the failed step wrote nothing");
     let latest = std::fs::read_to_string(run.join("checkpoints/latest")).unwrap();
     assert_eq!(latest.trim(), "step-000001");
 
     let (c, sc) = spawn_server(None);
-    let out = run_grpo(dir, "dead", &config(&model, &run, 3, &remote_table(&[a, c], 0)), &["--resume"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let done: Vec<u64> = steps(&run).iter().map(|l| l["step"].as_u64().unwrap()).collect();
+    run_grpo_ok(dir, "dead", &config(&model, &run, 3, &remote_table(&[a, c], 0)), &["--resume"]);
+    let done: Vec<u64> = step_lines(&run).iter().map(|l| l["step"].as_u64().unwrap()).collect();
     assert_eq!(done, vec![1, 2, 3]);
     let reloads = sc.reloads.lock().unwrap().clone();
     assert!(reloads[0].ends_with("step-000001"), "the new server gets the checkpoint's weights first: {reloads:?}");
 }
 
-const READY: &str = "aha serve: listening on ";
-
-/// An `aha serve` child; killed when dropped.
-struct AhaServe {
-    child: Child,
-    url: String,
-}
-
-impl Drop for AhaServe {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Starts `aha serve --model MODEL --port 0` and waits for its ready line.
-fn aha_serve(model: &Path) -> AhaServe {
-    let child = Command::new(AHA)
-        .args(["serve", "--model", model.to_str().unwrap(), "--port", "0", "--served-model-name", "tiny"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut server = AhaServe { child, url: String::new() };
-    let stderr = server.child.stderr.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while server.url.is_empty() {
-        let line = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())).expect("no ready line");
-        if let Some(url) = line.strip_prefix(READY) {
-            server.url = url.trim().to_string();
-        }
-    }
-    server
+/// `aha serve` on `model`, ready.
+fn aha_serve(model: &Path) -> Served {
+    serve(model, &[], Duration::from_secs(120))
 }
 
 #[test]
@@ -312,17 +273,15 @@ fn aha_serve_rollouts_match_in_process_and_a_killed_server_is_named() {
     let dir = tmp.path();
     let model = init_model(dir);
     let local = dir.join("local");
-    let out = run_grpo(dir, "local", &config(&model, &local, 1, ""), &[]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    run_grpo_ok(dir, "local", &config(&model, &local, 1, ""), &[]);
 
     let (a, mut b) = (aha_serve(&model), aha_serve(&model));
     let run = dir.join("served");
-    let urls = [a.url.clone(), b.url.clone()];
-    let out = run_grpo(dir, "served", &config(&model, &run, 1, &remote_table(&urls, 0)), &[]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let urls = [a.url(), b.url()];
+    run_grpo_ok(dir, "served", &config(&model, &run, 1, &remote_table(&urls, 0)), &[]);
     let texts = |run: &Path| samples(run, 1).iter().map(|s| s["completion"].clone()).collect::<Vec<_>>();
     assert_eq!(texts(&local), texts(&run), "aha serve draws the in-process streams");
-    let first = &steps(&run)[0];
+    let first = &step_lines(&run)[0];
     assert!(metric(first, "rollout/logprob_diff") < 1e-5, "{first}");
     assert_eq!(metric(first, "rollout/staleness"), 0.0);
 
@@ -332,23 +291,17 @@ fn aha_serve_rollouts_match_in_process_and_a_killed_server_is_named() {
     let out = run_grpo(dir, "served", &config(&model, &run, 2, &remote_table(&urls, 0)), &["--resume"]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains(&b.url) && err.contains("cannot connect"), "{err}");
-    assert_eq!(steps(&run).len(), 1, "the failed step wrote nothing");
+    assert!(err.contains(&b.url()) && err.contains("cannot connect"), "{err}");
+    assert_eq!(step_lines(&run).len(), 1, "the failed step wrote nothing");
 
     // A fresh server in its place: the resumed run syncs the checkpoint's weights and goes on,
     // now with background rollouts (max_staleness = 1).
     let c = aha_serve(&model);
-    let out = run_grpo(
-        dir,
-        "served",
-        &config(&model, &run, 3, &remote_table(&[a.url.clone(), c.url.clone()], 1)),
-        &["--resume"],
-    );
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let done: Vec<u64> = steps(&run).iter().map(|l| l["step"].as_u64().unwrap()).collect();
+    run_grpo_ok(dir, "served", &config(&model, &run, 3, &remote_table(&[a.url(), c.url()], 1)), &["--resume"]);
+    let done: Vec<u64> = step_lines(&run).iter().map(|l| l["step"].as_u64().unwrap()).collect();
     assert_eq!(done, vec![1, 2, 3]);
     // Step 3's rollouts were requested in the background while step 2 trained.
-    let stale: Vec<f64> = steps(&run).iter().map(|l| metric(l, "rollout/staleness")).collect();
+    let stale: Vec<f64> = step_lines(&run).iter().map(|l| metric(l, "rollout/staleness")).collect();
     assert_eq!(stale, vec![0.0, 0.0, 1.0]);
 }
 
@@ -359,12 +312,10 @@ fn a_lora_policy_reaches_aha_serve_as_an_adapter() {
     let model = init_model(dir);
     let server = aha_serve(&model);
     let run = dir.join("lora");
-    let text =
-        format!("{}[lora]\nr = 4\n", config(&model, &run, 2, &remote_table(std::slice::from_ref(&server.url), 0)));
-    let out = run_grpo(dir, "lora", &text, &[]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = format!("{}[lora]\nr = 4\n", config(&model, &run, 2, &remote_table(&[server.url()], 0)));
+    run_grpo_ok(dir, "lora", &text, &[]);
     assert!(run.join("weights-sync/step-000001/adapter_config.json").exists(), "the adapter is what is pushed");
-    for (i, step) in steps(&run).iter().enumerate() {
+    for (i, step) in step_lines(&run).iter().enumerate() {
         assert_eq!(metric(step, "rollout/weight_version"), i as f64);
         assert!(metric(step, "rollout/logprob_diff") < 1e-5, "the server applies the pushed adapter: {step}");
     }

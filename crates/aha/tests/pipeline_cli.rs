@@ -7,12 +7,8 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{cold_stage, err, ok, recipe_head, rl_stage, TASK};
+use common::{cold_stage, err, ok, recipe_head, repo_root, rl_stage, TASK};
 use serde_json::Value;
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
 
 /// Every stage kind, each as small as it gets.
 fn tiny_recipe(out: &Path) -> String {
@@ -182,7 +178,7 @@ fn bad_recipes_name_the_field_before_anything_runs() {
 }
 
 fn r1() -> toml::Table {
-    toml::from_str(&std::fs::read_to_string(repo().join("recipes/r1.toml")).unwrap()).unwrap()
+    toml::from_str(&std::fs::read_to_string(repo_root().join("recipes/r1.toml")).unwrap()).unwrap()
 }
 
 fn stage<'a>(t: &'a toml::Table, name: &str) -> &'a toml::Table {
@@ -244,7 +240,7 @@ fn r1_recipe_matches_the_paper() {
     let e = t["eval"].as_table().unwrap();
     assert_eq!((f(&e["sampling"]["temperature"]), f(&e["sampling"]["top_p"])), (0.6, 0.95));
     // And the whole recipe validates through the stages' own parsers.
-    ok(&["pipeline", repo().join("recipes/r1.toml").to_str().unwrap(), "--check"]);
+    ok(&["pipeline", repo_root().join("recipes/r1.toml").to_str().unwrap(), "--check"]);
 }
 
 /// `recipes/r1.toml` with a tiny model and tiny data: cold start (1 step), then one step of
@@ -258,10 +254,10 @@ fn r1_recipe_takes_one_rl_step_with_a_tiny_model() {
     let prompts = dir.join("prompts.jsonl");
     std::fs::write(&prompts, "{\"prompt\":\"1+1?\",\"answer\":\"2\"}\n{\"prompt\":\"2+2?\",\"answer\":\"4\"}\n")
         .unwrap();
-    let sft = repo().join("examples/data/sft-arithmetic.jsonl");
+    let sft = repo_root().join("examples/data/sft-arithmetic.jsonl");
     let out = dir.join("r1");
     let set = |kv: String| ["--set".to_string(), kv];
-    let mut args: Vec<String> = vec!["pipeline".into(), repo().join("recipes/r1.toml").display().to_string()];
+    let mut args: Vec<String> = vec!["pipeline".into(), repo_root().join("recipes/r1.toml").display().to_string()];
     for kv in [
         format!("model={}", model.display()),
         format!("output_dir={}", out.display()),
@@ -295,7 +291,7 @@ fn r1_recipe_takes_one_rl_step_with_a_tiny_model() {
 }
 
 fn smollm2() -> toml::Table {
-    toml::from_str(&std::fs::read_to_string(repo().join("recipes/smollm2.toml")).unwrap()).unwrap()
+    toml::from_str(&std::fs::read_to_string(repo_root().join("recipes/smollm2.toml")).unwrap()).unwrap()
 }
 
 /// `recipes/smollm2.toml`: evaluated on ≥ 200 held-out questions × k ≥ 4 at the paper's
@@ -322,7 +318,7 @@ fn smollm2_recipe_holds_out_its_eval_and_trains_rl_with_lora() {
     let keys: Vec<&str> = lora.keys().map(String::as_str).collect();
     assert_eq!(keys, ["alpha", "dropout", "init_seed", "r", "target_modules"]);
     assert_eq!(lora["target_modules"].as_array().unwrap().len(), 7, "every projection");
-    let r = repo().join("recipes/smollm2.toml");
+    let r = repo_root().join("recipes/smollm2.toml");
     let r = r.to_str().unwrap();
     ok(&["pipeline", r, "--check"]);
     ok(&["pipeline", r, "--check", "--unset", "stages.rl.lora", "--set", "stages.rl.optim.learning_rate=1e-5"]);
@@ -341,7 +337,7 @@ fn smollm2_recipe_runs_with_a_tiny_model_with_and_without_lora() {
     let tmp = tempfile::tempdir().unwrap();
     let model = tmp.path().join("model");
     ok(&["init", "--out", model.to_str().unwrap(), "--max-position-embeddings", "256"]);
-    let recipe = repo().join("recipes/smollm2.toml");
+    let recipe = repo_root().join("recipes/smollm2.toml");
     let run = |out: &Path, extra: &[&str]| {
         let mut args: Vec<String> = vec!["pipeline".into(), recipe.display().to_string()];
         for kv in [

@@ -4,57 +4,17 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{init_tiny, AHA};
+use common::{init_tiny, serve, Served};
 use serde_json::{json, Value};
 
-const READY: &str = "aha serve: listening on http://127.0.0.1:";
-
-/// The server child and its port; killed when dropped.
-struct Server {
-    child: Child,
-    port: u16,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start(model: &Path) -> Server {
-    let child = Command::new(AHA)
-        .args(["serve", "--model", model.to_str().unwrap(), "--port", "0", "--served-model-name", "tiny"])
-        .args(["--max-tokens-limit", "64", "--max-body-bytes", "4096"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // Owned by `Server` at once, so a failure below still kills it.
-    let mut server = Server { child, port: 0 };
-    let stderr = server.child.stderr.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            eprintln!("[serve] {line}");
-            let _ = tx.send(line);
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while server.port == 0 {
-        let line = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())).expect("no ready line");
-        if let Some(port) = line.strip_prefix(READY) {
-            server.port = port.trim().parse().unwrap();
-        }
-    }
-    server
+/// `aha serve` on `model` with this test's limits.
+fn start(model: &Path) -> Served {
+    serve(model, &["--max-tokens-limit", "64", "--max-body-bytes", "4096"], Duration::from_secs(120))
 }
 
 /// One HTTP/1.1 request; returns the status and the raw body.
@@ -169,18 +129,11 @@ fn serve_answers_http_and_exits_on_sigterm() {
     let mut first = [0u8; 64];
     let got = stream.read(&mut first).unwrap();
     assert!(String::from_utf8_lossy(&first[..got]).starts_with("HTTP/1.1 200"));
-    assert_eq!(unsafe { libc::kill(server.child.id() as i32, libc::SIGTERM) }, 0);
+    server.sigterm();
     let mut rest = String::new();
     stream.read_to_string(&mut rest).unwrap();
     assert!(rest.contains("data: [DONE]"), "{rest}");
     assert!(rest.contains("\"finish_reason\":\"length\""), "{rest}");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let status = loop {
-        if let Some(status) = server.child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "aha serve still running 60 s after SIGTERM");
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let status = server.wait_exit();
     assert!(status.success(), "{status}");
 }

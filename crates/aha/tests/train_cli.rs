@@ -6,7 +6,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{aha, init_tiny, ok};
+use common::{aha, init_model, ok};
 use serde_json::Value;
 
 fn metrics(run: &Path) -> Vec<Value> {
@@ -50,8 +50,7 @@ fn grpo_config(model: &Path, out: &Path, steps: usize) -> String {
 fn init_sft_grpo_resume_and_config_errors() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let model = dir.join("model");
-    init_tiny(&model, &["--intermediate-size", "64"]);
+    let model = init_model(dir);
 
     let sft_run = dir.join("sft");
     let sft_toml = dir.join("sft.toml");

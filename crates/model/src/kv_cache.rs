@@ -136,22 +136,20 @@ impl KvCache {
             pieces.push(Tensor::zeros(dims.as_slice(), t.dtype(), t.device())?);
             Tensor::cat(&pieces, 2)
         };
-        let join = |pick: &dyn Fn(&KvCache) -> &Tensor, dim: usize| -> candle_core::Result<Tensor> {
-            let placed: Vec<Tensor> = parts
-                .iter()
-                .zip(&used)
-                .map(|(p, &span)| place(&pick(p).unsqueeze(dim)?, span)?.squeeze(dim))
-                .collect::<candle_core::Result<_>>()?;
+        // Every part's tensor (slots on dim 2) placed, then the parts' rows stacked.
+        let join = |pick: &dyn Fn(&KvCache) -> candle_core::Result<Tensor>| -> candle_core::Result<Tensor> {
+            let placed: Vec<Tensor> =
+                parts.iter().zip(&used).map(|(p, &span)| place(&pick(p)?, span)).collect::<candle_core::Result<_>>()?;
             Tensor::cat(&placed, 0)
         };
         let mut keys = Vec::with_capacity(layers);
         let mut values = Vec::with_capacity(layers);
         for l in 0..layers {
-            keys.push(join(&|p: &KvCache| &p.keys[l], 4)?.contiguous()?);
-            values.push(join(&|p: &KvCache| &p.values[l], 4)?.contiguous()?);
+            keys.push(join(&|p: &KvCache| Ok(p.keys[l].clone()))?.contiguous()?);
+            values.push(join(&|p: &KvCache| Ok(p.values[l].clone()))?.contiguous()?);
         }
-        // The mask is [batch, slots]: view it as [batch, 1, slots] so slots sit on dim 2.
-        let valid = join(&|p: &KvCache| &p.valid, 1)?.contiguous()?;
+        // The mask is [batch, slots]: viewed as [batch, 1, slots] so slots sit on dim 2.
+        let valid = join(&|p: &KvCache| p.valid.unsqueeze(1))?.squeeze(1)?.contiguous()?;
         Ok(Self { keys, values, valid, len, max_len })
     }
 

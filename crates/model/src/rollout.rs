@@ -120,11 +120,12 @@ pub fn rollout(
     if prompts.is_empty() || cfg.group_size == 0 {
         return Ok(vec![Vec::new(); prompts.len()]);
     }
-    let groups = row_groups(model, prompts.len(), stop_decoder.is_some());
+    let model = model.detached()?;
+    let groups = row_groups(&model, prompts.len(), stop_decoder.is_some());
     if groups > 1 {
-        return rollout_split(model, prompts, cfg, groups);
+        return rollout_split(&model, prompts, cfg, groups);
     }
-    rollout_batch(model, prompts, cfg, stop_decoder)
+    rollout_batch(&model, prompts, cfg, stop_decoder)
 }
 
 /// Largest model (parameter bytes) whose rollout is split into per-thread batches: its weights
@@ -204,7 +205,7 @@ fn rollout_split(
     Ok(out)
 }
 
-/// [`rollout`] of all prompts in one batch on the calling thread's pool.
+/// [`rollout`] of all prompts in one batch on the calling thread's pool (`model` detached).
 fn rollout_batch(
     model: &Transformer,
     prompts: &[Vec<u32>],
@@ -212,9 +213,8 @@ fn rollout_batch(
     stop_decoder: Option<StopDecoder<'_>>,
 ) -> Result<Vec<Vec<Sample>>> {
     let stops = StopMatcher::new(&cfg.stop_strings, stop_decoder);
-    let model = model.detached()?;
     let start = Instant::now();
-    let (mut cache, prompt_logits) = prefill(&model, prompts, cfg.max_new_tokens)?;
+    let (mut cache, prompt_logits) = prefill(model, prompts, cfg.max_new_tokens)?;
     let prefill_time = start.elapsed();
     let fan_out: Vec<u32> = (0..prompts.len() as u32).flat_map(|p| std::iter::repeat_n(p, cfg.group_size)).collect();
     cache = cache.select_rows(&fan_out)?;
@@ -238,7 +238,7 @@ fn rollout_batch(
             cache = cache.select_rows(&keep)?;
             live = keep.iter().map(|&j| live[j as usize]).collect();
         }
-        logits = decode_step(&model, &rows, &live, &mut cache)?;
+        logits = decode_step(model, &rows, &live, &mut cache)?;
     }
     Ok(collect(rows, prompts.len(), prefill_time))
 }
@@ -289,15 +289,36 @@ pub fn prefill(model: &Transformer, prompts: &[Vec<u32>], max_new_tokens: usize)
 
 /// Feeds each live row's last token (one position) and returns the next logits per batch slot.
 fn decode_step(model: &Transformer, rows: &[Row], live: &[usize], cache: &mut KvCache) -> Result<Vec<Vec<f32>>> {
-    let b = live.len();
     let ids: Vec<u32> = live.iter().map(|&r| rows[r].ids.last().copied().unwrap_or(0)).collect();
     let pos: Vec<u32> = live.iter().map(|&r| (rows[r].prompt_len + rows[r].ids.len() - 1) as u32).collect();
+    decode_next(model, ids, pos, cache)
+}
+
+/// Decodes one position per row (`ids[j]` at position `pos[j]`) into `cache` and returns each
+/// row's next-token logits (f32). Also the step of `aha serve`'s engine.
+pub fn decode_next(model: &Transformer, ids: Vec<u32>, pos: Vec<u32>, cache: &mut KvCache) -> Result<Vec<Vec<f32>>> {
+    let b = ids.len();
     let dev = model.device();
     let ids = Tensor::from_vec(ids, (b, 1), dev)?;
     let pos = Tensor::from_vec(pos, (b, 1), dev)?;
     let mask = Tensor::ones((b, 1), DType::U8, dev)?;
     let logits = model.decode(&ids, &mask, &pos, cache)?; // [b, 1, vocab]
     Ok(logits.squeeze(1)?.to_dtype(DType::F32)?.to_vec2()?)
+}
+
+/// Whether a sample that just emitted its last token (`ids`'s last) ends, and why: an EOS id,
+/// then a stop string, then the length limit. Also `aha serve`'s rule.
+pub fn finish_reason(ids: &[u32], eos_ids: &[u32], stops: &StopMatcher, max_new_tokens: usize) -> Option<FinishReason> {
+    let last = ids.last()?;
+    if eos_ids.contains(last) {
+        Some(FinishReason::Eos)
+    } else if stops.matches(ids) {
+        Some(FinishReason::Stop)
+    } else if ids.len() >= max_new_tokens {
+        Some(FinishReason::Length)
+    } else {
+        None
+    }
 }
 
 /// One sample being generated.
@@ -332,15 +353,7 @@ impl Row {
         let s = sample_token(logits, &cfg.sampling, &mut self.rng)?;
         self.ids.push(s.token);
         self.logprobs.push(s.logprob);
-        self.finish = if cfg.eos_ids.contains(&s.token) {
-            Some(FinishReason::Eos)
-        } else if stops.matches(&self.ids) {
-            Some(FinishReason::Stop)
-        } else if self.ids.len() >= cfg.max_new_tokens {
-            Some(FinishReason::Length)
-        } else {
-            None
-        };
+        self.finish = finish_reason(&self.ids, &cfg.eos_ids, stops, cfg.max_new_tokens);
         if self.finish.is_some() {
             self.finished_at = start.elapsed();
         }

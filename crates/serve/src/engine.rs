@@ -25,8 +25,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 
-use aha_model::rollout::{decode_shards, prefill, StopMatcher};
-use aha_model::{sample_rng, AhaTokenizer, FinishReason, KvCache, SamplingParams, Transformer};
+use aha_model::rollout::{decode_shards, finish_reason, prefill, StopMatcher};
+use aha_model::{sample_rng, sample_token, AhaTokenizer, FinishReason, KvCache, SamplingParams, Transformer};
 use tokio::sync::{mpsc as tmpsc, oneshot};
 
 use crate::shard::{deal, Row, Shard, Stepper};
@@ -392,10 +392,6 @@ impl Engine {
     fn prefill_into_batch(&mut self, taken: Vec<Pending>) -> aha_model::Result<()> {
         let prompts: Vec<Vec<u32>> = taken.iter().flat_map(|p| p.req.prompts.iter().cloned()).collect();
         let new_room = taken.iter().map(|p| p.req.max_tokens).max().unwrap_or(0);
-        let mut fan_out = Vec::new();
-        for (prompt, p) in taken.iter().flat_map(|p| std::iter::repeat_n(p, p.req.prompts.len())).enumerate() {
-            fan_out.extend(std::iter::repeat_n(prompt as u32, p.req.n));
-        }
         let (cache, logits) = match prefill(&self.model, &prompts, new_room) {
             Ok(x) => x,
             Err(e) => {
@@ -405,29 +401,33 @@ impl Engine {
                 return Ok(());
             }
         };
-        let mut rows = Vec::with_capacity(fan_out.len());
+        // Row `k` is sample `s` of prompt `fan_out[k]` (its index in `prompts`), first token drawn.
+        let mut rows = Vec::new();
+        let mut fan_out = Vec::new();
+        let mut prompt = 0;
         for p in taken {
-            let slot = self.insert(p);
-            let Some(a) = self.requests[slot].as_ref() else { continue };
-            for (pi, ids) in a.req.prompts.iter().enumerate() {
-                for s in 0..a.req.n {
+            let slot = self.free_slot();
+            let req = &p.req;
+            for (pi, ids) in req.prompts.iter().enumerate() {
+                for s in 0..req.n {
+                    let mut rng = sample_rng(req.seed, req.prompt_index_offset + pi as u64, s as u64);
+                    let next = sample_token(&logits[prompt], &req.sampling, &mut rng)?;
                     rows.push(Row {
                         request: slot,
-                        choice: pi * a.req.n + s,
+                        choice: pi * req.n + s,
                         prompt_len: ids.len(),
-                        sampling: a.req.sampling,
-                        rng: sample_rng(a.req.seed, a.req.prompt_index_offset + pi as u64, s as u64),
-                        ids: Vec::with_capacity(a.req.max_tokens),
-                        logprobs: Vec::with_capacity(a.req.max_tokens),
-                        next: None,
+                        sampling: req.sampling,
+                        rng,
+                        ids: Vec::with_capacity(req.max_tokens),
+                        logprobs: Vec::with_capacity(req.max_tokens),
+                        next,
                         done: false,
                     });
+                    fan_out.push(prompt as u32);
                 }
+                prompt += 1;
             }
-        }
-        debug_assert_eq!(rows.len(), fan_out.len());
-        for (row, &p) in rows.iter_mut().zip(&fan_out) {
-            row.draw(&logits[p as usize])?;
+            self.insert(slot, p);
         }
         let live: Vec<usize> = self.shards.iter().map(Shard::live).collect();
         let mut rows: Vec<Option<Row>> = rows.into_iter().map(Some).collect();
@@ -450,9 +450,14 @@ impl Engine {
         Ok(())
     }
 
-    fn insert(&mut self, p: Pending) -> usize {
-        let eos = if p.req.ignore_eos { Vec::new() } else { self.shared.tokenizer.eos_token_ids().to_vec() };
-        let mut eos = eos;
+    /// The slot the next [`Engine::insert`] fills: the first free one, else a new one.
+    fn free_slot(&self) -> usize {
+        self.requests.iter().position(Option::is_none).unwrap_or(self.requests.len())
+    }
+
+    /// Stores a request being admitted in `slot` (from [`Engine::free_slot`]).
+    fn insert(&mut self, slot: usize, p: Pending) {
+        let mut eos = if p.req.ignore_eos { Vec::new() } else { self.shared.tokenizer.eos_token_ids().to_vec() };
         eos.extend(&p.req.stop_token_ids);
         let a = Active {
             unfinished: p.req.prompts.len() * p.req.n,
@@ -461,12 +466,9 @@ impl Engine {
             eos,
             version: self.version,
         };
-        if let Some(i) = self.requests.iter().position(Option::is_none) {
-            self.requests[i] = Some(a);
-            i
-        } else {
-            self.requests.push(Some(a));
-            self.requests.len() - 1
+        match self.requests.get_mut(slot) {
+            Some(free) => *free = Some(a),
+            None => self.requests.push(Some(a)),
         }
     }
 
@@ -494,18 +496,11 @@ impl Engine {
 
     /// Streams row `r`'s drawn token and finishes the row when it should stop.
     fn emit(&mut self, r: &mut Row) {
-        let Some(a) = self.requests.get(r.request).and_then(Option::as_ref) else {
+        let Some(a) = self.active(r.request) else {
             r.done = true;
             return;
         };
-        let Some(s) = r.next.take() else {
-            // Every live row has a drawn token after admission and after each step; should one
-            // not, its request fails (nothing follows `Failed`; its other rows end unsent).
-            let _ = a.events.send(GenEvent::Failed { message: "internal error: a row had no drawn token".into() });
-            r.done = true;
-            self.requests[r.request] = None;
-            return;
-        };
+        let s = r.next;
         r.ids.push(s.token);
         r.logprobs.push(s.logprob);
         if a.req.stream {
@@ -513,15 +508,8 @@ impl Engine {
         }
         let tok = &self.shared.tokenizer;
         let decode = |ids: &[u32]| tok.decode(ids, false).unwrap_or_default();
-        let reason = if a.eos.contains(&s.token) {
-            Some(FinishReason::Eos)
-        } else if StopMatcher::new(&a.req.stop, Some(&decode)).matches(&r.ids) {
-            Some(FinishReason::Stop)
-        } else if r.ids.len() >= a.req.max_tokens {
-            Some(FinishReason::Length)
-        } else {
-            None
-        };
+        let stops = StopMatcher::new(&a.req.stop, Some(&decode));
+        let reason = finish_reason(&r.ids, &a.eos, &stops, a.req.max_tokens);
         if let Some(reason) = reason {
             r.done = true;
             if !a.req.stream {

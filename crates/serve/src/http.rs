@@ -362,7 +362,6 @@ struct ChoiceStream<'t> {
     ids: Vec<u32>,
     text: String,
     sent: usize,
-    tokens: usize,
     /// Bytes of the token texts reported so far (the completion logprobs' `text_offset`).
     token_text_len: usize,
 }
@@ -386,7 +385,6 @@ impl<'t> StreamWriter<'t> {
                 ids: Vec::new(),
                 text: String::new(),
                 sent: 0,
-                tokens: 0,
                 token_text_len: 0,
             })
             .collect();
@@ -432,7 +430,6 @@ impl<'t> StreamWriter<'t> {
         };
         c.text.push_str(&c.decoder.push(token).unwrap_or_default());
         c.ids.push(token);
-        c.tokens += 1;
         let end = api::streamable_len(&c.text, &self.job.stop, false).max(c.sent);
         let new = c.text[c.sent..end].to_string();
         c.sent = end;
@@ -481,7 +478,7 @@ impl<'t> StreamWriter<'t> {
         if !self.job.out.include_usage {
             return Ok(());
         }
-        let usage = Usage::new(self.job.prompt_tokens, self.choices.iter().map(|c| c.tokens).sum());
+        let usage = Usage::new(self.job.prompt_tokens, self.choices.iter().map(|c| c.ids.len()).sum());
         let event = match self.job.kind {
             Kind::Completion => json_event(&CompletionResponse {
                 usage: Some(usage),

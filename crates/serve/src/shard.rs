@@ -10,9 +10,8 @@
 
 use std::sync::{mpsc, Arc};
 
-use aha_model::rollout::single_thread_pool;
+use aha_model::rollout::{decode_next, single_thread_pool};
 use aha_model::{sample_token, KvCache, ModelError, Result, Sampled, SamplingParams, Transformer};
-use candle_core::{DType, Tensor};
 use rand_chacha::ChaCha8Rng;
 
 /// One sample being decoded: a row of a shard.
@@ -28,15 +27,16 @@ pub(crate) struct Row {
     pub ids: Vec<u32>,
     /// Their log-probabilities (sent with the tokens when the request is not streamed).
     pub logprobs: Vec<f32>,
-    /// The token drawn for the row but not yet emitted.
-    pub next: Option<Sampled>,
+    /// The token drawn for the row, emitted at the engine's next turn (drawn at admission and
+    /// by every step).
+    pub next: Sampled,
     pub done: bool,
 }
 
 impl Row {
     /// Draws the row's next token from `logits`.
     pub fn draw(&mut self, logits: &[f32]) -> Result<()> {
-        self.next = Some(sample_token(logits, &self.sampling, &mut self.rng)?);
+        self.next = sample_token(logits, &self.sampling, &mut self.rng)?;
         Ok(())
     }
 }
@@ -68,15 +68,9 @@ impl Shard {
     /// Feeds every row's last token (finished rows too, until they are compacted away) and
     /// draws each live row's next token.
     pub fn step(&mut self, model: &Transformer) -> Result<()> {
-        let b = self.rows.len();
         let ids: Vec<u32> = self.rows.iter().map(|r| r.ids.last().copied().unwrap_or(0)).collect();
         let pos: Vec<u32> = self.rows.iter().map(|r| (r.prompt_len + r.ids.len().max(1) - 1) as u32).collect();
-        let dev = model.device();
-        let ids = Tensor::from_vec(ids, (b, 1), dev)?;
-        let pos = Tensor::from_vec(pos, (b, 1), dev)?;
-        let mask = Tensor::ones((b, 1), DType::U8, dev)?;
-        let logits = model.decode(&ids, &mask, &pos, &mut self.cache)?;
-        let logits: Vec<Vec<f32>> = logits.squeeze(1)?.to_dtype(DType::F32)?.to_vec2()?;
+        let logits = decode_next(model, ids, pos, &mut self.cache)?;
         for (r, l) in self.rows.iter_mut().zip(&logits) {
             if !r.done {
                 r.draw(l)?;

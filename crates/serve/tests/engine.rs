@@ -62,6 +62,15 @@ fn collect(mut rx: UnboundedReceiver<GenEvent>, choices: usize) -> Outcome {
     o
 }
 
+/// [`collect`] of a request whose first event, `first` (a token), was already received.
+fn collect_after(first: GenEvent, rx: UnboundedReceiver<GenEvent>, choices: usize) -> Outcome {
+    let GenEvent::Token { choice, token, logprob } = first else { panic!("not a token: {first:?}") };
+    let mut o = collect(rx, choices);
+    o.ids[choice].insert(0, token);
+    o.logprobs[choice].insert(0, logprob);
+    o
+}
+
 fn in_process(
     model: &Transformer,
     prompts: &[Vec<u32>],
@@ -116,12 +125,7 @@ fn a_request_decodes_the_in_process_rollout_tokens() {
     let whole = request(prompts.clone(), 2, 12, 7, 5);
     let mut rx = engine.submit(GenRequest { stream: false, ..whole }).expect("submit");
     let first = rx.blocking_recv().expect("an event");
-    let rest = collect(rx, 6);
-    let GenEvent::Token { choice, token, logprob } = first else { panic!("not a token: {first:?}") };
-    let mut whole = rest;
-    whole.ids[choice].insert(0, token);
-    whole.logprobs[choice].insert(0, logprob);
-    assert_same(&whole, &want);
+    assert_same(&collect_after(first, rx, 6), &want);
     engine.shutdown();
     thread.join().expect("engine thread");
 }
@@ -166,7 +170,6 @@ fn rows_dealt_to_several_shards_decode_their_solo_tokens() {
     long.ignore_eos = true;
     let mut long_rx = engine.submit(long).expect("submit long");
     let first = long_rx.blocking_recv().expect("a first event");
-    let GenEvent::Token { choice, token, logprob } = first else { panic!("not a token: {first:?}") };
     let shapes: Vec<(Vec<Vec<u32>>, usize, usize)> = vec![
         (vec![vec![7, 8, 9, 10, 11, 12]], 2, 9),
         (vec![vec![13, 14]], 1, 25),
@@ -182,10 +185,7 @@ fn rows_dealt_to_several_shards_decode_their_solo_tokens() {
         let got = collect(rx.expect("submit"), prompts.len() * n);
         assert_same(&got, &in_process(&m.model, prompts, *n, *max, 11, 10 + 5 * k as u64, &eos));
     }
-    let mut rest = collect(long_rx, 6);
-    rest.ids[choice].insert(0, token);
-    rest.logprobs[choice].insert(0, logprob);
-    assert_same(&rest, &in_process(&m.model, &long_prompts, 3, 150, 11, 0, &[]));
+    assert_same(&collect_after(first, long_rx, 6), &in_process(&m.model, &long_prompts, 3, 150, 11, 0, &[]));
     engine.shutdown();
     thread.join().expect("engine thread");
 }

@@ -97,12 +97,18 @@ pub fn save_checkpoint(
 /// The model part of a checkpoint: a Hugging Face directory, or for a LoRA run the PEFT adapter
 /// (`adapter_config.json` + `adapter_model.safetensors`, its base named as the run's base).
 fn save_model(dir: &Path, model: &Transformer, tokenizer: &AhaTokenizer, state: &TrainerState) -> Result<()> {
+    let from_config = state.config.get("model").and_then(serde_json::Value::as_str);
+    save_weights(dir, model, tokenizer, from_config.unwrap_or_default())
+}
+
+/// A model's weights as aha loads them: a Hugging Face directory, or for a LoRA model its PEFT
+/// adapter, whose base is the adapter's own base if it has one, else `base`. (Also what the
+/// rollout servers reload, `remote/mod.rs`.)
+pub(crate) fn save_weights(dir: &Path, model: &Transformer, tokenizer: &AhaTokenizer, base: &str) -> Result<()> {
     if model.lora().is_none() {
         return Ok(save_pretrained(dir, model.config(), model, tokenizer)?);
     }
-    let from_config = state.config.get("model").and_then(serde_json::Value::as_str);
-    let base = model.adapter_base().or(from_config).unwrap_or_default();
-    Ok(save_adapter(dir, model, tokenizer, base)?)
+    Ok(save_adapter(dir, model, tokenizer, model.adapter_base().unwrap_or(base))?)
 }
 
 /// Environment variable of the crash-test hook: a checkpoint name (e.g. `step-000002`).

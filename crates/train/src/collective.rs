@@ -10,14 +10,14 @@
 //!
 //! A rank that dies makes `mpirun` stop the whole job and name the rank; a rank that stops
 //! answering (a hang inside a collective) is caught by a watchdog that ends the process with an
-//! error naming the operation after [`Collective::timeout`].
+//! error naming the operation after `AHA_COLLECTIVE_TIMEOUT_S` seconds (default 600).
 
 use std::time::Duration;
 
 use candle_core::{DType, Tensor};
 
 use crate::error::{Result, TrainError};
-use crate::optim::{Grads, NamedVar};
+use crate::optim::{AdamW, Grads, NamedVar};
 
 /// What every data-parallel rank can do with the others. Calls are collective: every rank makes
 /// the same calls in the same order.
@@ -37,8 +37,6 @@ pub trait Collective {
     /// Waits until every rank has arrived, without the timeout and without spinning: for ranks
     /// that wait while rank 0 alone runs something long (a pipeline's evaluation stages).
     fn wait_idle(&self, what: &str) -> Result<()>;
-    /// How long a collective may wait for the others before the process gives up.
-    fn timeout(&self) -> Duration;
     /// Whether this rank writes checkpoints, metrics and plots (rank 0).
     fn is_writer(&self) -> bool {
         self.rank() == 0
@@ -76,9 +74,6 @@ impl Collective for SingleProcess {
     }
     fn wait_idle(&self, _what: &str) -> Result<()> {
         Ok(())
-    }
-    fn timeout(&self) -> Duration {
-        Duration::MAX
     }
     fn abort(&self, code: i32) -> ! {
         std::process::exit(code)
@@ -144,6 +139,18 @@ pub fn check_agree(c: &dyn Collective, what: &str, value: &str, hint: &str) -> R
 
 /// The hint of a resume mismatch.
 pub const RESUME_HINT: &str = "every rank must see the same run directory: use a shared filesystem across hosts";
+
+/// Data parallel, after any resume: checks that every rank starts from the same optimiser step
+/// (`steps_done`: the trainer's step counter and its optimiser's), then gives every rank rank 0's
+/// parameters. Free in one process.
+pub fn join_ranks(c: &dyn Collective, step: usize, opt: &AdamW) -> Result<()> {
+    if c.size() == 1 {
+        return Ok(());
+    }
+    let state = format!("step {step} (optimizer step {})", opt.steps_done());
+    check_agree(c, "the step to start from", &state, RESUME_HINT)?;
+    broadcast_params(c, opt.params())
+}
 
 /// Splits `n` items into `size` contiguous shares; rank `rank` gets `lo..hi`. The first `n %
 /// size` ranks get one item more.
@@ -329,9 +336,6 @@ mod mpi_impl {
                 }
                 std::thread::sleep(Duration::from_millis(20));
             }
-        }
-        fn timeout(&self) -> Duration {
-            self.timeout
         }
         fn abort(&self, code: i32) -> ! {
             self.world.abort(code)

@@ -312,13 +312,10 @@ impl<'a> GrpoTrainer<'a> {
     /// Data parallel, after any resume: checks that every rank starts from the same step, then
     /// gives every rank rank 0's weights (and, at step 0, a reference made from them).
     pub fn join_ranks(&mut self) -> Result<()> {
-        let c = self.collective;
-        if c.size() == 1 {
+        if self.collective.size() == 1 {
             return Ok(());
         }
-        let state = format!("step {} (optimizer step {})", self.step, self.opt.steps_done());
-        crate::collective::check_agree(c, "the step to start from", &state, crate::collective::RESUME_HINT)?;
-        crate::collective::broadcast_params(c, self.opt.params())?;
+        crate::collective::join_ranks(self.collective, self.step, &self.opt)?;
         if self.step == 0 && self.reference.is_some() {
             self.reference = Some(self.policy.reference_copy()?);
         }

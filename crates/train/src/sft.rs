@@ -4,7 +4,7 @@
 //! an optimiser step is the token mean over all completion tokens of the accumulated batch, so
 //! the split into micro-batches does not change the gradient.
 //!
-//! [`sft_step`] is one optimiser step; [`SftRun`] is the one SFT loop, which `aha sft`, the
+//! [`sft_step_on`] is one optimiser step (of one rank); [`SftRun`] is the one SFT loop, which `aha sft`, the
 //! pipeline's SFT stages and `aha demo`'s cold start all run: steps over a [`DataCursor`],
 //! micro-batches, the non-finite guard, metrics (`metrics.jsonl` with its run header,
 //! TensorBoard, progress bar) and, when asked, checkpoints with exact resume.
@@ -24,9 +24,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::batch::{build_batch, policy_forward};
 use crate::checkpoint::{load_state, save_checkpoint, TrainerState};
-use crate::collective::{
-    all_reduce_grads, broadcast_params, check_agree, sum_scalars, Collective, SingleProcess, ALONE, RESUME_HINT,
-};
+use crate::collective::{all_reduce_grads, join_ranks, sum_scalars, Collective, ALONE};
 use crate::config::OptimConfig;
 use crate::data::{CursorState, DataCursor};
 use crate::error::{Result, TrainError};
@@ -53,22 +51,11 @@ pub struct SftStep {
     pub report: Option<StepReport>,
 }
 
-/// One optimiser step over `examples`, split into micro-batches of `micro` examples.
-///
-/// A non-finite loss skips the step without touching the parameters.
-pub fn sft_step(
-    model: &Transformer,
-    opt: &mut AdamW,
-    examples: &[SftExample],
-    micro: usize,
-    total_steps: usize,
-) -> Result<SftStep> {
-    sft_step_on(&SingleProcess, model, opt, examples, micro, total_steps)
-}
-
-/// [`sft_step`] as one rank of `c`: `examples` is the whole step's batch (the same on every
-/// rank); this rank runs micro-batches `rank, rank + size, …`, and gradients, the loss and the
-/// non-finite flag are summed over ranks before the step.
+/// One optimiser step over `examples`, split into micro-batches of `micro` examples, as one
+/// rank of `c` (`SingleProcess`: the whole step): `examples` is the whole step's batch (the
+/// same on every rank); this rank runs micro-batches `rank, rank + size, …`, and gradients, the
+/// loss and the non-finite flag are summed over ranks before the step. A non-finite loss skips
+/// the step without touching the parameters.
 pub fn sft_step_on(
     c: &dyn Collective,
     model: &Transformer,
@@ -262,9 +249,7 @@ impl<'a> SftRun<'a> {
 
     /// Runs the steps left, writing metrics (after a run header) and the checkpoints due.
     pub fn run(&mut self) -> Result<()> {
-        let state = format!("step {} (optimizer step {})", self.step, self.opt.steps_done());
-        check_agree(self.collective, "the step to start from", &state, RESUME_HINT)?;
-        broadcast_params(self.collective, self.opt.params())?;
+        join_ranks(self.collective, self.step, &self.opt)?;
         let writes = self.collective.is_writer();
         let mut writer =
             if writes { Some(MetricsWriter::create(&self.opts.run_dir).map_err(metrics_err)?) } else { None };

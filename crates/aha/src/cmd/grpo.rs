@@ -42,9 +42,7 @@ pub fn run(args: Args) -> Result<()> {
 /// its loop with held-out evaluation; the plots. Started by `mpirun -np N`, it is one rank of a
 /// data-parallel run (rank 0 writes).
 pub fn run_config(cfg: &GrpoConfig, resume: bool) -> Result<()> {
-    let world = crate::dp::world(&serde_json::to_value(cfg)?)?;
-    let result = run_config_on(cfg, resume, world.as_ref());
-    crate::dp::finish(world.as_ref(), result)
+    crate::dp::as_rank(&serde_json::to_value(cfg)?, |world| run_config_on(cfg, resume, world))
 }
 
 /// [`run_config`] as a rank of `world` (also a pipeline stage under `mpirun`). Every rank

@@ -29,9 +29,7 @@ pub fn run(args: Args) -> Result<()> {
 /// or, with `resume`, the run directory's latest checkpoint; the examples; the loop; the plots.
 /// Started by `mpirun -np N`, it is one rank of a data-parallel run (rank 0 writes).
 pub fn run_config(cfg: &SftConfig, resume: bool) -> Result<()> {
-    let world = crate::dp::world(&serde_json::to_value(cfg)?)?;
-    let result = run_config_on(cfg, resume, world.as_ref());
-    crate::dp::finish(world.as_ref(), result)
+    crate::dp::as_rank(&serde_json::to_value(cfg)?, |world| run_config_on(cfg, resume, world))
 }
 
 /// [`run_config`] as a rank of `world` (a pipeline stage under `mpirun`).

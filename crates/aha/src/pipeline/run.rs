@@ -66,10 +66,13 @@ pub struct Options {
 
 /// Runs the recipe; returns every stage's record.
 pub fn run(recipe: &Recipe, opts: &Options) -> Result<Vec<StageRecord>> {
-    let world = crate::dp::world(&serde_json::to_value(&recipe.table)?)?;
-    let result =
-        if world.is_writer() { run_all(recipe, opts, world.as_ref()) } else { follow(recipe, opts, world.as_ref()) };
-    crate::dp::finish(world.as_ref(), result)
+    crate::dp::as_rank(&serde_json::to_value(&recipe.table)?, |world| {
+        if world.is_writer() {
+            run_all(recipe, opts, world)
+        } else {
+            follow(recipe, opts, world)
+        }
+    })
 }
 
 /// A data-parallel rank other than 0: takes part in the sft/grpo stages rank 0 runs, in order.

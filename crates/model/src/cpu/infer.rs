@@ -106,17 +106,17 @@ fn add_bias(out: &mut [f32], bias: Option<&[f32]>, n: usize) {
     }
 }
 
-/// The vector instructions the `x · Wᵀ` kernel uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The vector instructions the `x · Wᵀ` kernel uses, in increasing order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Simd {
-    /// AVX-512F: two rows' 8-lane sums per 16-lane register (the AVX2 kernel's arithmetic,
-    /// lane for lane, so the results are bit-identical to it).
-    Avx512,
-    /// AVX2 + FMA: 8-lane sums.
-    Avx2,
     /// Portable code: 8 partial sums too, but added in another order and without fused
     /// multiply-adds, so it agrees with the others to rounding, not bit for bit.
     Scalar,
+    /// AVX2 + FMA: 8-lane sums.
+    Avx2,
+    /// AVX-512F: two rows' 8-lane sums per 16-lane register (the AVX2 kernel's arithmetic,
+    /// lane for lane, so the results are bit-identical to it).
+    Avx512,
 }
 
 impl Simd {
@@ -141,17 +141,7 @@ pub fn simd() -> Simd {
             Some("avx2") => Simd::Avx2,
             _ => Simd::Avx512,
         };
-        let best = detect_simd();
-        let rank = |s: Simd| match s {
-            Simd::Scalar => 0,
-            Simd::Avx2 => 1,
-            Simd::Avx512 => 2,
-        };
-        if rank(cap) < rank(best) {
-            cap
-        } else {
-            best
-        }
+        cap.min(detect_simd())
     })
 }
 

@@ -10,8 +10,8 @@
 //! same weights the union of the answers is the in-process rollout.
 //!
 //! **Weight sync.** The policy (its PEFT adapter for a LoRA run; merged full weights for SGLang)
-//! is saved atomically to `RUN_DIR/weights-sync/step-NNNNNN/`, then every server is told to
-//! reload it (`/update_weights_from_disk`, or vLLM's `/v1/load_lora_adapter`). The first step a
+//! is saved to `RUN_DIR/weights-sync/step-NNNNNN/` (each file written atomically), and once the
+//! whole directory is written every server is told to reload it (`/update_weights_from_disk`, or vLLM's `/v1/load_lora_adapter`). The first step a
 //! process runs always syncs, so after a start or a resume the servers serve the trainer's
 //! weights; later steps sync when `rollout.sync_every` steps have passed. The two newest sync
 //! directories are kept.
@@ -51,10 +51,10 @@ use std::thread::JoinHandle;
 use std::time::Instant;
 
 use aha_model::rollout::{RolloutConfig, Sample};
-use aha_model::{save_adapter, save_pretrained, AhaTokenizer, Transformer};
+use aha_model::{save_pretrained, AhaTokenizer, Transformer};
 use serde_json::{json, Value};
 
-pub use client::Server;
+use client::Server;
 pub use settings::{Api, Engine, RolloutSettings};
 use wire::{completion_body, parse_completions, plan_requests, Completions, RequestSpec};
 
@@ -62,7 +62,7 @@ use crate::checkpoint::prune;
 use crate::error::{io_err, Result, TrainError};
 
 /// The directory under the run directory that sync weights are written to.
-pub const SYNC_DIR: &str = "weights-sync";
+const SYNC_DIR: &str = "weights-sync";
 
 /// What the servers hold after a sync.
 #[derive(Debug, Clone, PartialEq)]
@@ -322,15 +322,11 @@ fn reload(server: &Server, settings: &RolloutSettings, dir: &Path) -> Result<Opt
 /// The policy as the servers load it: a PEFT adapter (aha, vLLM), merged full weights for a
 /// LoRA policy on SGLang, else the full model.
 fn save_weights(dir: &Path, policy: &Transformer, tok: &AhaTokenizer, base: &str, api: Api) -> Result<()> {
-    match (policy.lora().is_some(), api) {
-        (false, _) => save_pretrained(dir, policy.config(), policy, tok)?,
-        (true, Api::Sglang) => {
-            let merged = policy.merged()?;
-            save_pretrained(dir, merged.config(), &merged, tok)?
-        }
-        (true, _) => save_adapter(dir, policy, tok, policy.adapter_base().unwrap_or(base))?,
+    if policy.lora().is_some() && api == Api::Sglang {
+        let merged = policy.merged()?;
+        return Ok(save_pretrained(dir, merged.config(), &merged, tok)?);
     }
-    Ok(())
+    crate::checkpoint::save_weights(dir, policy, tok, base)
 }
 
 /// A server must answer with the version it reported when it loaded the synced weights.

@@ -168,20 +168,15 @@ pub fn plan_requests(prompts: usize, servers: usize, max_prompts: usize) -> Vec<
     out
 }
 
-/// Balanced contiguous chunks `(offset, len)` of `prompts` over `servers`, empty ones dropped.
+/// Balanced contiguous chunks `(offset, len)` of `prompts` over `servers` (the data-parallel
+/// split, [`crate::collective::share`]), empty ones dropped.
 pub fn split(prompts: usize, servers: usize) -> Vec<(usize, usize)> {
     let servers = servers.max(1);
-    let (base, extra) = (prompts / servers, prompts % servers);
-    let mut out = Vec::new();
-    let mut start = 0;
-    for i in 0..servers {
-        let len = base + usize::from(i < extra);
-        if len > 0 {
-            out.push((start, len));
-        }
-        start += len;
-    }
-    out
+    (0..servers)
+        .map(|i| crate::collective::share(prompts, i, servers))
+        .filter(|r| !r.is_empty())
+        .map(|r| (r.start, r.len()))
+        .collect()
 }
 
 #[cfg(test)]

@@ -94,11 +94,11 @@ pub fn run(o: ServeOpts) -> Result<()> {
     if cfg!(debug_assertions) {
         println!("note: a debug build; measure with `cargo run --release -- bench serve`");
     }
-    let tmp = TempDir::new()?;
+    let tmp = tempfile::Builder::new().prefix("aha-bench-serve-").tempdir().context("making a temporary directory")?;
     let dir = match &o.model {
         Some(d) => d.clone(),
         None => {
-            let d = tmp.0.join("model");
+            let d = tmp.path().join("model");
             init_tiny(&d, &default_spec(), o.seed).context("making the tiny model")?;
             d
         }
@@ -265,23 +265,6 @@ fn default_spec() -> TinySpec {
         max_position_embeddings: 1024,
         rope_theta: 10_000.0,
         tie_word_embeddings: true,
-    }
-}
-
-/// A directory removed when dropped.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> Result<Self> {
-        let d = std::env::temp_dir().join(format!("aha-bench-serve-{}", std::process::id()));
-        std::fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
-        Ok(Self(d))
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 
