@@ -11,18 +11,16 @@ seed="${1:-0}"
 out="${OUT:-runs/demo-remote}"
 cargo build --release -p aha
 aha=target/release/aha
-grep -m1 'model name' /proc/cpuinfo
+# shellcheck source=bench/helpers.sh
+source bench/helpers.sh
+cpu_line
 mkdir -p "$out"
 table() { grep -A8 'held-out (' "$1" | head -9; grep 'wall time' "$1"; }
 "$aha" demo --seed "$seed" --out "$out/local" > "$out/local.txt" 2> "$out/local.log"
 echo "== in process"; table "$out/local.txt"; grep 'held-out at step' "$out/local.log"
-# shellcheck source=bench/serve_helpers.sh
-source bench/serve_helpers.sh
 for s in 0 1; do
-    a=$(serve "$aha" "$out/local/model-init" "$out/server-a-s$s.log")
-    b=$(serve "$aha" "$out/local/model-init" "$out/server-b-s$s.log")
-    pa=$(port "$out/server-a-s$s.log")
-    pb=$(port "$out/server-b-s$s.log")
+    servers=$(serve_pair "$aha" "$out/local/model-init" "$out/server-s$s")
+    read -r a b pa pb <<< "$servers"
     "$aha" demo --seed "$seed" --out "$out/s$s" --rollout-url "http://127.0.0.1:$pa" \
         --rollout-url "http://127.0.0.1:$pb" --max-staleness "$s" > "$out/s$s.txt" 2> "$out/s$s.log"
     kill -TERM "$a" "$b"

@@ -153,6 +153,21 @@ def pooled_gen(rs):
     }
 
 
+def cpu_line():
+    """The CPU model (with its family and model numbers) and its vector flags, from /proc/cpuinfo."""
+    fields = {}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                fields.setdefault(key.strip(), value.strip())
+    except OSError:
+        return "cpu: unknown (no /proc/cpuinfo)"
+    flags = sorted(set(fields.get("flags", "").split()) & {"avx512f", "avx2", "fma"})
+    return (f"cpu: {fields.get('model name', '?')} (family {fields.get('cpu family', '?')}, "
+            f"model {fields.get('model', '?')}) | flags: {' '.join(flags)}")
+
+
 def print_tables(summary, betas, gen):
     print("\n| measurement | step median s | step min s | per-repeat medians s | "
           + " | ".join(f"{p} s" for p, _ in PHASES) + " | tokens/step | tokens/s | peak RSS MiB | others busy |")
@@ -207,6 +222,7 @@ def main():
                 key = f"{tool}_{'generate_only' if kind == 'gen' else f'beta{beta}'}"
                 runs.setdefault(key, []).append(measure(a, tool, kind, beta, rep))
     summary = {k: (pooled_gen(v) if k.endswith("generate_only") else pooled_train(v)) for k, v in runs.items()}
+    print("\n" + cpu_line())
     print_tables(summary, betas, not a.no_generate)
     print(f"\nloadavg at end {list(os.getloadavg())} | {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} | "
           f"{a.repeats} repeat(s), {a.steps} steps, timed from step {TIMED_FROM_STEP}")

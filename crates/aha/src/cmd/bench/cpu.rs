@@ -12,6 +12,9 @@
 pub struct CpuInfo {
     /// `model name` from `/proc/cpuinfo`.
     pub model: String,
+    /// `cpu family` and `model` numbers, e.g. "family 26, model 2" (a model name such as "AMD
+    /// EPYC" does not say which generation); empty when absent.
+    pub generation: String,
     /// Distinct (physical id, core id) pairs; logical CPUs when those are absent.
     pub cores: usize,
     /// Clock in GHz.
@@ -38,6 +41,10 @@ impl CpuInfo {
                 .map(|(_, v)| v.trim().to_string())
         };
         let model = field("model name").unwrap_or_else(|| "unknown CPU".into());
+        let generation = match (field("cpu family"), field("model")) {
+            (Some(f), Some(m)) => format!("family {f}, model {m}"),
+            _ => String::new(),
+        };
         let ghz = field("cpu MHz").and_then(|m| m.parse::<f64>().ok()).map_or(1.0, |m| m / 1000.0);
         let flags = field("flags").unwrap_or_default();
         let has = |f: &str| flags.split_whitespace().any(|x| x == f);
@@ -51,7 +58,7 @@ impl CpuInfo {
         } else {
             ("SSE", 8.0)
         };
-        Self { model, cores: physical_cores(text), ghz, flops_per_cycle, isa }
+        Self { model, generation, cores: physical_cores(text), ghz, flops_per_cycle, isa }
     }
 
     /// Theoretical fp32 peak in GFLOP/s.
@@ -62,8 +69,9 @@ impl CpuInfo {
     /// The line every benchmark prints first: the CPU, its peak, and the decode kernel's
     /// instructions (`AHA_SIMD=avx2` makes it run its AVX2 code; gemm's kernels are chosen by gemm).
     pub fn header(&self) -> String {
+        let generation = if self.generation.is_empty() { String::new() } else { format!(" ({})", self.generation) };
         format!(
-            "cpu: {} | {} | decode kernel: {} (AHA_SIMD)",
+            "cpu: {}{generation} | {} | decode kernel: {} (AHA_SIMD)",
             self.model,
             self.peak_description(),
             aha_model::cpu::simd().name()
