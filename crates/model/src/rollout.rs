@@ -228,13 +228,11 @@ fn rollout_batch(
                 rows[r].step(&logits[slot], cfg, &stops, start)?;
             }
         }
-        let finished = live.iter().filter(|&&r| rows[r].finish.is_some()).count();
-        if finished == live.len() {
+        let done: Vec<bool> = live.iter().map(|&r| rows[r].finish.is_some()).collect();
+        if done.iter().all(|&d| d) {
             break;
         }
-        if finished * 8 >= live.len() {
-            let keep: Vec<u32> =
-                (0..live.len()).filter(|&j| rows[live[j]].finish.is_none()).map(|j| j as u32).collect();
+        if let Some(keep) = slots_to_keep(&done) {
             cache = cache.select_rows(&keep)?;
             live = keep.iter().map(|&j| live[j as usize]).collect();
         }
@@ -304,6 +302,17 @@ pub fn decode_next(model: &Transformer, ids: Vec<u32>, pos: Vec<u32>, cache: &mu
     let mask = Tensor::ones((b, 1), DType::U8, dev)?;
     let logits = model.decode(&ids, &mask, &pos, cache)?; // [b, 1, vocab]
     Ok(logits.squeeze(1)?.to_dtype(DType::F32)?.to_vec2()?)
+}
+
+/// The batch slots to keep when the finished rows (`done[j]`: slot `j`'s row has finished) are
+/// worth dropping from the KV cache, at least an eighth of the batch; else `None` (the finished
+/// rows keep decoding, unread, until then). Also `aha serve`'s rule.
+pub fn slots_to_keep(done: &[bool]) -> Option<Vec<u32>> {
+    let finished = done.iter().filter(|&&d| d).count();
+    if finished == 0 || finished * 8 < done.len() {
+        return None;
+    }
+    Some((0..done.len()).filter(|&j| !done[j]).map(|j| j as u32).collect())
 }
 
 /// Whether a sample that just emitted its last token (`ids`'s last) ends, and why: an EOS id,

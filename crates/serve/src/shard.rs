@@ -10,7 +10,7 @@
 
 use std::sync::{mpsc, Arc};
 
-use aha_model::rollout::{decode_next, single_thread_pool};
+use aha_model::rollout::{decode_next, single_thread_pool, slots_to_keep};
 use aha_model::{sample_token, KvCache, ModelError, Result, Sampled, SamplingParams, Transformer};
 use rand_chacha::ChaCha8Rng;
 
@@ -53,15 +53,13 @@ impl Shard {
         self.rows.iter().filter(|r| !r.done).count()
     }
 
-    /// Drops finished rows from the cache once they are at least an eighth of the shard.
+    /// Drops finished rows from the cache when [`slots_to_keep`] says so (the rollout's rule).
     pub fn compact(&mut self) -> Result<()> {
-        let finished = self.rows.len() - self.live();
-        if finished == 0 || finished * 8 < self.rows.len() {
-            return Ok(());
+        let done: Vec<bool> = self.rows.iter().map(|r| r.done).collect();
+        if let Some(keep) = slots_to_keep(&done) {
+            self.cache = self.cache.select_rows(&keep)?;
+            self.rows.retain(|r| !r.done);
         }
-        let keep: Vec<u32> = (0..self.rows.len()).filter(|&j| !self.rows[j].done).map(|j| j as u32).collect();
-        self.cache = self.cache.select_rows(&keep)?;
-        self.rows.retain(|r| !r.done);
         Ok(())
     }
 

@@ -4,10 +4,10 @@
 //! an optimiser step is the token mean over all completion tokens of the accumulated batch, so
 //! the split into micro-batches does not change the gradient.
 //!
-//! [`sft_step_on`] is one optimiser step (of one rank); [`SftRun`] is the one SFT loop, which `aha sft`, the
-//! pipeline's SFT stages and `aha demo`'s cold start all run: steps over a [`DataCursor`],
-//! micro-batches, the non-finite guard, metrics (`metrics.jsonl` with its run header,
-//! TensorBoard, progress bar) and, when asked, checkpoints with exact resume.
+//! [`sft_step_on`] is one optimiser step (of one rank); [`SftRun`] is the one SFT loop, which
+//! `aha sft`, the pipeline's SFT stages and `aha demo`'s cold start all run: steps over a
+//! [`DataCursor`], micro-batches, the non-finite guard, metrics (`metrics.jsonl` with its run
+//! header, TensorBoard, progress bar) and, when asked, checkpoints with exact resume.
 //!
 //! Data parallel ([`SftRun::with_collective`]): every rank draws the same batch, works on every
 //! `size`-th micro-batch of it, and the gradients are summed over ranks before the same AdamW

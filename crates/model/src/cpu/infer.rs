@@ -299,19 +299,31 @@ mod avx {
         let mut out = [[0f32; C]; R];
         for r in 0..R {
             for c in 0..C {
-                let mut s = hsum(acc[r][c]);
-                for q in k8..k {
-                    s += *x.add(r * k + q) * *w.add(c * k + q);
-                }
-                out[r][c] = s;
+                out[r][c] = reduce(acc[r][c], x.add(r * k), w.add(c * k), k8, k);
             }
         }
         out
     }
 
+    /// The end of one dot product of length `k`: the 8 lanes' partial sums added, then the
+    /// `k8..k` tail of `x` and `w` in order. The AVX-512 kernel ends its dot products here too,
+    /// which keeps the two bit-identical.
+    ///
+    /// # Safety
+    /// AVX2 + FMA; `x` and `w` must hold `k` readable floats.
     #[target_feature(enable = "avx2,fma")]
     #[inline]
-    pub(super) fn hsum(v: __m256) -> f32 {
+    pub(super) unsafe fn reduce(v: __m256, x: *const f32, w: *const f32, k8: usize, k: usize) -> f32 {
+        let mut s = hsum(v);
+        for q in k8..k {
+            s += *x.add(q) * *w.add(q);
+        }
+        s
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    fn hsum(v: __m256) -> f32 {
         let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
         let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
         let s = _mm_add_ss(s, _mm_movehdup_ps(s));
@@ -329,7 +341,7 @@ mod avx512 {
 
     use std::arch::x86_64::*;
 
-    use super::avx::{hsum, store};
+    use super::avx::{reduce, store};
 
     /// Row pairs per block.
     const P: usize = 4;
@@ -423,8 +435,8 @@ mod avx512 {
         acc
     }
 
-    /// Reduces each half-register as the AVX2 kernel does, adds the `k8..k` tail in the same
-    /// order, and stores the real rows.
+    /// Ends each half-register's dot product as the AVX2 kernel does (`avx::reduce`) and stores
+    /// the real rows.
     ///
     /// # Safety
     /// AVX-512F; the indices are within the shapes `stripe` asserted.
@@ -457,11 +469,7 @@ mod avx512 {
                     } else {
                         _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(*a)))
                     };
-                    let mut s = hsum(half);
-                    for q in k8..k {
-                        s += x[r * k + q] * w[(j + c) * k + q];
-                    }
-                    row[0][c] = s;
+                    row[0][c] = reduce(half, x.as_ptr().add(r * k), w.as_ptr().add((j + c) * k), k8, k);
                 }
                 store(out, wd, r, j - j0, &row);
             }

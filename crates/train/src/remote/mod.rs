@@ -11,10 +11,10 @@
 //!
 //! **Weight sync.** The policy (its PEFT adapter for a LoRA run; merged full weights for SGLang)
 //! is saved to `RUN_DIR/weights-sync/step-NNNNNN/` (each file written atomically), and once the
-//! whole directory is written every server is told to reload it (`/update_weights_from_disk`, or vLLM's `/v1/load_lora_adapter`). The first step a
-//! process runs always syncs, so after a start or a resume the servers serve the trainer's
-//! weights; later steps sync when `rollout.sync_every` steps have passed. The two newest sync
-//! directories are kept.
+//! whole directory is written every server is told to reload it (`/update_weights_from_disk`,
+//! or vLLM's `/v1/load_lora_adapter`). The first step a process runs always syncs, so after a
+//! start or a resume the servers serve the trainer's weights; later steps sync when
+//! `rollout.sync_every` steps have passed. The two newest sync directories are kept.
 //!
 //! **Versions.** A sync records, per server, the trainer step whose weights it holds and the
 //! `weight_version` the server reported. A rollout's policy version is the step synced when its
